@@ -1,0 +1,60 @@
+"""The ``triagegate`` command line.
+
+Each subcommand lives in its own module and registers itself on :data:`app`. Modules
+import only Typer at the top and the rest inside their commands, so ``--help`` is quick.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error; failures
+print one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="triagegate",
+    help="Triage support tickets with a cheap model and escalate to a flagship only when the gate says so.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+graph_app = typer.Typer(help="Inspect and validate graph files.", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
+
+from triagegate.cli import graph_cmd, run_cmd  # noqa: E402  (registers commands)
+
+__all__ = ["app", "graph_cmd", "main", "run_cmd"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: map triagegate errors to exit codes and one line on stderr."""
+    from triagegate.errors import ConfigError, InputError, TriagegateError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except (ConfigError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TriagegateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0

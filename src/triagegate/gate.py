@@ -1,0 +1,66 @@
+"""The confidence gate: a pure function of the triage result and the policy.
+
+Precedence, highest first:
+
+1. **Hard rules** escalate whatever else is configured, because the mini tier cannot be
+   trusted to answer at all: the triage failed (``triage_failed``), the ticket needs
+   vision and the mini model has none (``needs_vision``), or the ticket looks like it is
+   trying to steer the system (``suspected_injection``).
+2. **never_escalate** categories keep the mini answer, overriding the soft rules below.
+3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``, and
+   ``low_confidence`` when confidence is under the category's threshold (or the global one).
+
+All matching reasons are reported, not just the first, so an outcome explains itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from triagegate.spec import GatePolicy
+from triagegate.types import Triage
+
+HARD_REASONS = ("triage_failed", "needs_vision", "suspected_injection")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: Literal["mini", "flagship"]
+    reasons: tuple[str, ...] = field(default=())
+    threshold: float = 0.0
+
+    @property
+    def escalate(self) -> bool:
+        return self.route == "flagship"
+
+
+def decide(triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False) -> Decision:
+    """Decide whether the mini tier's answer stands (``mini``) or the ticket escalates (``flagship``)."""
+    threshold = policy.threshold_for(triage.category)
+    rules = policy.always_escalate
+    hard: list[str] = []
+    if triage.confidence_method == "none" or triage.error is not None:
+        hard.append("triage_failed")
+    if triage.needs_vision and not mini_has_vision and rules.needs_vision_without_vision_model:
+        hard.append("needs_vision")
+    if "suspected_injection" in triage.flags and rules.suspected_injection:
+        hard.append("suspected_injection")
+
+    soft: list[str] = []
+    if triage.complexity in rules.complexity:
+        soft.append(f"complexity:{triage.complexity}")
+    if triage.category in rules.categories:
+        soft.append(f"category:{triage.category}")
+    if triage.priority in rules.priorities:
+        soft.append(f"priority:{triage.priority}")
+    if triage.confidence < threshold:
+        soft.append("low_confidence")
+
+    if hard:
+        return Decision("flagship", tuple(hard + soft), threshold)
+    if triage.category in policy.never_escalate.categories:
+        return Decision("mini", (), threshold)
+    if soft:
+        return Decision("flagship", tuple(soft), threshold)
+    return Decision("mini", (), threshold)

@@ -1,0 +1,76 @@
+"""Logging: one structlog configuration, JSON lines off a TTY, readable on one, secrets redacted.
+
+Ticket and run ids are bound as context at the start of each ticket
+(:func:`structlog.contextvars.bound_contextvars`), so every event a node logs carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|bearer)", re.IGNORECASE)
+SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Make sure ``value`` never reaches a log line, whatever key it hides under."""
+    if len(value) >= 6:
+        _known_secrets.add(value)
+
+
+def _scrub(value: str) -> str:
+    for secret in _known_secrets:
+        if secret in value:
+            value = value.replace(secret, "[REDACTED]")
+    return SECRET_VALUES.sub("[REDACTED]", value)
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: blank values under secret-looking keys and secret-looking strings anywhere."""
+    for key, value in list(event_dict.items()):
+        if SECRET_KEYS.search(key) and key not in {"tokens_in", "tokens_out", "input_tokens", "output_tokens"}:
+            event_dict[key] = "[REDACTED]"
+        elif isinstance(value, str):
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def configure(level: str | int | None = None, *, json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Configure structlog for the process. Safe to call more than once (the last call wins).
+
+    ``level`` defaults to ``TRIAGEGATE_LOG_LEVEL`` or WARNING (the CLI prints its own
+    summary; logs are for operators). ``json`` defaults to "stream is not a TTY".
+    """
+    stream = stream or sys.stderr
+    level = level or os.environ.get("TRIAGEGATE_LOG_LEVEL", "WARNING")
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        numeric = logging.WARNING
+    as_json = (not stream.isatty()) if json is None else json
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def ensure_configured() -> None:
+    """Give a library user quiet defaults (WARNING, stderr) unless the application configured structlog."""
+    if not structlog.is_configured():
+        configure()

@@ -1,0 +1,215 @@
+"""The graph's nodes: thin async functions that call a backend and return a state update.
+
+Decisions live elsewhere (the gate is :func:`triagegate.gate.decide`); building requests
+and parsing model replies into typed results lives in :mod:`triagegate.replies`. Nodes never raise for a
+model failure: they record it in the state so the ticket still ends with an Outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from langgraph.runtime import Runtime
+
+from triagegate import replies
+from triagegate.errors import BadModelOutput, ModelError
+from triagegate.gate import decide
+from triagegate.models.base import ChatRequest, ChatResult, Message, ModelBackend
+from triagegate.screening import estimate_complexity, flags_for
+from triagegate.state import RunContext, TicketState
+from triagegate.types import NodeRun, Triage, Usage
+
+log = structlog.get_logger("triagegate.nodes")
+
+
+class _Meter:
+    """Accumulates one node's model usage and wall time into a :class:`NodeRun`."""
+
+    def __init__(self, node: str, alias: str | None = None, backend: ModelBackend | None = None) -> None:
+        self.started = time.perf_counter()
+        self.run = NodeRun(
+            node=node,
+            model_alias=alias,
+            model=backend.model if backend else None,
+            endpoint=backend.name if backend else None,
+        )
+        self.usage = Usage()
+
+    def add(self, usage: Usage, endpoint: str | None = None, model: str | None = None) -> None:
+        self.usage = self.usage + usage
+        if endpoint:
+            self.run.endpoint = endpoint
+        if model:
+            self.run.model = model
+
+    def finish(self, error: str | None = None) -> NodeRun:
+        self.run.input_tokens = self.usage.input_tokens
+        self.run.output_tokens = self.usage.output_tokens
+        self.run.requests = self.usage.requests
+        self.run.cost_usd = self.usage.cost_usd
+        self.run.latency_ms = (time.perf_counter() - self.started) * 1000
+        self.run.error = error
+        log.info(
+            "node_done",
+            node=self.run.node,
+            model=self.run.model_alias,
+            latency_ms=round(self.run.latency_ms, 2),
+            tokens_in=self.run.input_tokens,
+            tokens_out=self.run.output_tokens,
+            cost_usd=self.run.cost_usd,
+            error=error,
+        )
+        return self.run
+
+
+async def _chat_with_one_repair(
+    backend: ModelBackend, request: ChatRequest, meter: _Meter, parse: Any
+) -> tuple[Any, ChatResult]:
+    """Ask once; if the reply does not parse, ask again once. Raises :class:`BadModelOutput`."""
+    result = await backend.chat(request)
+    meter.add(result.usage, result.endpoint, result.model)
+    try:
+        return parse(result), result
+    except BadModelOutput as first:
+        log.warning("reply_invalid", node=meter.run.node, problem=str(first), retrying=True)
+        retry = ChatRequest(
+            messages=(
+                *request.messages,
+                Message("assistant", result.text[:2000]),
+                Message("user", f"That reply was invalid ({first}). Reply again with JSON that matches the schema."),
+            ),
+            json_schema=request.json_schema,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_logprobs=request.top_logprobs,
+        )
+        result = await backend.chat(retry)
+        meter.add(result.usage, result.endpoint, result.model)
+        return parse(result), result
+
+
+async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    ticket = state["ticket"]
+    alias, backend = ctx.backend_for("triage")
+    meter = _Meter("triage", alias, backend)
+    flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
+    taxonomy = ctx.spec.taxonomy
+    try:
+        if backend.capabilities.chat:
+            node = ctx.spec.nodes.triage
+            request = replies.triage_request(
+                ctx.templates["triage"], ctx.spec, ticket, state.get("images", []), backend.capabilities, node
+            )
+            triage, _ = await _chat_with_one_repair(
+                backend, request, meter, lambda r: replies.parse_triage(r, ctx.spec, request)
+            )
+        else:
+            classification = await backend.classify(replies.classify_request(ctx.spec, ticket))
+            meter.add(classification.usage, classification.endpoint, classification.model)
+            category, confidence = classification.best
+            ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
+            triage = Triage(
+                category=category,
+                priority=taxonomy.priority_for(category),
+                complexity=estimate_complexity(ticket.text),  # type: ignore[arg-type]
+                needs_vision=ticket.has_images,
+                confidence=confidence,
+                confidence_method="classifier",
+                alternatives=dict(ranked[1:4]),
+            )
+        triage = triage.model_copy(update={"needs_vision": triage.needs_vision or ticket.has_images, "flags": flags})
+        return {"triage": triage, "node_runs": [meter.finish()]}
+    except ModelError as exc:
+        message = f"triage failed: {type(exc).__name__}: {exc}"
+        failed = Triage(
+            category="unknown",
+            priority=taxonomy.default_priority,
+            needs_vision=ticket.has_images,
+            confidence=0.0,
+            confidence_method="none",
+            flags=flags,
+            error=message,
+        )
+        return {"triage": failed, "node_runs": [meter.finish(message)], "errors": [message]}
+
+
+async def gate_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    meter = _Meter("gate")
+    _, mini = ctx.backend_for("triage")
+    decision = decide(state["triage"], ctx.spec.gate, mini_has_vision=mini.capabilities.vision)
+    log.info("gate", route=decision.route, reasons=list(decision.reasons), confidence=state["triage"].confidence)
+    return {"decision": decision, "node_runs": [meter.finish()]}
+
+
+def route_after_gate(state: TicketState) -> str:
+    return "escalate" if state["decision"].escalate else "answer"
+
+
+async def answer_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    triage = state["triage"]
+    if triage.answer:
+        meter = _Meter("answer")
+        return {
+            "answer": triage.answer,
+            "category": triage.category,
+            "priority": triage.priority,
+            "route": "mini",
+            "node_runs": [meter.finish()],
+        }
+    alias, backend = ctx.backend_for("answer")
+    meter = _Meter("answer", alias, backend)
+    try:
+        request = replies.answer_request(
+            ctx.templates["answer"], ctx.spec, state["ticket"], triage, state.get("images", [])
+        )
+        result = await backend.chat(request)
+        meter.add(result.usage, result.endpoint, result.model)
+        text = result.text.strip()
+        if not text:
+            raise BadModelOutput("the drafting model returned an empty answer")
+    except ModelError as exc:
+        message = f"answer failed: {type(exc).__name__}: {exc}"
+        return {"extra_reasons": ["answer_failed"], "node_runs": [meter.finish(message)], "errors": [message]}
+    return {
+        "answer": text,
+        "category": triage.category,
+        "priority": triage.priority,
+        "route": "mini",
+        "node_runs": [meter.finish()],
+    }
+
+
+def route_after_answer(state: TicketState) -> str:
+    return "finalize" if state.get("route") == "mini" else "escalate"
+
+
+async def escalate_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    alias, backend = ctx.backend_for("escalate")
+    meter = _Meter("escalate", alias, backend)
+    request = replies.escalate_request(
+        ctx.templates["escalate"],
+        ctx.spec,
+        state["ticket"],
+        state["triage"],
+        state.get("images", []),
+        ctx.spec.nodes.escalate,
+        vision=backend.capabilities.vision,
+    )
+    try:
+        reply, _ = await _chat_with_one_repair(backend, request, meter, lambda r: replies.parse_escalation(r, ctx.spec))
+    except ModelError as exc:
+        message = f"escalation failed: {type(exc).__name__}: {exc}"
+        return {"route": "flagship", "status": "failed", "node_runs": [meter.finish(message)], "errors": [message]}
+    return {
+        "answer": reply.answer,
+        "category": reply.category,
+        "priority": reply.priority,
+        "route": "flagship",
+        "node_runs": [meter.finish()],
+    }

@@ -1,0 +1,242 @@
+"""The Python API: load a graph file once, run tickets through it many times.
+
+A :class:`Pipeline` owns its backends (and their HTTP connection pools) and holds no
+global state, so several can live in one process and inside an existing asyncio app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from triagegate.errors import InputError, TriagegateError
+from triagegate.models import BuildContext, build_backends
+from triagegate.models.base import ImagePart, ModelBackend
+from triagegate.prompts import Template, load_template
+from triagegate.spec import Limits, LoadedSpec, load_spec
+from triagegate.types import Outcome, Ticket
+
+log = structlog.get_logger("triagegate.pipeline")
+
+TicketLike = Ticket | str | Mapping[str, Any]
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("TRIAGEGATE_CACHE_DIR"):
+        return Path(env["TRIAGEGATE_CACHE_DIR"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "triagegate"
+
+
+def as_ticket(value: TicketLike) -> Ticket:
+    """Coerce text or a mapping into a :class:`Ticket`, raising :class:`InputError` on bad input."""
+    if isinstance(value, Ticket):
+        return value
+    try:
+        if isinstance(value, str):
+            return Ticket(text=value)
+        return Ticket.model_validate(dict(value))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "ticket"
+        raise InputError(f"invalid ticket: {where}: {first['msg']}") from None
+
+
+def check_limits(ticket: Ticket, limits: Limits) -> None:
+    if len(ticket.text) > limits.max_text_chars:
+        raise InputError(
+            f"ticket {ticket.id}: text is {len(ticket.text)} characters, over the limit of {limits.max_text_chars} "
+            "(raise limits.max_text_chars in the graph file to accept it)"
+        )
+    if len(ticket.attachments) > limits.max_images:
+        raise InputError(f"ticket {ticket.id}: {len(ticket.attachments)} attachments, over the limit of {limits.max_images}")
+
+
+class Pipeline:
+    """A compiled graph plus the backends it calls."""
+
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        *,
+        environ: Mapping[str, str] | None = None,
+        cache_dir: Path | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        from triagegate.graph import build_graph
+        from triagegate.log import ensure_configured
+
+        ensure_configured()
+        self.loaded = loaded
+        self.spec = loaded.spec
+        env = dict(os.environ if environ is None else environ)
+        self.templates: dict[str, Template] = {
+            node: load_template(loaded.prompts_dir, getattr(self.spec.nodes, node).prompt, node=node)
+            for node in ("triage", "answer", "escalate")
+        }
+        self.graph_hash = loaded.content_hash({n: t.text for n, t in self.templates.items()})
+        self._context = BuildContext(
+            loaded=loaded, environ=env, cache_dir=cache_dir or default_cache_dir(env), extras=extras or {}
+        )
+        nodes = self.spec.nodes
+        self.backends: dict[str, ModelBackend] = build_backends(
+            self._context, [nodes.triage.model, nodes.answer.model, nodes.escalate.model]
+        )
+        from triagegate.state import RunContext
+
+        self._run_context = RunContext(
+            spec=self.spec,
+            graph_name=self.spec.name,
+            graph_hash=self.graph_hash,
+            templates=self.templates,
+            backends=self.backends,
+        )
+        self._graph = build_graph()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe_models(self) -> dict[str, str]:
+        """``{alias: "backend model (endpoint)"}`` for the aliases this graph uses, for humans."""
+        out = {}
+        for alias, backend in self.backends.items():
+            binding = self.spec.models[alias]
+            out[alias] = f"{binding.backend} {backend.model} ({backend.name})"
+        return out
+
+    async def _images(self, ticket: Ticket) -> list[ImagePart]:
+        if not ticket.attachments:
+            return []
+        from triagegate.images import load_image_part
+
+        return [await load_image_part(a, self.spec.limits) for a in ticket.attachments]
+
+    async def run(self, ticket: TicketLike) -> Outcome:
+        """Run one ticket. Raises :class:`InputError` for a ticket that cannot be processed;
+        model failures do not raise: they come back as an Outcome with status ``failed``."""
+        ticket = as_ticket(ticket)
+        check_limits(ticket, self.spec.limits)
+        run_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
+            images = await self._images(ticket)
+            state = await self._graph.ainvoke(
+                {"run_id": run_id, "ticket": ticket, "images": images}, context=self._run_context
+            )
+            outcome: Outcome = state["outcome"]
+            outcome.latency_ms = (time.perf_counter() - started) * 1000
+            log.info(
+                "ticket_done",
+                route=outcome.route,
+                status=outcome.status,
+                category=outcome.category,
+                confidence=outcome.confidence,
+                reasons=outcome.escalation_reasons,
+                cost_usd=outcome.cost_usd,
+                latency_ms=round(outcome.latency_ms, 2),
+            )
+        return outcome
+
+    def run_sync(self, ticket: TicketLike) -> Outcome:
+        """Blocking wrapper around :meth:`run` for scripts; use ``await run()`` inside async code."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(ticket))
+        raise TriagegateError("run_sync() was called inside a running event loop; use 'await pipeline.run()'")
+
+    async def run_many(
+        self, tickets: Iterable[TicketLike] | AsyncIterable[TicketLike], *, concurrency: int = 8
+    ) -> AsyncIterator[Outcome]:
+        """Run tickets with at most ``concurrency`` in flight, yielding Outcomes as they complete.
+
+        A ticket with bad input yields a ``failed`` Outcome naming the problem; the rest go on.
+        Input is consumed lazily, so memory stays flat for long streams.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        done: asyncio.Queue[Outcome] = asyncio.Queue()
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(item: TicketLike) -> None:
+            try:
+                await done.put(await self.run(item))
+            except InputError as exc:
+                ticket_id = item.id if isinstance(item, Ticket) else None
+                if ticket_id is None and isinstance(item, Mapping):
+                    ticket_id = str(item.get("id") or "")
+                await done.put(failed_outcome(ticket_id or "", str(exc), self))
+            finally:
+                slots.release()
+
+        async def feed() -> None:
+            async with asyncio.TaskGroup() as group:
+                if isinstance(tickets, AsyncIterable):
+                    async for item in tickets:
+                        await slots.acquire()
+                        group.create_task(one(item))
+                else:
+                    for item in tickets:
+                        await slots.acquire()
+                        group.create_task(one(item))
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while not (feeder.done() and done.empty()):
+                getter = asyncio.ensure_future(done.get())
+                finished, _ = await asyncio.wait({getter, feeder}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in finished:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+                    feeder.result()
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        seen: set[int] = set()
+        for backend in self.backends.values():
+            if id(backend) not in seen:
+                seen.add(id(backend))
+                await backend.aclose()
+
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def failed_outcome(ticket_id: str, reason: str, pipeline: Pipeline | None = None, *, status: str = "failed") -> Outcome:
+    """An Outcome for a ticket that never reached a model (bad input, skipped row)."""
+    return Outcome(
+        ticket_id=ticket_id,
+        run_id=uuid.uuid4().hex[:12],
+        graph=pipeline.name if pipeline else None,
+        graph_hash=pipeline.graph_hash if pipeline else None,
+        status=status,  # type: ignore[arg-type]
+        errors=[reason],
+    )
+
+
+def load(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cache_dir: Path | None = None,
+    extras: dict[str, Any] | None = None,
+) -> Pipeline:
+    """Load and validate a graph file and build its pipeline. Raises :class:`ConfigError`."""
+    return Pipeline(load_spec(path, environ=environ), environ=environ, cache_dir=cache_dir, extras=extras)

@@ -1,0 +1,111 @@
+"""Prompt templates: files users edit, checked when the graph loads, rendered per ticket.
+
+A template is a Markdown file with ``{{ name }}`` placeholders. An optional line reading
+exactly ``<!-- user -->`` splits it into a system part and a user part. Each node offers a
+fixed set of variables; a placeholder outside that set is a :class:`ConfigError` at load
+time (with file, line and the variable), not a surprise in production.
+
+Ticket text is untrusted. It is only ever placed in the user message, inside
+``<ticket>...</ticket>`` delimiters that the text itself cannot close or reopen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from triagegate.errors import ConfigError
+from triagegate.types import Ticket
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+USER_MARKER = "<!-- user -->"
+
+NODE_VARIABLES: dict[str, frozenset[str]] = {
+    "triage": frozenset({"ticket", "categories", "priorities", "attachments"}),
+    "answer": frozenset({"ticket", "category", "category_description", "priority", "attachments"}),
+    "escalate": frozenset({"ticket", "categories", "priorities", "attachments", "mini_triage"}),
+}
+UNTRUSTED = "ticket"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    path: str
+    system: str
+    user: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.system}\n{USER_MARKER}\n{self.user}"
+
+    def render(self, values: dict[str, str]) -> tuple[str, str]:
+        """Return ``(system, user)`` with every placeholder replaced."""
+
+        def sub(match: re.Match[str]) -> str:
+            return values[match.group(1)]
+
+        return PLACEHOLDER.sub(sub, self.system).strip(), PLACEHOLDER.sub(sub, self.user).strip()
+
+
+def parse_template(text: str, *, node: str, path: str) -> Template:
+    """Check a template's placeholders against what ``node`` provides."""
+    allowed = NODE_VARIABLES[node]
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        for match in PLACEHOLDER.finditer(line):
+            name = match.group(1)
+            if name not in allowed:
+                raise ConfigError(
+                    f"unknown variable {{{{{name}}}}} in the {node!r} prompt; available: {', '.join(sorted(allowed))}",
+                    file=path,
+                    line=lineno,
+                    key=name,
+                )
+    system, marker, user = text.partition("\n" + USER_MARKER + "\n")
+    if not marker:
+        system, user = text, ""
+    if UNTRUSTED in {m.group(1) for m in PLACEHOLDER.finditer(system)}:
+        raise ConfigError(
+            f"{{{{{UNTRUSTED}}}}} must only appear after the '{USER_MARKER}' line: ticket text is untrusted "
+            "and must not be placed in the system message",
+            file=path,
+            key=UNTRUSTED,
+        )
+    if UNTRUSTED not in {m.group(1) for m in PLACEHOLDER.finditer(user)}:
+        raise ConfigError(
+            f"the {node!r} prompt never uses {{{{{UNTRUSTED}}}}}; add it after a '{USER_MARKER}' line",
+            file=path,
+            key=UNTRUSTED,
+        )
+    return Template(name=node, path=path, system=system, user=user)
+
+
+def load_template(prompts_dir: Path, filename: str, *, node: str) -> Template:
+    path = prompts_dir / filename
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"prompt file not found (looked in {prompts_dir})", file=str(path), key=f"nodes.{node}.prompt"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read prompt file: {exc}", file=str(path)) from None
+    return parse_template(text, node=node, path=str(path))
+
+
+_DELIMITER = re.compile(r"<\s*/?\s*ticket\b[^>]*>", re.IGNORECASE)
+
+
+def delimit_ticket(ticket: Ticket) -> str:
+    """Wrap the ticket for a prompt so that its text cannot break out of the delimiters."""
+
+    def neutralise(text: str) -> str:
+        return _DELIMITER.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
+
+    parts = ["<ticket>"]
+    if ticket.subject:
+        parts.append(f"Subject: {neutralise(ticket.subject)}")
+    parts.append(neutralise(ticket.text))
+    parts.append("</ticket>")
+    return "\n".join(parts)

@@ -1,0 +1,261 @@
+"""Building each node's model request and turning the reply into a typed result.
+
+The triage schema puts ``category`` first and asks for a one-character option code, so
+the token that starts its value carries the model's distribution over the categories
+(see :mod:`triagegate.confidence`). Replies are validated with pydantic; anything that
+does not fit raises :class:`BadModelOutput` for the node to repair once or record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from triagegate.confidence import OPTION_CODES, field_value_distribution, option_codes
+from triagegate.errors import BadModelOutput
+from triagegate.models.base import Capabilities, ChatRequest, ChatResult, ClassifyRequest, ImagePart, JsonSchema, Message
+from triagegate.prompts import Template, delimit_ticket
+from triagegate.spec import GraphSpec, NodeSpec
+from triagegate.types import Ticket, Triage
+
+TOP_LOGPROBS = 20
+
+
+class TriageReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    category: str
+    priority: str
+    complexity: Literal["low", "medium", "high"]
+    needs_vision: bool = False
+    answer: str
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class EscalationReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    category: str
+    priority: str
+    answer: str = Field(min_length=1)
+
+
+def category_codes(spec: GraphSpec) -> dict[str, str] | None:
+    """``{code: category}`` when the taxonomy is small enough for one-token option codes."""
+    names = spec.taxonomy.category_names
+    if len(names) > len(OPTION_CODES):
+        return None
+    return dict(zip(option_codes(len(names)), names, strict=True))
+
+
+def _categories_block(spec: GraphSpec, codes: dict[str, str] | None) -> str:
+    code_of = {name: code for code, name in codes.items()} if codes else {}
+    lines = []
+    for cat in spec.taxonomy.categories:
+        label = f"{code_of[cat.name]}) {cat.name}" if codes else f"- {cat.name}"
+        lines.append(f"{label}: {cat.description}" if cat.description else label)
+    return "\n".join(lines)
+
+
+def _attachments_note(ticket: Ticket, images: list[ImagePart], caps_vision: bool) -> str:
+    count = len(ticket.attachments)
+    if not count:
+        return "The ticket has no attachments."
+    seen = "included below" if caps_vision and images else "not visible to you"
+    return f"The ticket has {count} image attachment(s), {seen}."
+
+
+def _user_message(text: str, images: list[ImagePart], vision: bool) -> Message:
+    return Message("user", text, tuple(images) if vision else ())
+
+
+def _schema(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def triage_request(
+    template: Template,
+    spec: GraphSpec,
+    ticket: Ticket,
+    images: list[ImagePart],
+    caps: Capabilities,
+    node: NodeSpec,
+) -> ChatRequest:
+    codes = category_codes(spec)
+    system, user = template.render(
+        {
+            "ticket": delimit_ticket(ticket),
+            "categories": _categories_block(spec, codes),
+            "priorities": ", ".join(spec.taxonomy.priorities),
+            "attachments": _attachments_note(ticket, images, caps.vision),
+        }
+    )
+    schema = _schema(
+        {
+            "category": {"type": "string", "enum": list(codes) if codes else spec.taxonomy.category_names},
+            "priority": {"type": "string", "enum": spec.taxonomy.priorities},
+            "complexity": {"type": "string", "enum": ["low", "medium", "high"]},
+            "needs_vision": {"type": "boolean"},
+            "answer": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        }
+    )
+    return ChatRequest(
+        messages=(Message("system", system), _user_message(user, images, caps.vision)),
+        json_schema=JsonSchema("triage", schema),
+        max_tokens=node.max_tokens,
+        temperature=node.temperature,
+        top_logprobs=TOP_LOGPROBS if caps.logprobs and codes else 0,
+    )
+
+
+def _load_json(result: ChatResult) -> Any:
+    text = result.text.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadModelOutput(f"reply is not valid JSON ({exc.msg} at char {exc.pos})", model=result.model) from None
+
+
+def _validate(model: type[BaseModel], data: Any, result: ChatResult) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "reply"
+        raise BadModelOutput(f"reply does not match the schema: {where}: {first['msg']}", model=result.model) from None
+
+
+def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> Triage:
+    reply: TriageReply = _validate(TriageReply, _load_json(result), result)
+    codes = category_codes(spec)
+    names = spec.taxonomy.category_names
+    if codes:
+        if reply.category not in codes:
+            raise BadModelOutput(f"category {reply.category!r} is not one of the option codes", model=result.model)
+        category = codes[reply.category]
+    elif reply.category in names:
+        category = reply.category
+    else:
+        raise BadModelOutput(f"category {reply.category!r} is not in the taxonomy", model=result.model)
+    if reply.priority not in spec.taxonomy.priorities:
+        raise BadModelOutput(f"priority {reply.priority!r} is not in the taxonomy", model=result.model)
+    distribution = (
+        field_value_distribution(result.logprobs, "category", list(codes))
+        if codes and result.logprobs and request.top_logprobs
+        else None
+    )
+    if distribution is not None and codes is not None:
+        by_name = {codes[c]: p for c, p in distribution.items()}
+        others = sorted(((n, p) for n, p in by_name.items() if n != category and p > 0), key=lambda kv: -kv[1])
+        return Triage(
+            category=category,
+            priority=reply.priority,
+            complexity=reply.complexity,
+            needs_vision=reply.needs_vision,
+            answer=reply.answer.strip() or None,
+            confidence=min(1.0, max(0.0, by_name[category])),
+            confidence_method="logprobs",
+            alternatives=dict(others[:3]),
+        )
+    return Triage(
+        category=category,
+        priority=reply.priority,
+        complexity=reply.complexity,
+        needs_vision=reply.needs_vision,
+        answer=reply.answer.strip() or None,
+        confidence=reply.confidence,
+        confidence_method="verbalized",
+    )
+
+
+def classify_request(spec: GraphSpec, ticket: Ticket) -> ClassifyRequest:
+    text = f"{ticket.subject}\n{ticket.text}" if ticket.subject else ticket.text
+    descriptions = "\n".join(f"{c.name}: {c.description}" for c in spec.taxonomy.categories if c.description)
+    return ClassifyRequest(text=text, labels=tuple(spec.taxonomy.category_names), instructions=descriptions)
+
+
+def answer_request(
+    template: Template, spec: GraphSpec, ticket: Ticket, triage: Triage, images: list[ImagePart]
+) -> ChatRequest:
+    category = spec.taxonomy.category(triage.category)
+    system, user = template.render(
+        {
+            "ticket": delimit_ticket(ticket),
+            "category": triage.category,
+            "category_description": category.description if category else "",
+            "priority": triage.priority,
+            "attachments": _attachments_note(ticket, images, False),
+        }
+    )
+    node = spec.nodes.answer
+    return ChatRequest(
+        messages=(Message("system", system), Message("user", user)),
+        max_tokens=node.max_tokens,
+        temperature=node.temperature,
+    )
+
+
+def mini_triage_summary(triage: Triage) -> str:
+    if triage.error:
+        return f"The first-tier triage failed ({triage.error}); classify the ticket yourself."
+    lines = [
+        f"category: {triage.category} (confidence {triage.confidence:.2f}, {triage.confidence_method})",
+        f"priority: {triage.priority}",
+        f"complexity: {triage.complexity}",
+    ]
+    if triage.answer:
+        lines.append(f"draft answer: {triage.answer}")
+    return "\n".join(lines)
+
+
+def escalate_request(
+    template: Template,
+    spec: GraphSpec,
+    ticket: Ticket,
+    triage: Triage,
+    images: list[ImagePart],
+    node: NodeSpec,
+    *,
+    vision: bool = True,
+) -> ChatRequest:
+    system, user = template.render(
+        {
+            "ticket": delimit_ticket(ticket),
+            "categories": _categories_block(spec, None),
+            "priorities": ", ".join(spec.taxonomy.priorities),
+            "attachments": _attachments_note(ticket, images, vision),
+            "mini_triage": mini_triage_summary(triage),
+        }
+    )
+    schema = _schema(
+        {
+            "category": {"type": "string", "enum": spec.taxonomy.category_names},
+            "priority": {"type": "string", "enum": spec.taxonomy.priorities},
+            "answer": {"type": "string"},
+        }
+    )
+    return ChatRequest(
+        messages=(Message("system", system), _user_message(user, images, vision)),
+        json_schema=JsonSchema("escalation", schema),
+        max_tokens=node.max_tokens,
+        temperature=node.temperature,
+    )
+
+
+def parse_escalation(result: ChatResult, spec: GraphSpec) -> EscalationReply:
+    reply: EscalationReply = _validate(EscalationReply, _load_json(result), result)
+    if reply.category not in spec.taxonomy.category_names:
+        raise BadModelOutput(f"category {reply.category!r} is not in the taxonomy", model=result.model)
+    if reply.priority not in spec.taxonomy.priorities:
+        raise BadModelOutput(f"priority {reply.priority!r} is not in the taxonomy", model=result.model)
+    return reply

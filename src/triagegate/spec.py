@@ -1,0 +1,396 @@
+"""The graph file: its schema, and loading it with errors that point at file, line and key.
+
+A graph file (``graphs/*.yaml``) is what users edit: which models play which part, the
+taxonomy, the prompts each node uses and the gate policy. Everything is validated here,
+before any model is built, so a typo fails at load time with the exact place to fix.
+
+Model bindings can be overridden from the environment so one file serves dev and prod:
+
+* ``TRIAGEGATE_<ALIAS>=backend:model@base_url`` (e.g. ``openai:gpt-4o-mini@http://127.0.0.1:8000/v1``)
+  or a JSON object merged over the binding;
+* ``TRIAGEGATE_<ALIAS>_BASE_URL``, ``TRIAGEGATE_<ALIAS>_MODEL``, ``TRIAGEGATE_<ALIAS>_API_KEY_ENV``;
+* ``TRIAGEGATE_<ALIAS>_CAPABILITIES=logprobs,vision`` (the full set; an empty value turns both off).
+
+``<ALIAS>`` is the alias upper-cased with ``-`` turned into ``_`` (``mini`` -> ``TRIAGEGATE_MINI``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from triagegate.errors import ConfigError
+
+Complexity = Literal["low", "medium", "high"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input: float = Field(default=0.0, ge=0.0)
+    output: float = Field(default=0.0, ge=0.0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+class ModelCapabilities(_Strict):
+    vision: bool = False
+    logprobs: bool = False
+
+
+class ModelBinding(_Strict):
+    """One model alias: which backend serves it, where, at what price, and what to try next."""
+
+    backend: str
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    price: Price = Field(default_factory=Price)
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    fallbacks: list[str] = Field(default_factory=list)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_inline_secrets(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if name.lower() in {"authorization", "api-key", "x-api-key"}:
+                raise ValueError(
+                    f"header {name!r} would put a secret in the graph file; "
+                    "name the environment variable that holds the key with 'api_key_env' instead"
+                )
+        return headers
+
+
+class Example(_Strict):
+    text: str = Field(min_length=1)
+    priority: str | None = None
+
+
+class Category(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    priority: str | None = None
+    """Default priority for tickets of this category (the taxonomy default when unset)."""
+    examples: list[Example] = Field(default_factory=list)
+
+    @field_validator("examples", mode="before")
+    @classmethod
+    def _plain_strings_are_examples(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"text": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class Taxonomy(_Strict):
+    categories: list[Category] = Field(min_length=2)
+    priorities: list[str] = Field(default_factory=lambda: ["low", "normal", "high", "urgent"], min_length=1)
+    default_priority: str = "normal"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Taxonomy:
+        names = [c.name for c in self.categories]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate category names: {', '.join(dupes)}")
+        if self.default_priority not in self.priorities:
+            raise ValueError(f"default_priority {self.default_priority!r} is not one of {self.priorities}")
+        for c in self.categories:
+            for p in [c.priority, *(e.priority for e in c.examples)]:
+                if p is not None and p not in self.priorities:
+                    raise ValueError(f"category {c.name!r} uses priority {p!r}, not one of {self.priorities}")
+        return self
+
+    @property
+    def category_names(self) -> list[str]:
+        return [c.name for c in self.categories]
+
+    def category(self, name: str) -> Category | None:
+        return next((c for c in self.categories if c.name == name), None)
+
+    def priority_for(self, category: str) -> str:
+        found = self.category(category)
+        return (found.priority if found and found.priority else None) or self.default_priority
+
+
+class NodeSpec(_Strict):
+    model: str
+    prompt: str
+    max_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+
+class Nodes(_Strict):
+    triage: NodeSpec
+    answer: NodeSpec
+    """Drafts the answer when the triage model cannot write (a classifier); otherwise the
+    triage draft stands and this node makes no model call."""
+    escalate: NodeSpec
+
+
+class AlwaysEscalate(_Strict):
+    needs_vision_without_vision_model: bool = True
+    suspected_injection: bool = True
+    complexity: list[Complexity] = Field(default_factory=lambda: ["high"])  # type: ignore[arg-type]
+    categories: list[str] = Field(default_factory=list)
+    priorities: list[str] = Field(default_factory=lambda: ["urgent"])
+
+
+class NeverEscalate(_Strict):
+    categories: list[str] = Field(default_factory=list)
+
+
+class GatePolicy(_Strict):
+    """When the mini tier's answer stands. See :func:`triagegate.gate.decide` for precedence."""
+
+    threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    category_thresholds: dict[str, float] = Field(default_factory=dict)
+    always_escalate: AlwaysEscalate = Field(default_factory=AlwaysEscalate)
+    never_escalate: NeverEscalate = Field(default_factory=NeverEscalate)
+
+    @field_validator("category_thresholds")
+    @classmethod
+    def _probabilities(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, t in value.items():
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"threshold for {name!r} must be between 0 and 1, got {t}")
+        return value
+
+    def threshold_for(self, category: str) -> float:
+        return self.category_thresholds.get(category, self.threshold)
+
+
+class Limits(_Strict):
+    max_text_chars: int = Field(default=20_000, ge=1)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_images: int = Field(default=4, ge=0)
+    image_types: list[str] = Field(default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp"])
+
+
+class GraphSpec(_Strict):
+    version: Literal[1] = 1
+    name: str = "triagegate"
+    description: str = ""
+    prompts: str = "../prompts"
+    """Directory of prompt templates, relative to the graph file."""
+    models: dict[str, ModelBinding]
+    taxonomy: Taxonomy
+    nodes: Nodes
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GraphSpec:
+        aliases = set(self.models)
+        for node_name in ("triage", "answer", "escalate"):
+            node: NodeSpec = getattr(self.nodes, node_name)
+            if node.model not in aliases:
+                raise ValueError(
+                    f"nodes.{node_name}.model refers to {node.model!r}, which is not defined under 'models' "
+                    f"(defined: {', '.join(sorted(aliases))})"
+                )
+        for alias, binding in self.models.items():
+            for fb in binding.fallbacks:
+                if fb not in aliases:
+                    raise ValueError(f"models.{alias}.fallbacks names {fb!r}, which is not defined under 'models'")
+                if fb == alias:
+                    raise ValueError(f"models.{alias}.fallbacks lists the alias itself")
+        known = set(self.taxonomy.category_names)
+        gate = self.gate
+        for source, names in (
+            ("gate.category_thresholds", list(gate.category_thresholds)),
+            ("gate.always_escalate.categories", gate.always_escalate.categories),
+            ("gate.never_escalate.categories", gate.never_escalate.categories),
+        ):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(f"{source} names unknown categories: {', '.join(unknown)}")
+        bad_prio = [p for p in gate.always_escalate.priorities if p not in self.taxonomy.priorities]
+        if bad_prio:
+            raise ValueError(f"gate.always_escalate.priorities names unknown priorities: {', '.join(bad_prio)}")
+        return self
+
+
+class LoadedSpec(BaseModel):
+    """A validated graph file together with where it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    spec: GraphSpec
+    path: Path | None
+    prompts_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def content_hash(self, extra: Mapping[str, str] = {}) -> str:
+        """A stable hash of the validated graph (after environment overrides) and ``extra`` texts."""
+        payload = json.dumps(
+            {"spec": self.spec.model_dump(mode="json"), "extra": dict(sorted(extra.items()))},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def env_var_for(alias: str, suffix: str = "") -> str:
+    base = "TRIAGEGATE_" + alias.upper().replace("-", "_")
+    return f"{base}_{suffix}" if suffix else base
+
+
+def parse_binding_override(value: str) -> dict[str, Any]:
+    """Parse ``backend:model@base_url`` (model and URL optional) or a JSON object."""
+    value = value.strip()
+    if value.startswith("{"):
+        loaded = json.loads(value)
+        if not isinstance(loaded, dict):
+            raise ValueError("a JSON override must be an object")
+        return loaded
+    backend, _, rest = value.partition(":")
+    if not backend:
+        raise ValueError("expected 'backend:model@base_url', e.g. 'openai:gpt-4o-mini@http://127.0.0.1:8000/v1'")
+    out: dict[str, Any] = {"backend": backend}
+    model, at, url = rest.partition("@")
+    if model:
+        out["model"] = model
+    if at:
+        out["base_url"] = url
+    return out
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Merge ``TRIAGEGATE_<ALIAS>*`` variables into ``raw['models']`` in place; return what was applied."""
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return []
+    applied: list[str] = []
+    for alias in list(models):
+        binding = models[alias] if isinstance(models[alias], dict) else {}
+        whole = environ.get(env_var_for(alias))
+        if whole:
+            try:
+                override = parse_binding_override(whole)
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"cannot parse {env_var_for(alias)}: {exc}", key=f"models.{alias}") from None
+            if override.get("backend") not in (None, binding.get("backend")):
+                # A different backend means different options; keep only what is backend-neutral.
+                neutral = {"price", "capabilities", "timeout", "max_retries", "fallbacks"}
+                binding = {k: v for k, v in binding.items() if k in neutral}
+            binding = {**binding, **override}
+            applied.append(env_var_for(alias))
+        for suffix, key in (("BASE_URL", "base_url"), ("MODEL", "model"), ("API_KEY_ENV", "api_key_env")):
+            value = environ.get(env_var_for(alias, suffix))
+            if value:
+                binding[key] = value
+                applied.append(env_var_for(alias, suffix))
+        caps = environ.get(env_var_for(alias, "CAPABILITIES"))
+        if caps is not None:
+            wanted = {c.strip() for c in caps.split(",") if c.strip()}
+            binding["capabilities"] = {name: name in wanted for name in ("vision", "logprobs")}
+            unknown = wanted - {"vision", "logprobs"}
+            if unknown:
+                raise ConfigError(
+                    f"{env_var_for(alias, 'CAPABILITIES')} lists unknown capabilities: {', '.join(sorted(unknown))} "
+                    "(known: vision, logprobs)",
+                    key=f"models.{alias}.capabilities",
+                )
+            applied.append(env_var_for(alias, "CAPABILITIES"))
+        models[alias] = binding
+    return applied
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a pydantic error location through the composed YAML tree to a 1-based line."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if child is None:
+                break
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_spec(
+    text: str,
+    *,
+    source: str = "<graph>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedSpec:
+    """Validate graph-file text. Raises :class:`ConfigError` naming ``source``, line and key."""
+    try:
+        tree = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"not valid YAML: {problem}", file=source, line=mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a graph file must be a YAML mapping with 'models', 'taxonomy' and 'nodes'", file=source)
+    applied = apply_env_overrides(raw, os.environ if environ is None else environ)
+    try:
+        spec = GraphSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key = _format_loc(loc) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and indentation)"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        if key and key.startswith("models.") and applied:
+            message += f" (environment overrides applied: {', '.join(applied)})"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(message, file=source, line=_line_of(tree, loc), key=key) from None
+    root = base_dir if base_dir is not None else Path.cwd()
+    return LoadedSpec(spec=spec, path=None, prompts_dir=(root / spec.prompts).resolve())
+
+
+def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> LoadedSpec:
+    """Read and validate a graph file from disk."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("graph file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read graph file: {exc}", file=str(path)) from None
+    loaded = parse_spec(text, source=str(path), base_dir=path.resolve().parent, environ=environ)
+    return loaded.model_copy(update={"path": path.resolve()})

@@ -1,0 +1,171 @@
+"""The data shapes that cross triagegate's boundaries: tickets in, outcomes out.
+
+``Outcome`` is what every interface returns and writes (the Python API, the CLI, batch
+files, the HTTP service and the queue workers), so it is deliberately flat and
+JSON-friendly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class AttachmentKind(StrEnum):
+    IMAGE = "image"
+
+
+class Attachment(BaseModel):
+    """An image attached to a ticket: exactly one of a local path, an http(s) URL or a data URL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: AttachmentKind = AttachmentKind.IMAGE
+    path: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Attachment:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("an attachment needs exactly one of 'path' or 'url' (http(s) or data: URL)")
+        if self.url is not None and not self.url.startswith(("http://", "https://", "data:")):
+            raise ValueError("attachment 'url' must start with http://, https:// or data:")
+        return self
+
+    @classmethod
+    def image(cls, source: str) -> Attachment:
+        """Build an image attachment from a path, an http(s) URL or a data URL."""
+        if source.startswith(("http://", "https://", "data:")):
+            return cls(url=source)
+        return cls(path=source)
+
+    def describe(self) -> str:
+        """A short, log-safe description (never the bytes of a data URL)."""
+        if self.path is not None:
+            return self.path
+        assert self.url is not None
+        return "data: URL" if self.url.startswith("data:") else self.url
+
+
+def new_ticket_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Ticket(BaseModel):
+    """A customer-support ticket. ``text`` is untrusted customer input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=new_ticket_id, min_length=1, max_length=200)
+    text: str = Field(min_length=1)
+    subject: str | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("ticket text is blank")
+        return value
+
+    @property
+    def has_images(self) -> bool:
+        return any(a.kind is AttachmentKind.IMAGE for a in self.attachments)
+
+
+Complexity = Literal["low", "medium", "high"]
+ConfidenceMethod = Literal["logprobs", "classifier", "verbalized", "none"]
+
+
+class Triage(BaseModel):
+    """What the mini tier concluded about a ticket, and how sure it is.
+
+    ``confidence`` is a probability in [0, 1]; ``confidence_method`` says where it came
+    from: normalised token log-probabilities over the category options, a trained
+    classifier's class probability, the model's own stated confidence, or ``none`` when
+    the triage failed (confidence is then 0 so the gate escalates).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    priority: str
+    complexity: Complexity = "medium"
+    needs_vision: bool = False
+    answer: str | None = None
+    confidence: float = Field(ge=0.0, le=1.0)
+    confidence_method: ConfidenceMethod
+    alternatives: dict[str, float] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class Usage(BaseModel):
+    """Token counts and cost; adds up across calls and nodes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            requests=self.requests + other.requests,
+        )
+
+
+class NodeRun(BaseModel):
+    """One node's share of a ticket's run: which model it used and what that cost."""
+
+    node: str
+    model_alias: str | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+Route = Literal["mini", "flagship", "none"]
+Status = Literal["ok", "failed", "skipped"]
+
+
+class Outcome(BaseModel):
+    """The result of running one ticket through a graph."""
+
+    ticket_id: str
+    run_id: str
+    graph: str | None = None
+    graph_hash: str | None = None
+    status: Status = "ok"
+    route: Route = "none"
+    category: str | None = None
+    priority: str | None = None
+    complexity: Complexity | None = None
+    answer: str | None = None
+    confidence: float | None = None
+    confidence_method: ConfidenceMethod | None = None
+    escalation_reasons: list[str] = Field(default_factory=list)
+    path: list[str] = Field(default_factory=list)
+    nodes: list[NodeRun] = Field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    errors: list[str] = Field(default_factory=list)
+
+    @property
+    def escalated(self) -> bool:
+        return self.route == "flagship"
