@@ -8,6 +8,7 @@ print one clear line on stderr.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -23,9 +24,16 @@ app = typer.Typer(
 graph_app = typer.Typer(help="Inspect and validate graph files.", no_args_is_help=True)
 app.add_typer(graph_app, name="graph")
 
-from triagegate.cli import graph_cmd, run_cmd  # noqa: E402  (registers commands)
+COMMAND_MODULES = [
+    "run_cmd",
+    "graph_cmd",
+]
+"""Modules that register subcommands on import; add one line per new subcommand module."""
 
-__all__ = ["app", "graph_cmd", "main", "run_cmd"]
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"triagegate.cli.{_module}")
+
+__all__ = ["COMMAND_MODULES", "app", "graph_app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
