@@ -12,24 +12,34 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from triagegate.models.base import TokenLogprob
 
 OPTION_CODES = string.ascii_uppercase + string.ascii_lowercase
 """At most 52 options can be scored from a single token; larger label sets fall back."""
 
+_CODE_END = frozenset(' \t\r\n".,:;)]}')
+"""What may follow an option code inside the same token (a closing quote, a full stop, ...)."""
+
 
 def option_codes(count: int) -> list[str]:
+    if count < 0:
+        raise ValueError(f"the number of options cannot be negative, got {count}")
     if count > len(OPTION_CODES):
-        raise ValueError(f"at most {len(OPTION_CODES)} options can be scored by log-probabilities, got {count}")
+        raise ValueError(
+            f"at most {len(OPTION_CODES)} options can be scored by log-probabilities, got {count}"
+        )
     return list(OPTION_CODES[:count])
 
 
 def field_value_distribution(
     tokens: Sequence[TokenLogprob], field: str, codes: Sequence[str]
 ) -> dict[str, float] | None:
-    """Probability of each code as the first character of JSON string field ``field``.
+    """Probability of each code as the value of JSON string field ``field``.
+
+    Read from the alternatives of the token where the value starts: an alternative counts
+    for a code when the code stands alone there (``"A"``, not the start of ``"Account"``).
 
     Returns ``None`` when the field cannot be located in the token stream or none of the
     top alternatives at its position is an option code (the caller then falls back to a
@@ -44,36 +54,53 @@ def field_value_distribution(
     for tok in tokens:
         end = offset + len(tok.token)
         if end > value_start:
-            return _distribution_at(tok, value_start - offset, codes)
+            cut = value_start - offset
+            alternatives = {**tok.top, tok.token: tok.logprob}
+            return _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
         offset = end
     return None
 
 
-def _distribution_at(tok: TokenLogprob, cut: int, codes: Sequence[str]) -> dict[str, float] | None:
-    prefix = tok.token[:cut]
+def _distribution_at(
+    alternatives: Iterable[tuple[str, float]], cut: int, prefix: str, codes: Sequence[str]
+) -> dict[str, float] | None:
+    """Normalise the mass of alternatives that put an option code at position ``cut``.
+
+    An alternative counts for a code only when it shares ``prefix``, has the code at
+    ``cut`` and then ends or continues with a blank or closing punctuation: ``"Billing"``
+    or ``"I'm"`` is the model starting a word, not choosing option ``B`` or ``I``. Normalisation is done relative to the largest
+    log-probability, so providers' floor values (``-9999``) cannot underflow to 0/0.
+    """
     allowed = set(codes)
-    alternatives = dict(tok.top)
-    alternatives.setdefault(tok.token, tok.logprob)
-    mass: dict[str, float] = {}
-    for alt, logprob in alternatives.items():
-        if not alt.startswith(prefix) or len(alt) <= cut:
+    found: list[tuple[str, float]] = []
+    for alt, logprob in alternatives:
+        if not alt.startswith(prefix) or len(alt) <= cut or math.isnan(logprob):
             continue
         code = alt[cut]
-        if code in allowed:
-            mass[code] = mass.get(code, 0.0) + math.exp(logprob)
-    total = sum(mass.values())
-    if total <= 0.0:
+        after = alt[cut + 1 : cut + 2]
+        if code in allowed and (not after or after in _CODE_END):
+            found.append((code, logprob))
+    if not found:
         return None
-    return {code: mass.get(code, 0.0) / total for code in codes}
+    top = max(logprob for _, logprob in found)
+    if top == -math.inf:
+        return None
+    mass = dict.fromkeys(codes, 0.0)
+    for code, logprob in found:
+        mass[code] += math.exp(logprob - top)
+    total = sum(mass.values())
+    return {code: mass[code] / total for code in codes}
 
 
-def single_token_distribution(tokens: Sequence[TokenLogprob], codes: Sequence[str]) -> dict[str, float] | None:
-    """Distribution over ``codes`` at the first token of a bare answer (label scoring with max_tokens=1)."""
+def single_token_distribution(
+    tokens: Sequence[TokenLogprob], codes: Sequence[str]
+) -> dict[str, float] | None:
+    """Distribution over ``codes`` at the first token of a bare answer (label scoring with max_tokens=1).
+
+    Leading blanks are ignored, so ``" A"`` and ``"A"`` both count for option ``A``.
+    """
     if not tokens:
         return None
     first = tokens[0]
-    merged: dict[str, float] = {}
-    for alt, logprob in {**first.top, first.token: first.logprob}.items():
-        key = alt.lstrip()
-        merged[key] = math.log(math.exp(merged[key]) + math.exp(logprob)) if key in merged else logprob
-    return _distribution_at(TokenLogprob(first.token.lstrip(), first.logprob, merged), 0, codes)
+    alternatives = {**first.top, first.token: first.logprob}
+    return _distribution_at(((alt.lstrip(), lp) for alt, lp in alternatives.items()), 0, "", codes)

@@ -21,6 +21,7 @@ import math
 import random
 import re
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -94,7 +95,12 @@ class _Transient(Exception):
 
 
 class _LoopState:
-    """The pooled client and limiters of one event loop (none of them may cross loops)."""
+    """The pooled client and limiters of one event loop (none of them may cross loops).
+
+    ``closer`` is an async generator parked for the loop's lifetime: ``asyncio.run`` (and
+    any runner) finalises pending async generators before closing its loop, which closes
+    the client there, so a sync wrapper that never calls ``aclose`` leaks no sockets.
+    """
 
     def __init__(self, backend: OpenAIBackend, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -108,6 +114,20 @@ class _LoopState:
         self.semaphore = asyncio.Semaphore(size)
         self.rpm = AsyncLimiter(backend.requests_per_minute, 60) if backend.requests_per_minute else None
         self.tpm = AsyncLimiter(backend.tokens_per_minute, 60) if backend.tokens_per_minute else None
+        self.closer = _close_with_loop(self.client)
+
+    async def park(self) -> None:
+        await anext(self.closer)
+
+    async def close(self) -> None:
+        await self.closer.aclose()
+
+
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 class OpenAIBackend:
@@ -229,8 +249,8 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         state, self._state = self._state, None
-        if state is not None and not state.loop.is_closed():
-            await state.client.aclose()
+        if state is not None and state.loop is asyncio.get_running_loop():
+            await state.close()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """One chat completion, retried on transient failures; ``usage.requests`` counts attempts."""
@@ -381,10 +401,11 @@ class OpenAIBackend:
             body["top_logprobs"] = min(request.top_logprobs, MAX_TOP_LOGPROBS)
         return body
 
-    def _loop_state(self) -> _LoopState:
+    async def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop:
             self._state = _LoopState(self, loop)
+            await self._state.park()
         return self._state
 
     async def _post(self, body: dict[str, Any], estimate: int) -> tuple[dict[str, Any], int]:
@@ -412,7 +433,7 @@ class OpenAIBackend:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, body: dict[str, Any], estimate: int, attempt: int) -> dict[str, Any]:
-        state = self._loop_state()
+        state = await self._loop_state()
         if state.rpm is not None:
             await state.rpm.acquire()
         if state.tpm is not None:

@@ -1,0 +1,47 @@
+# triagegate: `make demo` runs the offline pipeline, `make test` runs every check.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,local,server,serve,queue
+
+.PHONY: install demo test lint typecheck unit services bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+	  echo ">>> Installing llama-cpp-python: pip builds it from source, which takes 3-10 minutes on a 2-core machine."
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/triagegate demo graphs/support.yaml
+
+services:
+	@bash scripts/services.sh
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy src
+
+# pytest exits 5 when it collected nothing; that is not a failure of the suite.
+unit: install services
+	$(BIN)/pytest -q -p no:cacheprovider || [ $$? -eq 5 ]
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,668 @@
+"""A scriptable OpenAI-compatible chat completions server for tests and benchmarks.
+
+It speaks just enough of ``POST /v1/chat/completions`` for triagegate's OpenAI backend:
+JSON-schema structured output, ``logprobs``/``top_logprobs``, usage counts, error
+statuses with ``Retry-After``, hangs and garbage bodies. It is a raw ASGI app served by
+uvicorn on 127.0.0.1 in a background thread (or as its own process, see ``main``).
+
+Each request is answered by the next scripted behaviour queued for its ``model`` (or for
+any model), else by an *auto reply*: a JSON object that conforms to the request's schema,
+with log-probabilities that make one-character enum values (option codes) carry
+``code_confidence`` of the mass. Global knobs add latency and random faults for batch
+tests. The hot path avoids anything heavier than one ``json.loads``/``json.dumps`` so a
+single process serves well over a thousand requests per second.
+
+Standalone::
+
+    python tests/support/openai_server.py --port 0 --latency 0.2 --fault-rate 0.1
+
+prints ``READY http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+__all__ = [
+    "Behaviour",
+    "Delay",
+    "Garbage",
+    "Hang",
+    "OpenAIServer",
+    "Reply",
+    "Status",
+    "auto_content",
+    "code_spots",
+    "make_logprobs",
+    "tokenize",
+]
+
+AUTO_TEXT = "auto answer"
+CODE_TOKEN_LOGPROB = -0.01
+"""Log-probability given to every token that is not an option code."""
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Chooser = Callable[[str, list[Any], dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A 200 completion. ``dict`` content is ``json.dumps``'ed.
+
+    ``logprobs`` is the raw ``choices[0].logprobs.content`` list; when it is ``None`` and
+    the request asked for log-probabilities, they are generated from the content.
+    ``usage`` is ``(prompt_tokens, completion_tokens)``; ``None`` estimates them.
+    """
+
+    content: str | dict[str, Any]
+    logprobs: list[dict[str, Any]] | None = None
+    usage: tuple[int, int] | None = None
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Status:
+    """An error status. ``body`` ``None`` sends an OpenAI-style error object; a str is sent raw."""
+
+    code: int
+    retry_after: float | None = None
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Wait ``seconds`` (or until the client hangs up), then auto-reply."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """A 200 whose body is not JSON."""
+
+    text: str = "not json{"
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait ``seconds``, then behave as ``then``."""
+
+    seconds: float
+    then: Behaviour
+
+
+Behaviour = Reply | Status | Hang | Garbage | Delay
+
+_TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
+_OPTION_LINE = re.compile(r"^\s*([A-Za-z])\s*[:).]\s+\S", re.MULTILINE)
+
+
+def tokenize(text: str) -> list[str]:
+    """Split ``text`` into word runs and single punctuation marks, each with its leading blanks.
+
+    The pieces concatenate back to ``text`` exactly, like a real tokenizer's.
+    """
+    return _TOKEN.findall(text)
+
+
+def _first_choice(field: str, values: list[Any], body: dict[str, Any]) -> Any:
+    return values[0]
+
+
+class _AutoBuilder:
+    """Builds a schema-conforming value and remembers where option-code values were chosen."""
+
+    def __init__(self, root: dict[str, Any], body: dict[str, Any], choose: Chooser) -> None:
+        self.root = root
+        self.body = body
+        self.choose = choose
+        self.codes: list[tuple[str, str, list[str]]] = []
+        """(field name, chosen code, all codes) in the order they appear in the output."""
+
+    def value(self, schema: Any, field: str, depth: int = 0) -> Any:
+        if not isinstance(schema, dict) or depth > 32:
+            return AUTO_TEXT
+        if "$ref" in schema:
+            return self.value(self._resolve(schema["$ref"]), field, depth + 1)
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            values = list(schema["enum"])
+            chosen = self.choose(field, values, self.body)
+            if all(isinstance(v, str) and len(v) == 1 for v in values):
+                self.codes.append((field, chosen, values))
+            return chosen
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in schema:
+                options = [s for s in schema[key] if not (isinstance(s, dict) and s.get("type") == "null")]
+                return self.value(options[0] if options else {"type": "null"}, field, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object" or (kind is None and "properties" in schema):
+            properties = schema.get("properties") or {}
+            names = list(properties) + [n for n in schema.get("required", []) if n not in properties]
+            return {
+                name: self.value(properties.get(name, {"type": "string"}), name, depth + 1) for name in names
+            }
+        if kind == "array":
+            count = int(schema.get("minItems", 0))
+            return [self.value(schema.get("items", {}), field, depth + 1) for _ in range(count)]
+        return {"number": 0.9, "integer": 1, "boolean": False, "null": None}.get(kind or "string", AUTO_TEXT)
+
+    def _resolve(self, ref: str) -> Any:
+        node: Any = self.root
+        for part in ref.removeprefix("#/").split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node
+
+
+def auto_content(
+    body: dict[str, Any], choose: Chooser = _first_choice
+) -> tuple[str, list[tuple[int, list[str]]]]:
+    """The auto reply's content for ``body`` and the (offset, codes) of each option-code value in it."""
+    content, fields, bare = _plan(body, choose)
+    return content, code_spots(content, fields, bare)
+
+
+def _plan(body: dict[str, Any], choose: Chooser) -> tuple[str, list[tuple[str, list[str]]], list[str] | None]:
+    """Auto content, the option-code fields of the requested schema, and the codes of a bare answer."""
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if response_format.get("type") == "json_schema" and isinstance(schema, dict):
+        builder = _AutoBuilder(schema, body, choose)
+        content = json.dumps(builder.value(schema, ""))
+        return content, [(field, codes) for field, _, codes in builder.codes], None
+    if response_format.get("type") == "json_object":
+        return json.dumps({"answer": AUTO_TEXT}), [], None
+    if body.get("logprobs") and body.get("max_tokens") == 1:
+        codes = _prompt_codes(body)
+        if codes:
+            return str(choose("label", codes, body)), [], codes
+        return "auto", [], None
+    return AUTO_TEXT, [], None
+
+
+def code_spots(
+    content: str, fields: Sequence[tuple[str, list[str]]], bare: list[str] | None = None
+) -> list[tuple[int, list[str]]]:
+    """Offsets in ``content`` where an option code is the value of one of ``fields`` (in order)."""
+    if bare is not None:
+        stripped = content.lstrip()
+        return [(len(content) - len(stripped), bare)] if stripped in bare else []
+    spots: list[tuple[int, list[str]]] = []
+    cursor = 0
+    for field, codes in fields:
+        match = re.compile(re.escape(json.dumps(field)) + r'\s*:\s*"(.)"').search(content, cursor)
+        if match is not None and match.group(1) in codes:
+            spots.append((match.start(1), [str(c) for c in codes]))
+            cursor = match.end()
+    return spots
+
+
+def _prompt_codes(body: dict[str, Any]) -> list[str]:
+    """Option codes listed one per line (``A: billing``) in the system message."""
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") == "system":
+            return list(dict.fromkeys(_OPTION_LINE.findall(_message_text(message))))
+    return []
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _entry(token: str, logprob: float, top: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+    }
+
+
+def make_logprobs(
+    content: str, spots: Sequence[tuple[int, list[str]]], confidence: float, top_n: int
+) -> list[dict[str, Any]]:
+    """Token log-probabilities for ``content``; a code at a spot gets ``confidence``, the rest shared."""
+    by_offset = dict(spots)
+    out: list[dict[str, Any]] = []
+    offset = 0
+    top_n = max(1, top_n)
+    for token in tokenize(content):
+        codes = by_offset.get(offset)
+        if codes is not None and token in codes:
+            out.append(_code_entry(token, codes, confidence, top_n))
+        else:
+            out.append(_entry(token, CODE_TOKEN_LOGPROB, [(token, CODE_TOKEN_LOGPROB)]))
+        offset += len(token)
+    return out
+
+
+def _code_entry(chosen: str, codes: list[str], confidence: float, top_n: int) -> dict[str, Any]:
+    confidence = min(max(confidence, 1e-6), 1.0)
+    others = [c for c in codes if c != chosen]
+    top = [(chosen, math.log(confidence))]
+    if others and confidence < 1.0:
+        share = math.log((1.0 - confidence) / len(others))
+        top.extend((c, share) for c in others[: top_n - 1])
+    return _entry(chosen, top[0][1], top)
+
+
+class _App:
+    """The raw ASGI app; all state lives on the owning :class:`OpenAIServer`."""
+
+    def __init__(self, server: OpenAIServer) -> None:
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if scope["method"] == "POST" and path.endswith("/chat/completions"):
+            await self.server._handle(scope, receive, send)
+        elif scope["method"] == "GET" and path.endswith("/models"):
+            await _send_json(send, 200, {"object": "list", "data": [{"id": "auto", "object": "model"}]})
+        elif scope["method"] == "GET" and path in ("/health", "/v1/health"):
+            await _send_json(send, 200, {"status": "ok"})
+        else:
+            await _send_json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+
+async def _send_raw(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(
+    send: Send, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await _send_raw(send, status, json.dumps(payload).encode(), headers)
+
+
+class OpenAIServer:
+    """A loopback OpenAI-compatible server with scripted behaviours and global fault knobs.
+
+    Knobs (plain attributes, settable while running): ``latency`` seconds added to every
+    request; ``fault_rate`` probability that an unscripted request fails with one of
+    ``faults`` (``"429"``/``"500"``/any status code, ``"timeout"`` = hang ``hang_seconds``,
+    ``"garbage"``), drawn from an RNG seeded with ``seed``; ``fault_retry_after`` sent with
+    injected 429/503; ``code_confidence`` (a float or ``f(body) -> float``) for option-code
+    tokens; ``choose(field, enum_values, body) -> value`` picks enum values; ``record``
+    (keep request bodies and headers; turn off for long benchmarks).
+
+    Counters: ``count`` requests received, ``status_counts`` per status sent,
+    ``max_concurrency_seen`` most chat requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        faults: Sequence[str] = ("429", "500", "timeout"),
+        hang_seconds: float = 30.0,
+        fault_retry_after: float | None = None,
+        seed: int = 0,
+        code_confidence: float | Callable[[dict[str, Any]], float] = 0.9,
+        choose: Chooser | None = None,
+        record: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.latency = latency
+        self.fault_rate = fault_rate
+        bad = [f for f in faults if f not in ("timeout", "garbage") and not (f.isdigit() and len(f) == 3)]
+        if bad:
+            raise ValueError(f"unknown faults {bad}: use HTTP status codes, 'timeout' or 'garbage'")
+        self.faults = tuple(faults)
+        self.hang_seconds = hang_seconds
+        self.fault_retry_after = fault_retry_after
+        self.seed = seed
+        self.code_confidence = code_confidence
+        self.choose: Chooser = choose or _first_choice
+        self.record = record
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self.count = 0
+        self.status_counts: Counter[int] = Counter()
+        self.max_concurrency_seen = 0
+        self.in_flight = 0
+        self._rng = random.Random(seed)
+        self._scripts: dict[str | None, deque[Behaviour]] = {}
+        self._lock = threading.Lock()
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``; known once started (and still after ``stop``)."""
+        if self.port == 0:
+            raise RuntimeError("the server has not been started, so it has no port yet")
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> OpenAIServer:
+        """Bind (a free port when ``port`` is 0) and serve in a daemon thread; returns self."""
+        if self._thread is not None:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(2048)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            _App(self),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="auto",
+            backlog=2048,
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._uvicorn.run, kwargs={"sockets": [sock]}, name="openai-server", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError("the test OpenAI server did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (in-flight hangs are cut after a second) and join the thread."""
+        if self._uvicorn is None or self._thread is None:
+            return
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
+        self._uvicorn = None
+        self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def script(self, model: str | None, *behaviours: Behaviour) -> None:
+        """Queue ``behaviours`` for requests whose ``model`` is ``model`` (``None``: any model)."""
+        with self._lock:
+            self._scripts.setdefault(model, deque()).extend(behaviours)
+
+    def reset(self) -> None:
+        """Forget recorded requests, counters and queued scripts, and reseed the fault RNG."""
+        with self._lock:
+            self._scripts.clear()
+            self.requests.clear()
+            self.request_headers.clear()
+            self.count = 0
+            self.status_counts.clear()
+            self.max_concurrency_seen = 0
+            self._rng = random.Random(self.seed)
+
+    @property
+    def pending(self) -> int:
+        """Scripted behaviours not yet consumed."""
+        with self._lock:
+            return sum(len(q) for q in self._scripts.values())
+
+    def _next_behaviour(self, model: Any) -> Behaviour | None:
+        with self._lock:
+            for key in (model, None):
+                queue = self._scripts.get(key) if isinstance(key, str | None) else None
+                if queue:
+                    return queue.popleft()
+        if self.fault_rate > 0 and self.faults and self._rng.random() < self.fault_rate:
+            return self._fault(self._rng.choice(self.faults))
+        return None
+
+    def _fault(self, name: str) -> Behaviour:
+        if name == "timeout":
+            return Hang(self.hang_seconds)
+        if name == "garbage":
+            return Garbage()
+        code = int(name)
+        return Status(code, retry_after=self.fault_retry_after if code in (429, 503) else None)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.count += 1
+        self.in_flight += 1
+        self.max_concurrency_seen = max(self.max_concurrency_seen, self.in_flight)
+        try:
+            raw = await _read_body(receive)
+            if raw is None:
+                self.status_counts[499] += 1
+                return
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                await self._send(send, 400, _error("request body is not JSON", "invalid_request_error"))
+                return
+            if not isinstance(body, dict):
+                await self._send(send, 400, _error("request body must be an object", "invalid_request_error"))
+                return
+            if self.record:
+                self.requests.append(body)
+                self.request_headers.append(
+                    {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                )
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            behaviour = self._next_behaviour(body.get("model"))
+            await self._behave(behaviour, body, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _behave(
+        self, behaviour: Behaviour | None, body: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        while isinstance(behaviour, Delay):
+            await asyncio.sleep(behaviour.seconds)
+            behaviour = behaviour.then
+        if isinstance(behaviour, Hang):
+            if await _client_left_within(receive, behaviour.seconds):
+                self.status_counts[499] += 1
+                return
+            behaviour = None
+        if behaviour is None or isinstance(behaviour, Reply):
+            await self._send(send, 200, self._completion(body, behaviour))
+        elif isinstance(behaviour, Garbage):
+            self.status_counts[200] += 1
+            await _send_raw(send, 200, behaviour.text.encode())
+        else:
+            headers = (
+                []
+                if behaviour.retry_after is None
+                else [(b"retry-after", f"{behaviour.retry_after:g}".encode())]
+            )
+            if isinstance(behaviour.body, str | bytes):
+                self.status_counts[behaviour.code] += 1
+                raw = behaviour.body.encode() if isinstance(behaviour.body, str) else behaviour.body
+                await _send_raw(send, behaviour.code, raw, headers)
+                return
+            payload = behaviour.body if behaviour.body is not None else _status_error(behaviour.code)
+            await self._send(send, behaviour.code, payload, headers)
+
+    async def _send(
+        self, send: Send, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.status_counts[status] += 1
+        await _send_json(send, status, payload, headers)
+
+    def _completion(self, body: dict[str, Any], reply: Reply | None) -> dict[str, Any]:
+        logprobs: list[dict[str, Any]] | None = None
+        wants_logprobs = bool(body.get("logprobs"))
+        if reply is None:
+            content, spots = auto_content(body, self.choose)
+            finish = "stop"
+        else:
+            content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
+            spots = []
+            if wants_logprobs and reply.logprobs is None:
+                _, fields, bare = _plan(body, self.choose)
+                spots = code_spots(content, fields, bare)
+            logprobs = reply.logprobs
+            finish = reply.finish_reason
+        if wants_logprobs and logprobs is None:
+            confidence = self.code_confidence
+            value = confidence(body) if callable(confidence) else confidence
+            logprobs = make_logprobs(content, spots, value, int(body.get("top_logprobs") or 1))
+        if reply is not None and reply.usage is not None:
+            prompt_tokens, completion_tokens = reply.usage
+        else:
+            chars = sum(len(_message_text(m)) for m in body.get("messages") or () if isinstance(m, dict))
+            prompt_tokens, completion_tokens = chars // 4, len(content) // 4 + 1
+        return {
+            "id": f"chatcmpl-{self.count}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or "auto",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": {"content": logprobs} if logprobs is not None else None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or ``None`` when the client hung up before sending all of it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _client_left_within(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds``; True as soon as the client disconnects instead."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnected(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _error(message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _status_error(code: int) -> dict[str, Any]:
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }
+    return _error(f"scripted status {code}", kinds.get(code, "server_error"))
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a scriptable OpenAI-compatible API on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="probability of an injected fault")
+    parser.add_argument(
+        "--faults", default="429,500,timeout", help="comma-separated: status codes, timeout, garbage"
+    )
+    parser.add_argument("--hang-seconds", type=float, default=30.0, help="how long a 'timeout' fault hangs")
+    parser.add_argument(
+        "--retry-after", type=float, default=None, help="Retry-After sent with injected 429/503"
+    )
+    parser.add_argument("--code-confidence", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run standalone: print ``READY <base_url>`` once serving, stop on SIGTERM/SIGINT."""
+    args = _parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server = OpenAIServer(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        faults=[f.strip() for f in args.faults.split(",") if f.strip()],
+        hang_seconds=args.hang_seconds,
+        fault_retry_after=args.retry_after,
+        seed=args.seed,
+        code_confidence=args.code_confidence,
+        record=False,
+    )
+    with server:
+        print(f"READY {server.base_url}", flush=True)
+        stop.wait()
+    with contextlib.suppress(Exception):
+        print(f"served {server.count} requests: {dict(server.status_counts)}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
