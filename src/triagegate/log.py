@@ -33,17 +33,41 @@ def _scrub(value: str) -> str:
     return SECRET_VALUES.sub("[REDACTED]", value)
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: blank values under secret-looking keys and secret-looking strings anywhere."""
     for key, value in list(event_dict.items()):
-        if SECRET_KEYS.search(key) and key not in {"tokens_in", "tokens_out", "input_tokens", "output_tokens"}:
+        if SECRET_KEYS.search(key) and key not in {
+            "tokens_in",
+            "tokens_out",
+            "input_tokens",
+            "output_tokens",
+            "max_tokens",
+        }:
             event_dict[key] = "[REDACTED]"
-        elif isinstance(value, str):
-            event_dict[key] = _scrub(value)
+        else:
+            event_dict[key] = _redact_value(value)
     return event_dict
 
 
-def configure(level: str | int | None = None, *, json: bool | None = None, stream: TextIO | None = None) -> None:
+def _redact_value(value: Any) -> Any:
+    """Scrub strings, and blank secret-looking keys, inside nested dicts, lists and tuples."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {
+            k: "[REDACTED]" if isinstance(k, str) and SECRET_KEYS.search(k) else _redact_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def configure(
+    level: str | int | None = None, *, json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Configure structlog for the process. Safe to call more than once (the last call wins).
 
     ``level`` defaults to ``TRIAGEGATE_LOG_LEVEL`` or WARNING (the CLI prints its own
@@ -55,7 +79,9 @@ def configure(level: str | int | None = None, *, json: bool | None = None, strea
     if not isinstance(numeric, int):
         numeric = logging.WARNING
     as_json = (not stream.isatty()) if json is None else json
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -7,6 +7,7 @@ global state, so several can live in one process and inside an existing asyncio 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -44,6 +45,8 @@ def as_ticket(value: TicketLike) -> Ticket:
     try:
         if isinstance(value, str):
             return Ticket(text=value)
+        if not isinstance(value, Mapping):
+            raise InputError(f"invalid ticket: expected text or a mapping, got {type(value).__name__}")
         return Ticket.model_validate(dict(value))
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -58,7 +61,9 @@ def check_limits(ticket: Ticket, limits: Limits) -> None:
             "(raise limits.max_text_chars in the graph file to accept it)"
         )
     if len(ticket.attachments) > limits.max_images:
-        raise InputError(f"ticket {ticket.id}: {len(ticket.attachments)} attachments, over the limit of {limits.max_images}")
+        raise InputError(
+            f"ticket {ticket.id}: {len(ticket.attachments)} attachments, over the limit of {limits.max_images}"
+        )
 
 
 class Pipeline:
@@ -160,46 +165,61 @@ class Pipeline:
     ) -> AsyncIterator[Outcome]:
         """Run tickets with at most ``concurrency`` in flight, yielding Outcomes as they complete.
 
-        A ticket with bad input yields a ``failed`` Outcome naming the problem; the rest go on.
-        Input is consumed lazily, so memory stays flat for long streams.
+        A ticket with bad input yields a ``failed`` Outcome naming the problem, and so does
+        one that hits an unexpected error (logged with its traceback); the rest go on.
+        Input is consumed lazily and only when a slot is free, and a ticket keeps its slot
+        until its Outcome has been taken, so a slow consumer slows intake instead of
+        buffering outcomes: memory stays flat for long streams. Closing the iterator early
+        cancels the tickets still in flight.
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        done: asyncio.Queue[Outcome] = asyncio.Queue()
+        done: asyncio.Queue[Outcome | None] = asyncio.Queue()
         slots = asyncio.Semaphore(concurrency)
 
         async def one(item: TicketLike) -> None:
             try:
-                await done.put(await self.run(item))
+                outcome = await self.run(item)
             except InputError as exc:
-                ticket_id = item.id if isinstance(item, Ticket) else None
-                if ticket_id is None and isinstance(item, Mapping):
-                    ticket_id = str(item.get("id") or "")
-                await done.put(failed_outcome(ticket_id or "", str(exc), self))
-            finally:
-                slots.release()
+                outcome = failed_outcome(_ticket_id_of(item), str(exc), self)
+            except Exception as exc:
+                log.exception("ticket_crashed", ticket_id=_ticket_id_of(item))
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                outcome = failed_outcome(_ticket_id_of(item), reason, self)
+            done.put_nowait(outcome)
 
         async def feed() -> None:
-            async with asyncio.TaskGroup() as group:
-                if isinstance(tickets, AsyncIterable):
-                    async for item in tickets:
-                        await slots.acquire()
-                        group.create_task(one(item))
-                else:
-                    for item in tickets:
-                        await slots.acquire()
-                        group.create_task(one(item))
+            source = aiter(tickets) if isinstance(tickets, AsyncIterable) else _aiter(tickets)
+            running: set[asyncio.Task[None]] = set()
+            try:
+                while True:
+                    await slots.acquire()
+                    try:
+                        item = await anext(source)
+                    except StopAsyncIteration:
+                        break
+                    task = asyncio.create_task(one(item))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+            finally:
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(RuntimeError):
+                        await aclose()
 
         feeder = asyncio.create_task(feed())
+        feeder.add_done_callback(lambda _: done.put_nowait(None))
         try:
-            while not (feeder.done() and done.empty()):
-                getter = asyncio.ensure_future(done.get())
-                finished, _ = await asyncio.wait({getter, feeder}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in finished:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-                    feeder.result()
+            while (outcome := await done.get()) is not None:
+                slots.release()
+                yield outcome
+            feeder.result()
         finally:
             if not feeder.done():
                 feeder.cancel()
@@ -219,16 +239,31 @@ class Pipeline:
         await self.aclose()
 
 
-def failed_outcome(ticket_id: str, reason: str, pipeline: Pipeline | None = None, *, status: str = "failed") -> Outcome:
+def failed_outcome(
+    ticket_id: str, reason: str, pipeline: Pipeline | None = None, *, status: str = "failed"
+) -> Outcome:
     """An Outcome for a ticket that never reached a model (bad input, skipped row)."""
     return Outcome(
         ticket_id=ticket_id,
         run_id=uuid.uuid4().hex[:12],
         graph=pipeline.name if pipeline else None,
         graph_hash=pipeline.graph_hash if pipeline else None,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         errors=[reason],
     )
+
+
+def _ticket_id_of(item: TicketLike) -> str:
+    if isinstance(item, Ticket):
+        return item.id
+    if isinstance(item, Mapping):
+        return str(item.get("id") or "")
+    return ""
+
+
+async def _aiter(items: Iterable[TicketLike]) -> AsyncIterator[TicketLike]:
+    for item in items:
+        yield item
 
 
 def load(

@@ -27,6 +27,8 @@ NODE_VARIABLES: dict[str, frozenset[str]] = {
     "escalate": frozenset({"ticket", "categories", "priorities", "attachments", "mini_triage"}),
 }
 UNTRUSTED = "ticket"
+USER_ONLY = frozenset({UNTRUSTED, "mini_triage"})
+"""Variables derived from customer text (the mini tier's notes can echo it): user message only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +67,14 @@ def parse_template(text: str, *, node: str, path: str) -> Template:
     system, marker, user = text.partition("\n" + USER_MARKER + "\n")
     if not marker:
         system, user = text, ""
-    if UNTRUSTED in {m.group(1) for m in PLACEHOLDER.finditer(system)}:
+    in_system = sorted(USER_ONLY & {m.group(1) for m in PLACEHOLDER.finditer(system)})
+    if in_system:
+        name = in_system[0]
         raise ConfigError(
-            f"{{{{{UNTRUSTED}}}}} must only appear after the '{USER_MARKER}' line: ticket text is untrusted "
-            "and must not be placed in the system message",
+            f"{{{{{name}}}}} must only appear after the '{USER_MARKER}' line: it carries untrusted ticket "
+            "text and must not be placed in the system message",
             file=path,
-            key=UNTRUSTED,
+            key=name,
         )
     if UNTRUSTED not in {m.group(1) for m in PLACEHOLDER.finditer(user)}:
         raise ConfigError(
@@ -94,18 +98,11 @@ def load_template(prompts_dir: Path, filename: str, *, node: str) -> Template:
     return parse_template(text, node=node, path=str(path))
 
 
-_DELIMITER = re.compile(r"<\s*/?\s*ticket\b[^>]*>", re.IGNORECASE)
+_DELIMITER_START = re.compile(r"<(?=\s*/?\s*ticket\b)", re.IGNORECASE)
+"""The '<' of anything that reads as an opening or closing ticket tag, closed by '>' or not."""
 
 
 def delimit_ticket(ticket: Ticket) -> str:
     """Wrap the ticket for a prompt so that its text cannot break out of the delimiters."""
-
-    def neutralise(text: str) -> str:
-        return _DELIMITER.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
-
-    parts = ["<ticket>"]
-    if ticket.subject:
-        parts.append(f"Subject: {neutralise(ticket.subject)}")
-    parts.append(neutralise(ticket.text))
-    parts.append("</ticket>")
-    return "\n".join(parts)
+    body = f"Subject: {ticket.subject}\n{ticket.text}" if ticket.subject else ticket.text
+    return "<ticket>\n" + _DELIMITER_START.sub("‹", body) + "\n</ticket>"

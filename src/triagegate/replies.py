@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from triagegate.confidence import OPTION_CODES, field_value_distribution, option_codes
 from triagegate.errors import BadModelOutput
-from triagegate.models.base import Capabilities, ChatRequest, ChatResult, ClassifyRequest, ImagePart, JsonSchema, Message
+from triagegate.models.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResult,
+    ClassifyRequest,
+    ImagePart,
+    JsonSchema,
+    Message,
+)
 from triagegate.prompts import Template, delimit_ticket
 from triagegate.spec import GraphSpec, NodeSpec
 from triagegate.types import Ticket, Triage
@@ -123,7 +131,9 @@ def _load_json(result: ChatResult) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadModelOutput(f"reply is not valid JSON ({exc.msg} at char {exc.pos})", model=result.model) from None
+        raise BadModelOutput(
+            f"reply is not valid JSON ({exc.msg} at char {exc.pos})", model=result.model
+        ) from None
 
 
 def _validate(model: type[BaseModel], data: Any, result: ChatResult) -> Any:
@@ -132,7 +142,9 @@ def _validate(model: type[BaseModel], data: Any, result: ChatResult) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "reply"
-        raise BadModelOutput(f"reply does not match the schema: {where}: {first['msg']}", model=result.model) from None
+        raise BadModelOutput(
+            f"reply does not match the schema: {where}: {first['msg']}", model=result.model
+        ) from None
 
 
 def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> Triage:
@@ -141,7 +153,9 @@ def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> T
     names = spec.taxonomy.category_names
     if codes:
         if reply.category not in codes:
-            raise BadModelOutput(f"category {reply.category!r} is not one of the option codes", model=result.model)
+            raise BadModelOutput(
+                f"category {reply.category!r} is not one of the option codes", model=result.model
+            )
         category = codes[reply.category]
     elif reply.category in names:
         category = reply.category
@@ -156,7 +170,9 @@ def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> T
     )
     if distribution is not None and codes is not None:
         by_name = {codes[c]: p for c, p in distribution.items()}
-        others = sorted(((n, p) for n, p in by_name.items() if n != category and p > 0), key=lambda kv: -kv[1])
+        others = sorted(
+            ((n, p) for n, p in by_name.items() if n != category and p > 0), key=lambda kv: -kv[1]
+        )
         return Triage(
             category=category,
             priority=reply.priority,
@@ -258,4 +274,6 @@ def parse_escalation(result: ChatResult, spec: GraphSpec) -> EscalationReply:
         raise BadModelOutput(f"category {reply.category!r} is not in the taxonomy", model=result.model)
     if reply.priority not in spec.taxonomy.priorities:
         raise BadModelOutput(f"priority {reply.priority!r} is not in the taxonomy", model=result.model)
-    return reply
+    if not reply.answer.strip():
+        raise BadModelOutput("reply does not match the schema: answer is blank", model=result.model)
+    return reply.model_copy(update={"answer": reply.answer.strip()})

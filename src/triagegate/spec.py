@@ -31,6 +31,14 @@ from triagegate.errors import ConfigError
 Complexity = Literal["low", "medium", "high"]
 
 
+class _RefError(ValueError):
+    """A cross-reference error that knows where in the file it is."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -182,7 +190,9 @@ class Limits(_Strict):
     max_text_chars: int = Field(default=20_000, ge=1)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     max_images: int = Field(default=4, ge=0)
-    image_types: list[str] = Field(default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp"])
+    image_types: list[str] = Field(
+        default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp"]
+    )
 
 
 class GraphSpec(_Strict):
@@ -203,29 +213,36 @@ class GraphSpec(_Strict):
         for node_name in ("triage", "answer", "escalate"):
             node: NodeSpec = getattr(self.nodes, node_name)
             if node.model not in aliases:
-                raise ValueError(
+                raise _RefError(
+                    ("nodes", node_name, "model"),
                     f"nodes.{node_name}.model refers to {node.model!r}, which is not defined under 'models' "
                     f"(defined: {', '.join(sorted(aliases))})"
                 )
         for alias, binding in self.models.items():
-            for fb in binding.fallbacks:
+            for i, fb in enumerate(binding.fallbacks):
                 if fb not in aliases:
-                    raise ValueError(f"models.{alias}.fallbacks names {fb!r}, which is not defined under 'models'")
+                    raise _RefError(
+                        ("models", alias, "fallbacks", i),
+                        f"models.{alias}.fallbacks names {fb!r}, which is not defined under 'models'"
+                    )
                 if fb == alias:
                     raise ValueError(f"models.{alias}.fallbacks lists the alias itself")
         known = set(self.taxonomy.category_names)
         gate = self.gate
-        for source, names in (
-            ("gate.category_thresholds", list(gate.category_thresholds)),
-            ("gate.always_escalate.categories", gate.always_escalate.categories),
-            ("gate.never_escalate.categories", gate.never_escalate.categories),
+        for path, names in (
+            (("gate", "category_thresholds"), list(gate.category_thresholds)),
+            (("gate", "always_escalate", "categories"), gate.always_escalate.categories),
+            (("gate", "never_escalate", "categories"), gate.never_escalate.categories),
         ):
             unknown = [n for n in names if n not in known]
             if unknown:
-                raise ValueError(f"{source} names unknown categories: {', '.join(unknown)}")
+                where = path if path[-1] == "category_thresholds" else (*path, names.index(unknown[0]))
+                raise _RefError(where, f"{'.'.join(path)} names unknown categories: {', '.join(unknown)}")
         bad_prio = [p for p in gate.always_escalate.priorities if p not in self.taxonomy.priorities]
         if bad_prio:
-            raise ValueError(f"gate.always_escalate.priorities names unknown priorities: {', '.join(bad_prio)}")
+            raise ValueError(
+                f"gate.always_escalate.priorities names unknown priorities: {', '.join(bad_prio)}"
+            )
         return self
 
 
@@ -267,7 +284,9 @@ def parse_binding_override(value: str) -> dict[str, Any]:
         return loaded
     backend, _, rest = value.partition(":")
     if not backend:
-        raise ValueError("expected 'backend:model@base_url', e.g. 'openai:gpt-4o-mini@http://127.0.0.1:8000/v1'")
+        raise ValueError(
+            "expected 'backend:model@base_url', e.g. 'openai:gpt-4o-mini@http://127.0.0.1:8000/v1'"
+        )
     out: dict[str, Any] = {"backend": backend}
     model, at, url = rest.partition("@")
     if model:
@@ -290,7 +309,9 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
             try:
                 override = parse_binding_override(whole)
             except (ValueError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"cannot parse {env_var_for(alias)}: {exc}", key=f"models.{alias}") from None
+                raise ConfigError(
+                    f"cannot parse {env_var_for(alias)}: {exc}", key=f"models.{alias}"
+                ) from None
             if override.get("backend") not in (None, binding.get("backend")):
                 # A different backend means different options; keep only what is backend-neutral.
                 neutral = {"price", "capabilities", "timeout", "max_retries", "fallbacks"}
@@ -360,13 +381,18 @@ def parse_spec(
             f"not valid YAML: {problem}", file=source, line=mark.line + 1 if mark else None
         ) from None
     if not isinstance(raw, dict):
-        raise ConfigError("a graph file must be a YAML mapping with 'models', 'taxonomy' and 'nodes'", file=source)
+        raise ConfigError(
+            "a graph file must be a YAML mapping with 'models', 'taxonomy' and 'nodes'", file=source
+        )
     applied = apply_env_overrides(raw, os.environ if environ is None else environ)
     try:
         spec = GraphSpec.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, _RefError):
+            loc = cause.loc
         key = _format_loc(loc) or None
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

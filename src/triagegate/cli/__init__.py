@@ -27,6 +27,12 @@ app.add_typer(graph_app, name="graph")
 COMMAND_MODULES = [
     "run_cmd",
     "graph_cmd",
+    "serve_cmd",
+    "queue_cmd",
+    "train_cmd",
+    "eval_cmd",
+    "batch_cmd",
+    "demo_cmd",
 ]
 """Modules that register subcommands on import; add one line per new subcommand module."""
 
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from triagegate.errors import ConfigError, InputError, TriagegateError
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -53,16 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        # Typer vendors its own click, so usage errors are recognised by shape, not by class.
+        show = getattr(exc, "show", None)
+        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
+            show()
             return 2
-        if isinstance(exc, click.exceptions.Abort):
-            print("aborted", file=sys.stderr)
-            return 1
         raise
-    return 0
+    return code if isinstance(code, int) else 0
