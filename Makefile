@@ -41,6 +41,7 @@ unit: install services
 test: lint typecheck unit
 
 bench: install
+	@$(BIN)/python -c "import langchain_openai, pyinstrument" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -6,6 +6,7 @@ Ticket and run ids are bound as context at the start of each ticket
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -30,7 +31,15 @@ def _scrub(value: str) -> str:
     for secret in _known_secrets:
         if secret in value:
             value = value.replace(secret, "[REDACTED]")
-    return SECRET_VALUES.sub("[REDACTED]", value)
+    if "sk-" in value or "Bearer" in value:
+        return SECRET_VALUES.sub("[REDACTED]", value)
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether ``key`` looks like it names a secret; cached because log lines reuse a few keys."""
+    return SECRET_KEYS.search(key) is not None
 
 
 def redact_secrets(
@@ -38,7 +47,7 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """structlog processor: blank values under secret-looking keys and secret-looking strings anywhere."""
     for key, value in list(event_dict.items()):
-        if SECRET_KEYS.search(key) and key not in {
+        if _secret_key(key) and key not in {
             "tokens_in",
             "tokens_out",
             "input_tokens",
@@ -57,7 +66,7 @@ def _redact_value(value: Any) -> Any:
         return _scrub(value)
     if isinstance(value, dict):
         return {
-            k: "[REDACTED]" if isinstance(k, str) and SECRET_KEYS.search(k) else _redact_value(v)
+            k: "[REDACTED]" if isinstance(k, str) and _secret_key(k) else _redact_value(v)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
@@ -91,9 +100,14 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=functools.partial(_shared_logger, structlog.PrintLogger(file=stream)),
         cache_logger_on_first_use=False,
     )
+
+
+def _shared_logger(logger: structlog.PrintLogger, *_args: Any) -> structlog.PrintLogger:
+    """Logger factory handing out one writer per configuration, not a new one per log call."""
+    return logger
 
 
 def ensure_configured() -> None:

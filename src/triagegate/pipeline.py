@@ -76,6 +76,7 @@ class Pipeline:
         environ: Mapping[str, str] | None = None,
         cache_dir: Path | None = None,
         extras: dict[str, Any] | None = None,
+        record: str | Path | None = None,
     ) -> None:
         from triagegate.graph import build_graph
         from triagegate.log import ensure_configured
@@ -96,6 +97,10 @@ class Pipeline:
         self.backends: dict[str, ModelBackend] = build_backends(
             self._context, [nodes.triage.model, nodes.answer.model, nodes.escalate.model]
         )
+        if record is not None:
+            from triagegate.models.recording import record_backends
+
+            self.backends = record_backends(self.backends, record, bindings=self.spec.models, environ=env)
         from triagegate.state import RunContext
 
         self._run_context = RunContext(
@@ -136,7 +141,9 @@ class Pipeline:
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
             images = await self._images(ticket)
             state = await self._graph.ainvoke(
-                {"run_id": run_id, "ticket": ticket, "images": images}, context=self._run_context
+                {"run_id": run_id, "ticket": ticket, "images": images},
+                context=self._run_context,
+                output_keys=["outcome"],
             )
             outcome: Outcome = state["outcome"]
             outcome.latency_ms = (time.perf_counter() - started) * 1000
@@ -272,6 +279,21 @@ def load(
     environ: Mapping[str, str] | None = None,
     cache_dir: Path | None = None,
     extras: dict[str, Any] | None = None,
+    record: str | Path | None = None,
+    replay: str | Path | None = None,
 ) -> Pipeline:
-    """Load and validate a graph file and build its pipeline. Raises :class:`ConfigError`."""
-    return Pipeline(load_spec(path, environ=environ), environ=environ, cache_dir=cache_dir, extras=extras)
+    """Load and validate a graph file and build its pipeline. Raises :class:`ConfigError`.
+
+    ``record`` appends every model call to a JSONL file; ``replay`` answers every alias from
+    such a file instead of its models (see :mod:`triagegate.models.replay`).
+    ``TRIAGEGATE_RECORD`` and ``TRIAGEGATE_REPLAY`` in the environment set them too.
+    """
+    env = os.environ if environ is None else environ
+    record = record or env.get("TRIAGEGATE_RECORD") or None
+    replay = replay or env.get("TRIAGEGATE_REPLAY") or None
+    loaded = load_spec(path, environ=environ)
+    if replay is not None:
+        from triagegate.models.replay import with_replay
+
+        loaded = with_replay(loaded, replay)
+    return Pipeline(loaded, environ=environ, cache_dir=cache_dir, extras=extras, record=record)

@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "eval_cmd",
     "batch_cmd",
     "demo_cmd",
+    "calibrate_cmd",
 ]
 """Modules that register subcommands on import; add one line per new subcommand module."""
 

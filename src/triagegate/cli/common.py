@@ -10,11 +10,16 @@ import typer
 if TYPE_CHECKING:
     from triagegate.types import Outcome
 
-GraphArg = Annotated[Path, typer.Argument(help="Graph file (YAML), e.g. graphs/support.yaml.", show_default=False)]
+GraphArg = Annotated[
+    Path, typer.Argument(help="Graph file (YAML), e.g. graphs/support.yaml.", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a summary.")]
 LogLevelOpt = Annotated[
     str | None,
-    typer.Option("--log-level", help="Log level for structured logs on stderr (default: TRIAGEGATE_LOG_LEVEL or WARNING)."),
+    typer.Option(
+        "--log-level",
+        help="Log level for structured logs on stderr (default: TRIAGEGATE_LOG_LEVEL or WARNING).",
+    ),
 ]
 
 
@@ -39,7 +44,9 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     table.add_row("ticket", outcome.ticket_id)
     table.add_row("status", outcome.status)
     table.add_row("route", route)
-    table.add_row("category", f"{outcome.category} (priority {outcome.priority}, complexity {outcome.complexity})")
+    table.add_row(
+        "category", f"{outcome.category} (priority {outcome.priority}, complexity {outcome.complexity})"
+    )
     if outcome.confidence is not None:
         table.add_row("confidence", f"{outcome.confidence:.3f} ({outcome.confidence_method})")
     if outcome.escalation_reasons:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from triagegate.cli import graph_app
 from triagegate.cli.common import GraphArg
 
+if TYPE_CHECKING:
+    from triagegate.spec import LoadedSpec
 
-def _check(graph: str) -> tuple[object, list[str]]:
+
+def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
     from triagegate.models import backend_class
     from triagegate.prompts import load_template
     from triagegate.spec import load_spec
@@ -30,8 +33,10 @@ def _check(graph: str) -> tuple[object, list[str]]:
 def check(graph: GraphArg) -> None:
     """Validate GRAPH and its prompt templates; exit 2 with file, line and key on the first problem."""
     loaded, lines = _check(str(graph))
-    spec = loaded.spec  # type: ignore[attr-defined]
-    typer.echo(f"ok: {graph} ({spec.name}): {len(spec.taxonomy.categories)} categories, threshold {spec.gate.threshold}")
+    spec = loaded.spec
+    typer.echo(
+        f"ok: {graph} ({spec.name}): {len(spec.taxonomy.categories)} categories, threshold {spec.gate.threshold}"
+    )
     for line in lines:
         typer.echo(f"  {line}")
 
@@ -44,8 +49,7 @@ def show(
     """Print GRAPH's flow as Mermaid text (or the validated spec as JSON)."""
     from triagegate.graph import mermaid
 
-    loaded, lines = _check(str(graph))
-    spec = loaded.spec  # type: ignore[attr-defined]
+    spec = _check(str(graph))[0].spec
     if fmt == "json":
         typer.echo(spec.model_dump_json(indent=2))
         return

@@ -10,6 +10,7 @@ import typer
 
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, print_outcome, setup_logging
+from triagegate.cli.recording import RecordOpt, ReplayOpt
 
 
 @app.command()
@@ -23,6 +24,8 @@ def run(
     subject: Annotated[str | None, typer.Option(help="Ticket subject line.")] = None,
     ticket_id: Annotated[str | None, typer.Option("--id", help="Ticket id (default: a random one).")] = None,
     as_json: JsonOpt = False,
+    record: RecordOpt = None,
+    replay: ReplayOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Run one ticket through GRAPH and print the route, category, confidence, answer and cost.
@@ -44,7 +47,7 @@ def run(
     from triagegate.pipeline import as_ticket
 
     ticket: Ticket = as_ticket(fields)
-    pipeline = load(Path(graph))
+    pipeline = load(Path(graph), record=record, replay=replay)
 
     async def go() -> object:
         async with pipeline:

@@ -94,7 +94,9 @@ def build_backend(alias: str, binding: ModelBinding, context: BuildContext) -> M
     try:
         primary = backend_class(binding.backend).from_binding(alias, binding, context)
     except ConfigError as exc:
-        raise ConfigError(exc.reason, file=exc.file, line=exc.line, key=exc.key or f"models.{alias}") from None
+        raise ConfigError(
+            exc.reason, file=exc.file, line=exc.line, key=exc.key or f"models.{alias}"
+        ) from None
     if not binding.fallbacks:
         return primary
     from triagegate.models.fallback import FallbackChain

@@ -1,0 +1,374 @@
+"""Benchmark ``triagegate calibrate`` on the shared public data sets.
+
+Each data set goes through the real command (``triagegate.cli.main``) with the trained
+classifier as the mini tier and ``--target-accuracy 0.99``:
+
+* BANKING77: the classifier is trained on ``banking77-train.csv``; ``banking77-test.csv`` is
+  split (seeded, ``--calibration-fraction 0.5``) into the calibration part, where the
+  thresholds are fitted, and the held-out part, where coverage and kept accuracy are
+  reported with 95% bootstrap intervals (1,000 resamples);
+* Bitext: ``--train --split 0.2`` fits the classifier on the seeded 80% and calibrates on
+  the other 20% the same way.
+
+Per-category and single thresholds are both reported, with the best single threshold at
+the per-category policy's held-out accuracy when there is one. Calibration time is
+measured in process on 10,000 tickets drawn (seeded, with replacement) from the BANKING77
+test predictions: the whole :func:`triagegate.calibration.calibrate` (single and
+per-category fits, 5-fold cross-validation, 1,000 bootstrap resamples, curves).
+
+    .venv/bin/python bench/bench_calibration.py [--write-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TRIAGEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+RESULTS_MD = REPO / "bench" / "RESULTS.md"
+HEADING = "## Calibration (issue 5)"
+TARGET = 0.99
+TARGETS = {"kept_accuracy": 0.985, "coverage": 0.65, "seconds_10k": 5.0}
+SEED = 13
+
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_classifier import fit_and_save, graph_safe, load_avg, write_graph  # noqa: E402
+
+from triagegate import calibration as cal  # noqa: E402
+from triagegate.cli import main as cli  # noqa: E402
+from triagegate.datasets import LabeledText, load_labeled, split  # noqa: E402
+
+
+def write_csv(path: Path, rows: list[LabeledText], text: str = "text", label: str = "category") -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([text, label])
+        writer.writerows([r.text, r.label] for r in rows)
+    return path
+
+
+def run_cli(args: list[str]) -> dict[str, Any]:
+    """Run ``triagegate calibrate`` in process and return its JSON report."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli(["calibrate", *args, "--json"])
+    if code != 0:
+        raise SystemExit(f"triagegate calibrate {' '.join(args)} exited {code}")
+    report: dict[str, Any] = json.loads(out.getvalue())
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the table and RESULTS.md show, from a calibrate JSON report."""
+    r = report["result"]
+
+    def point(fitted: dict[str, Any] | None) -> dict[str, Any] | None:
+        if fitted is None:
+            return None
+        held = fitted["held_out"]
+        return {
+            "threshold": fitted["threshold"],
+            "own_thresholds": len(fitted["category_thresholds"]),
+            "feasible_on_calibration": fitted["feasible"],
+            "calibration_coverage": fitted["calibration"]["coverage"],
+            "calibration_accuracy": fitted["calibration"]["accuracy_kept"],
+            "coverage": held["coverage"],
+            "coverage_ci": held["coverage_ci"],
+            "accuracy_kept": held["accuracy_kept"],
+            "accuracy_kept_ci": held["accuracy_kept_ci"],
+            "cost_per_1000": held["cost_per_1000"],
+        }
+
+    supported = [c for c in r["categories"] if c["support"] >= r["min_support"]]
+    return {
+        "tickets": report["tickets"],
+        "calibration_tickets": r["calibration_tickets"],
+        "held_out_tickets": r["held_out_tickets"],
+        "categories_predicted": len(r["categories"]),
+        "categories_with_support": len(supported),
+        "single": point(r["single"]),
+        "per_category": point(r["per_category"]),
+        "chosen": r["chosen"],
+        "cross_validation": r["cross_validation"],
+        "iso_accuracy": r["iso_accuracy"],
+        "notes": r["notes"] + report["notes"],
+        "fit_seconds": r["fit_seconds"],
+    }
+
+
+def banking77(tmp: Path) -> dict[str, Any]:
+    (train, test), renamed = graph_safe(
+        load_labeled(DATA / "banking77-train.csv"), load_labeled(DATA / "banking77-test.csv")
+    )
+    model, cpu = fit_and_save(train, tmp / "banking77.skops", "banking77-train.csv")
+    graph = write_graph(tmp, "banking77", sorted({r.label for r in train}), tmp / "banking77.skops", 0.6)
+    data = write_csv(tmp / "banking77-test.csv", test)
+    args = [str(graph), str(data), "--target-accuracy", str(TARGET), "--seed", str(SEED)]
+    report = run_cli(args)
+    out = summary(report)
+    out.update(
+        data="banking77-train.csv -> banking77-test.csv (text, category)",
+        renamed_labels=renamed,
+        train_rows=len(train),
+        train_cpu_seconds=round(cpu, 2),
+        command="triagegate calibrate banking77.yaml banking77-test.csv " + " ".join(args[2:]),
+    )
+    probs = model.predict_proba([r.text for r in test])
+    best = probs.argmax(axis=1)
+    scored = [(r.label, model.labels[j], float(p[j])) for r, j, p in zip(test, best, probs, strict=True)]
+    return out | {"_scored": scored}
+
+
+def bitext(tmp: Path) -> dict[str, Any]:
+    rows = load_labeled(
+        DATA / "bitext-customer-support-4.5k.csv", text_col="instruction", label_col="category"
+    )
+    # --train fits the classifier on the split, so the graph's model_path is never read.
+    graph = write_graph(tmp, "bitext", sorted({r.label for r in rows}), tmp / "unused.skops", 0.6)
+    args = [
+        str(graph),
+        str(DATA / "bitext-customer-support-4.5k.csv"),
+        "--train",
+        "--split",
+        "0.2",
+        "--target-accuracy",
+        str(TARGET),
+        "--seed",
+        str(SEED),
+    ]
+    out = summary(run_cli(args))
+    train, _ = split(rows, 0.2, SEED)
+    out.update(
+        data="bitext-customer-support-4.5k.csv (text: instruction, label: category)",
+        train_rows=len(train),
+        command="triagegate calibrate bitext.yaml bitext-customer-support-4.5k.csv " + " ".join(args[2:]),
+    )
+    return out
+
+
+def timing(scored: list[tuple[str, str, float]], n: int = 10_000, repeats: int = 5) -> dict[str, Any]:
+    """Seconds for :func:`calibrate` on ``n`` tickets resampled (seeded) from ``scored``."""
+    import random
+
+    rng = random.Random(SEED)
+    sample = [scored[rng.randrange(len(scored))] for _ in range(n)]
+    started = time.perf_counter()
+    tickets = cal.Tickets.from_scored(sample)
+    build = time.perf_counter() - started
+    fitting, held = cal.split_indices(n, 0.5, SEED)
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = cal.calibrate(
+            tickets.subset(fitting), tickets.subset(held), cal.Objective("target_accuracy", TARGET)
+        )
+        runs.append(time.perf_counter() - started)
+    return {
+        "tickets": n,
+        "build_seconds": round(build, 4),
+        "median_seconds": round(statistics.median(runs), 4),
+        "max_seconds": round(max(runs), 4),
+        "repeats": repeats,
+        "per_category_thresholds": len(result.per_category.category_thresholds) if result.per_category else 0,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: dict[str, float] | None) -> str:
+    return "" if not ci else f" [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+
+
+def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for name in ("banking77", "bitext"):
+        s = results[name]
+        chosen = s["per_category"] if s["chosen"] == "per_category" else s["single"]
+        label = f"{name}: chosen ({s['chosen'].replace('_', '-')}), held-out"
+        rows.append(
+            (
+                f"{label} kept accuracy",
+                _pct(chosen["accuracy_kept"]) + _ci(chosen["accuracy_kept_ci"]),
+                f">= {TARGETS['kept_accuracy']}",
+                (chosen["accuracy_kept"] or 0) >= TARGETS["kept_accuracy"],
+            )
+        )
+        rows.append(
+            (
+                f"{label} coverage",
+                _pct(chosen["coverage"]) + _ci(chosen["coverage_ci"]),
+                f">= {TARGETS['coverage']}",
+                chosen["coverage"] >= TARGETS["coverage"],
+            )
+        )
+        single, per = s["single"], s["per_category"]
+        rows.append(
+            (
+                f"{name}: single threshold {single['threshold']:g}, held-out coverage / kept accuracy",
+                f"{_pct(single['coverage'])} / {_pct(single['accuracy_kept'])}",
+                "",
+                None,
+            )
+        )
+        if per is not None:
+            rows.append(
+                (
+                    f"{name}: per category ({per['own_thresholds']} own thresholds), held-out coverage / kept accuracy",
+                    f"{_pct(per['coverage'])} / {_pct(per['accuracy_kept'])}",
+                    "",
+                    None,
+                )
+            )
+        iso = s["iso_accuracy"]
+        if iso is not None:
+            rows.append(
+                (
+                    f"{name}: coverage at the same held-out accuracy ({_pct(iso['accuracy_kept'])}), per category vs single",
+                    f"{_pct(iso['per_category_coverage'])} vs {_pct(iso['single_coverage'])} "
+                    f"({100 * iso['coverage_gain']:+.1f} points)",
+                    "",
+                    None,
+                )
+            )
+            rows.append(
+                (
+                    f"{name}: kept accuracy at the same held-out coverage ({_pct(iso['per_category_coverage'])}), per category vs single",
+                    f"{_pct(iso['accuracy_kept'])} vs {_pct(iso['single_accuracy_at_coverage'])}",
+                    "",
+                    None,
+                )
+            )
+    t = results["timing"]
+    rows.append(
+        (
+            f"calibrate() on {t['tickets']:,} scored tickets, median (max) of {t['repeats']}",
+            f"{t['median_seconds']:.3f} s ({t['max_seconds']:.3f} s)",
+            f"< {TARGETS['seconds_10k']} s",
+            t["max_seconds"] < TARGETS["seconds_10k"],
+        )
+    )
+    return rows
+
+
+def markdown(results: dict[str, Any], rows: list[tuple[str, str, str, bool | None]]) -> str:
+    env = results["environment"]
+    k, b = results["banking77"], results["bitext"]
+    lines = [
+        HEADING,
+        "",
+        f"Command: `{results['command']}` (JSON in `bench/out/calibration.json`).",
+        "",
+        f"Run {env['when']} on {env['machine']} ({env['cpus']} CPUs), Python {env['python']}; load average "
+        f"{env['load_before']} before and {env['load_after']} after.",
+        "",
+        f"- BANKING77: classifier trained on the {k['train_rows']} rows of banking77-train.csv; "
+        f"`{k['command']}` splits the {k['tickets']} test rows (seed {SEED}) into {k['calibration_tickets']} to fit "
+        f"and {k['held_out_tickets']} held out. {k['categories_with_support']} of {k['categories_predicted']} "
+        "predicted categories have the 30 calibration tickets a category needs for its own threshold.",
+        f"- Bitext: `{b['command']}` fits the classifier on the seeded 80% ({b['train_rows']} rows) and calibrates on "
+        f"the other {b['tickets']}: {b['calibration_tickets']} to fit, {b['held_out_tickets']} held out; "
+        f"{b['categories_with_support']} of {b['categories_predicted']} categories have the support.",
+        "- Intervals are 95% percentile bootstrap intervals over 1,000 seeded resamples of the held-out tickets. "
+        "Per-category thresholds are used only when they also win out of fold (5 folds of the calibration part).",
+        "- The timing row calls `triagegate.calibration.calibrate` in process on 10,000 tickets drawn with "
+        "replacement from the BANKING77 test predictions (single and per-category fits, cross-validation, "
+        "bootstrap and curves; triage itself is not included).",
+        "",
+        "| measure | measured | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for what, got, target, ok in rows:
+        met = "" if ok is None else ("yes" if ok else "**no**")
+        lines.append(f"| {what} | {got} | {target} | {met} |")
+    for name in ("banking77", "bitext"):
+        for note in results[name]["notes"]:
+            lines.append(f"\n{name}: {note}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def update_results(section: str) -> None:
+    text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# Benchmark results\n"
+    start = text.find(HEADING)
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        nxt = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
+    RESULTS_MD.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "calibration.json")
+    parser.add_argument(
+        "--write-results", action="store_true", help=f"Update '{HEADING}' in bench/RESULTS.md."
+    )
+    args = parser.parse_args()
+    needed = ("bitext-customer-support-4.5k.csv", "banking77-train.csv", "banking77-test.csv")
+    missing = [n for n in needed if not (DATA / n).is_file()]
+    if missing:
+        print(f"skipped: shared data {', '.join(missing)} not found in {DATA}", file=sys.stderr)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    command = " ".join([".venv/bin/python", "bench/bench_calibration.py", *sys.argv[1:]])
+    console.print(f"$ {command}")
+    results: dict[str, Any] = {
+        "command": command,
+        "environment": {
+            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": load_avg(),
+        },
+        "targets": TARGETS | {"target_accuracy": TARGET},
+    }
+    with tempfile.TemporaryDirectory(prefix="tg-bench-cal-") as tmp:
+        os.environ.setdefault("TRIAGEGATE_CACHE_DIR", str(Path(tmp) / "cache"))
+        console.print("BANKING77: train, then calibrate on the test file ...")
+        results["banking77"] = banking77(Path(tmp))
+        console.print("Bitext: calibrate with --train --split 0.2 ...")
+        results["bitext"] = bitext(Path(tmp))
+    scored = results["banking77"].pop("_scored")
+    console.print("timing calibrate() on 10,000 tickets ...")
+    results["timing"] = timing(scored)
+    results["environment"]["load_after"] = load_avg()
+    rows = checks(results)
+    results["checks"] = [{"what": w, "measured": m, "target": t, "met": ok} for w, m, t, ok in rows]
+    table = Table(title=f"calibration benchmark (--target-accuracy {TARGET})")
+    for column in ("measure", "measured", "target", "met"):
+        table.add_column(column)
+    for what, got, target, ok in rows:
+        table.add_row(what, got, target, "" if ok is None else ("yes" if ok else "NO"))
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {args.out}")
+    if args.write_results:
+        update_results(markdown(results, rows))
+        console.print(f"updated '{HEADING}' in {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

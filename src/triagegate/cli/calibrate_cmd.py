@@ -1,0 +1,570 @@
+"""``triagegate calibrate``: fit the gate's thresholds to an objective on labeled (or flagship-labeled) data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel, Field
+
+from triagegate.calibration import CalibrationResult
+from triagegate.cli import app
+from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, setup_logging
+from triagegate.cli.recording import RecordOpt, ReplayOpt
+from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.evaluation import CostEstimate
+
+if TYPE_CHECKING:
+    from triagegate.calibration import OperatingPoint
+    from triagegate.types import Triage
+
+
+class CalibrateReport(BaseModel):
+    """Everything ``triagegate calibrate`` measured and decided, JSON-serialisable."""
+
+    graph: str
+    data: str
+    triage_model: str
+    reference: str
+    """Where the reference labels came from: DATA's label column or the flagship's triage."""
+    tickets: int
+    dropped: int = 0
+    """Tickets left out because the flagship could not label them."""
+    split: dict[str, float | int] | None = None
+    calibration_fraction: float
+    cost: CostEstimate
+    result: CalibrationResult
+    patch: str
+    """The ``gate`` keys to set, as YAML."""
+    wrote: str | None = None
+    plot: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
+Reference = Literal["labels", "flagship"]
+
+
+@app.command()
+def calibrate(
+    graph: GraphArg,
+    data: DataArg,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--target-accuracy", min=0.0, max=1.0, help="Most coverage whose kept tickets are this accurate."
+        ),
+    ] = None,
+    max_escalation: Annotated[
+        float | None,
+        typer.Option(
+            "--max-escalation", min=0.0, max=1.0, help="Best kept accuracy escalating at most this share."
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0.0,
+            help="Best overall accuracy within this many USD per 1,000 tickets (estimated).",
+        ),
+    ] = None,
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    split_fraction: SplitOpt = None,
+    seed: SeedOpt = 13,
+    fit: Annotated[
+        bool,
+        typer.Option("--train", help="With --split: fit the graph's classifier on the training part first."),
+    ] = False,
+    calibration_fraction: Annotated[
+        float,
+        typer.Option(
+            "--calibration-fraction",
+            min=0.01,
+            max=0.99,
+            help="Share of the evaluated rows the thresholds are fitted on (seeded); the rest is held out.",
+        ),
+    ] = 0.5,
+    per_category: Annotated[
+        bool,
+        typer.Option(
+            "--per-category/--no-per-category", help="Also fit a threshold per well-supported category."
+        ),
+    ] = True,
+    min_support: Annotated[
+        int,
+        typer.Option(
+            "--min-support", min=1, help="Calibration tickets a category needs for its own threshold."
+        ),
+    ] = 30,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="labels (DATA's label column) or flagship (the flagship's triage of each ticket, live or "
+            "replayed). Default: labels, or flagship when DATA has no label column.",
+        ),
+    ] = None,
+    flagship_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--flagship-accuracy",
+            min=0.0,
+            max=1.0,
+            help="How often the flagship is right on an escalated ticket (default: measured from a --replay "
+            "recording of flagship triage when it has some, else assumed 1.0).",
+        ),
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", min=2, help="Use a seeded sample of N evaluated rows.")
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option("--resamples", min=1, help="Bootstrap resamples for the held-out intervals.")
+    ] = 1000,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Tickets in flight at once (chat-model triage).")
+    ] = 8,
+    record: RecordOpt = None,
+    replay: ReplayOpt = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Patch GRAPH's gate thresholds in place (comments kept).")
+    ] = False,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Draw the curves to this PNG (needs matplotlib).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report here.")] = None,
+    as_json: JsonOpt = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Fit GRAPH's gate thresholds on DATA to one objective and report them on held-out rows.
+
+    Give exactly one objective. The evaluated rows (all of DATA, or the test part of --split)
+    are triaged by the graph's mini tier, split (seeded) into a calibration part, where the
+    thresholds are fitted, and a held-out part, where coverage and kept accuracy are
+    reported with bootstrap intervals. Without --write the YAML to paste is printed.
+
+    Example: triagegate calibrate graphs/support.yaml tickets.csv --target-accuracy 0.98 --plot curve.png
+    """
+    import time
+
+    started = time.perf_counter()
+    setup_logging(log_level)
+    report = run_calibration(
+        graph=graph,
+        data=data,
+        objective=_objective(target_accuracy, max_escalation, budget),
+        text_col=text_col,
+        label_col=label_col,
+        split_fraction=split_fraction,
+        seed=seed,
+        fit=fit,
+        calibration_fraction=calibration_fraction,
+        per_category=per_category,
+        min_support=min_support,
+        reference=_reference(reference),
+        flagship_accuracy=flagship_accuracy,
+        sample=sample,
+        resamples=resamples,
+        concurrency=concurrency,
+        record=record,
+        replay=replay,
+        plot_path=plot_path,
+    )
+    policy = report.result.policy
+    refused = None
+    if write:
+        if policy.feasible:
+            from triagegate.gate_patch import patch_file
+
+            patch_file(graph, policy.threshold, policy.category_thresholds)
+            report.wrote = str(graph)
+        else:
+            refused = f"not writing {graph}: the objective is not met on the calibration tickets"
+            report.notes.append(refused)
+    report.seconds = round(time.perf_counter() - started, 3)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(report.model_dump_json())
+    else:
+        print_report(report)
+    if refused:
+        raise typer.Exit(1)
+
+
+def _objective(target: float | None, escalation: float | None, budget: float | None) -> Any:
+    from triagegate.calibration import Objective
+    from triagegate.errors import InputError
+
+    given = [
+        (kind, value)
+        for kind, value in (("target_accuracy", target), ("max_escalation", escalation), ("budget", budget))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise InputError("give exactly one objective: --target-accuracy, --max-escalation or --budget")
+    kind, value = given[0]
+    return Objective(kind, value)  # type: ignore[arg-type]
+
+
+def _reference(value: str | None) -> Reference | None:
+    from triagegate.errors import InputError
+
+    if value is None:
+        return None
+    if value not in ("labels", "flagship"):
+        raise InputError(f"--reference must be 'labels' or 'flagship', got {value!r}")
+    return "labels" if value == "labels" else "flagship"
+
+
+def run_calibration(
+    *,
+    graph: Path,
+    data: Path,
+    objective: Any,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    split_fraction: float | None = None,
+    seed: int = 13,
+    fit: bool = False,
+    calibration_fraction: float = 0.5,
+    per_category: bool = True,
+    min_support: int = 30,
+    reference: Reference | None = None,
+    flagship_accuracy: float | None = None,
+    sample: int | None = None,
+    resamples: int = 1000,
+    concurrency: int = 8,
+    record: Path | None = None,
+    replay: Path | None = None,
+    plot_path: Path | None = None,
+) -> CalibrateReport:
+    """Triage DATA, fit and report; the command without its printing and ``--write``."""
+    import asyncio
+    import os
+    import random
+
+    from triagegate import calibration as cal
+    from triagegate import training
+    from triagegate.calibrate_data import (
+        flagship_view,
+        forced_routes,
+        read_unlabeled,
+        replay_miss,
+        tickets_for,
+        triage_all,
+    )
+    from triagegate.cli.recording import recorded, replay_path, replayed
+    from triagegate.datasets import DatasetError, load_labeled, split
+    from triagegate.errors import ConfigError, InputError, ReplayMiss
+    from triagegate.evaluation import estimate_costs
+    from triagegate.gate_patch import snippet
+    from triagegate.models.base import ModelBackend
+    from triagegate.models.classifier import ClassifierBackend
+    from triagegate.pipeline import default_cache_dir
+    from triagegate.scoring import prompt_overhead_chars, triage_backend
+    from triagegate.spec import load_spec
+
+    if fit and not split_fraction:
+        raise InputError("--train needs --split, or it would calibrate on its own training rows")
+    environ = dict(os.environ)
+    loaded = replayed(load_spec(graph, environ=environ), replay, environ)
+    spec = loaded.spec
+    categories = spec.taxonomy.category_names
+    try:
+        rows = load_labeled(data, text_col=text_col, label_col=label_col)
+        labeled = True
+    except DatasetError as exc:
+        if label_col is not None or not exc.reason.startswith("no label column") or reference == "labels":
+            raise
+        rows, labeled = read_unlabeled(data, text_col), False
+    use_flagship = reference == "flagship" or not labeled
+    notes: list[str] = []
+    if labeled and not use_flagship:
+        unknown = sorted({r.label for r in rows} - set(categories))
+        if unknown:
+            raise DatasetError(
+                f"labels not in the graph's taxonomy: {', '.join(unknown)} (the taxonomy has: {', '.join(categories)})",
+                file=data,
+            )
+    train_rows, rows = split(rows, split_fraction, seed) if split_fraction else ([], rows)
+    if sample is not None and sample < len(rows):
+        chosen = sorted(random.Random(seed).sample(range(len(rows)), sample))
+        rows = [rows[i] for i in chosen]
+        notes.append(f"a seeded sample (seed {seed}) of {sample} evaluated rows")
+    if len(rows) < 4:
+        raise InputError(
+            f"{data}: {len(rows)} rows to calibrate on; need at least 4 (2 to fit, 2 to hold out)"
+        )
+    alias = spec.nodes.triage.model
+    cache_dir = default_cache_dir(environ)
+    backend: ModelBackend
+    if fit:
+        binding = spec.models[alias]
+        if binding.backend != "classifier":
+            raise ConfigError(
+                f"--train fits a classifier, but the triage model {alias!r} uses backend {binding.backend!r}",
+                file=str(graph),
+                key=f"models.{alias}.backend",
+            )
+        model = training.fit(
+            [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
+        )
+        problem = training.label_mismatch(model.labels, categories)
+        if problem:
+            raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
+        backend = ClassifierBackend(alias, binding, model=model)
+        notes.append(
+            f"classifier fitted on {len(train_rows)} training rows in {model.metadata.train_seconds:.2f} s"
+        )
+    else:
+        alias, backend = triage_backend(loaded, environ=environ, cache_dir=cache_dir)
+    backend = recorded(alias, backend, record, loaded, environ)
+    replaying = replay_path(replay, environ) is not None
+    want_flagship = use_flagship or (labeled and flagship_accuracy is None and replaying)
+    tickets = tickets_for(rows)
+
+    async def triage() -> tuple[list[Triage], list[Triage] | None]:
+        try:
+            mini = await triage_all(loaded, tickets, backend, concurrency=concurrency)
+        finally:
+            await backend.aclose()
+        if not want_flagship:
+            return mini, None
+        view = flagship_view(loaded)
+        flagship_alias, flagship = triage_backend(view, environ=environ, cache_dir=cache_dir)
+        flagship = recorded(flagship_alias, flagship, record, view, environ)
+        try:
+            return mini, await triage_all(view, tickets, flagship, concurrency=concurrency)
+        finally:
+            await flagship.aclose()
+
+    mini, flagship = asyncio.run(triage())
+    miss = replay_miss(mini) or (replay_miss(flagship) if use_flagship and flagship else None)
+    if miss:
+        raise ReplayMiss(miss)
+    escalate_model = (
+        f"{spec.nodes.escalate.model} ({spec.models[spec.nodes.escalate.model].model or 'no model name'})"
+    )
+    keep = list(range(len(rows)))
+    if use_flagship:
+        assert flagship is not None
+        keep = [i for i, t in enumerate(flagship) if t.error is None]
+        labels = {i: flagship[i].category for i in keep}
+        described = f"the flagship's triage category ({escalate_model}), not DATA's labels"
+        if labeled:
+            agree = sum(labels[i] == rows[i].label for i in keep)
+            notes.append(f"the flagship agrees with DATA's labels on {agree} of {len(keep)} tickets")
+        economics_accuracy, source = 1.0, "1.0 by definition: the flagship is the reference"
+        if flagship_accuracy is not None:
+            economics_accuracy, source = flagship_accuracy, "given with --flagship-accuracy"
+    else:
+        labels = {i: rows[i].label for i in keep}
+        described = f"DATA's label column ({Path(data).name})"
+        if flagship_accuracy is not None:
+            economics_accuracy, source = flagship_accuracy, "given with --flagship-accuracy"
+        else:
+            hits = [i for i, t in enumerate(flagship or []) if t.error is None]
+            if hits:
+                right = sum(flagship[i].category == rows[i].label for i in hits) if flagship else 0
+                economics_accuracy = right / len(hits)
+                source = f"measured: the recorded flagship triage matched DATA's labels on {right} of {len(hits)} tickets"
+            else:
+                economics_accuracy = 1.0
+                source = (
+                    "assumed 1.0 (no recorded flagship answers): every escalated ticket is counted as answered "
+                    "correctly; pass --flagship-accuracy to change it"
+                )
+    if len(keep) < 4:
+        raise InputError(f"only {len(keep)} tickets have a reference label; need at least 4")
+    scored = [(labels[i], mini[i].category, mini[i].confidence) for i in keep]
+    forced = forced_routes([mini[i] for i in keep], spec.gate, mini_has_vision=backend.capabilities.vision)
+    arrays = cal.Tickets.from_scored(scored, forced)
+    fitting, held = cal.split_indices(len(scored), calibration_fraction, seed)
+    overhead = prompt_overhead_chars(loaded)
+    cost = estimate_costs(
+        spec,
+        mean_text_chars=sum(len(rows[i].text) for i in keep) / len(keep),
+        overhead_chars=overhead,
+        triage_drafts=backend.capabilities.chat,
+        triage_is_model=backend.capabilities.chat,
+    )
+    economics = cal.Economics.from_cost(cost, economics_accuracy, source)
+    calibration_part, held_out_part = arrays.subset(fitting), arrays.subset(held)
+    result = cal.calibrate(
+        calibration_part,
+        held_out_part,
+        objective,
+        economics,
+        per_category=per_category,
+        min_support=min_support,
+        resamples=resamples,
+        seed=seed,
+    )
+    failed = sum(1 for i in keep if mini[i].error)
+    if failed:
+        notes.append(
+            f"{failed} mini triage call(s) failed and count as escalated, e.g. {mini[keep[0]].error or ''}".rstrip()
+        )
+    forced_count = sum(1 for f in forced if f != cal.THRESHOLD_DECIDES)
+    if forced_count:
+        notes.append(
+            f"{forced_count} of {len(forced)} tickets are routed by the gate's other rules whatever the threshold"
+        )
+    report = CalibrateReport(
+        graph=str(graph),
+        data=str(data),
+        triage_model=f"{alias}: {spec.models[alias].backend} {backend.model}",
+        reference=described,
+        tickets=len(keep),
+        dropped=len(rows) - len(keep),
+        split={
+            "fraction": split_fraction,
+            "seed": seed,
+            "train_rows": len(train_rows),
+            "test_rows": len(rows),
+        }
+        if split_fraction
+        else None,
+        calibration_fraction=calibration_fraction,
+        cost=cost,
+        result=result,
+        patch=snippet(result.policy.threshold, result.policy.category_thresholds),
+        notes=notes,
+    )
+    if report.dropped:
+        notes.append(f"{report.dropped} ticket(s) left out: the flagship's triage failed on them")
+    if plot_path is not None:
+        from triagegate.calibration_plot import plot
+
+        marks = {"fitted: single": cal.Policy(result.single.threshold)}
+        if result.per_category is not None:
+            marks["fitted: per category"] = cal.Policy(
+                result.per_category.threshold, result.per_category.category_thresholds
+            )
+        plot(
+            result,
+            plot_path,
+            held_out=cal.curve_rows(held_out_part, economics, points=101, marks=marks),
+            calibration=cal.curve_rows(calibration_part, economics, points=101),
+            title=f"{Path(graph).name} on {Path(data).name}: {result.description}",
+        )
+        report.plot = str(plot_path)
+    return report
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(point: OperatingPoint, field: Literal["coverage", "accuracy_kept"]) -> str:
+    value = getattr(point, field)
+    interval = point.coverage_ci if field == "coverage" else point.accuracy_kept_ci
+    if interval is None:
+        return _pct(value)
+    return f"{_pct(value)} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def print_report(report: CalibrateReport) -> None:
+    """The fitted policies, the held-out curve with its end points, and the patch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    r = report.result
+    split = report.split
+    where = f" (test part of split {split['fraction']}, seed {split['seed']})" if split else ""
+    console.print(
+        f"[bold]{report.tickets} tickets[/bold] from {report.data}{where}: {r.calibration_tickets} to fit, "
+        f"{r.held_out_tickets} held out (seed {r.seed})",
+        highlight=False,
+    )
+    console.print(f"triage by {report.triage_model}; reference labels: {report.reference}", highlight=False)
+    console.print(f"objective: {r.description}", highlight=False)
+    console.print(
+        f"estimated ${r.kept_usd:.6f} per kept ticket, ${r.escalated_usd:.6f} per escalated ticket; "
+        f"flagship accuracy {r.flagship_accuracy:.3f} ({r.flagship_accuracy_source})",
+        highlight=False,
+    )
+    policies = Table(
+        title=f"fitted on the calibration part, reported on the held-out part (95% bootstrap interval, {r.resamples} resamples)"
+    )
+    for column in (
+        "policy",
+        "threshold",
+        "fit: cover / acc.",
+        "held-out coverage",
+        "held-out kept acc.",
+        "overall acc.",
+        "$ / 1k",
+    ):
+        policies.add_column(column, justify="left" if column == "policy" else "right")
+    fitted = [("single threshold", r.single)]
+    if r.per_category is not None:
+        fitted.append(("per category", r.per_category))
+    for name, fp in fitted:
+        label = (
+            name + (" (chosen)" if fp is r.policy else "") + ("" if fp.feasible else " (misses objective)")
+        )
+        own = f" + {len(fp.category_thresholds)} own" if fp.category_thresholds else ""
+        policies.add_row(
+            label,
+            f"{fp.threshold:g}{own}",
+            f"{_pct(fp.calibration.coverage)} / {_pct(fp.calibration.accuracy_kept)}",
+            _ci(fp.held_out, "coverage"),
+            _ci(fp.held_out, "accuracy_kept"),
+            _pct(fp.held_out.system_accuracy),
+            f"${fp.held_out.cost_per_1000:.4f}",
+        )
+    console.print(policies)
+    if r.iso_accuracy is not None:
+        iso = r.iso_accuracy
+        console.print(
+            f"at the same held-out kept accuracy ({_pct(iso.accuracy_kept)}), per-category thresholds keep "
+            f"{_pct(iso.per_category_coverage)} and the best single threshold {_pct(iso.single_coverage)} "
+            f"(read off the held-out curve, which favours it): {100 * iso.coverage_gain:+.1f} points of coverage; "
+            f"at the same coverage a single threshold keeps {_pct(iso.single_accuracy_at_coverage)} accurate",
+            highlight=False,
+        )
+    cv = r.cross_validation
+    if cv is not None:
+        console.print(
+            f"out of fold ({cv.folds} folds of the calibration part, used to choose): single threshold keeps "
+            f"{_pct(cv.single.coverage)} at {_pct(cv.single.accuracy_kept)}, per category "
+            f"{_pct(cv.per_category.coverage)} at {_pct(cv.per_category.accuracy_kept)}",
+            highlight=False,
+        )
+    curve = Table(title="held-out curve: one threshold for all, the chosen policies, and the end points")
+    for column in ("", "threshold", "coverage", "kept acc.", "overall acc.", "est. $ / 1k"):
+        curve.add_column(column, justify="left" if not column else "right")
+    for row in r.curve:
+        p = row.point
+        curve.add_row(
+            row.label,
+            "-" if row.threshold is None else f"{row.threshold:.4g}",
+            _pct(p.coverage),
+            _pct(p.accuracy_kept),
+            _pct(p.system_accuracy),
+            f"${p.cost_per_1000:.4f}",
+        )
+    console.print(curve)
+    with_own = [c for c in r.categories if c.threshold is not None]
+    if with_own:
+        table = Table(title=f"categories with their own threshold (>= {r.min_support} calibration tickets)")
+        for column in ("category", "support", "threshold"):
+            table.add_column(column, justify="left" if column == "category" else "right")
+        for c in with_own:
+            table.add_row(c.name, str(c.support), f"{c.threshold:g}")
+        console.print(table)
+    for note in [*r.notes, *report.notes]:
+        console.print(f"note: {note}", highlight=False)
+    if report.plot:
+        console.print(f"wrote the curves to {report.plot}", highlight=False)
+    if report.wrote:
+        console.print(f"patched {report.wrote}:", highlight=False)
+    else:
+        console.print("set these in the graph file (or run again with --write):", highlight=False)
+    console.print(report.patch.rstrip("\n"), markup=False, highlight=False)

@@ -1,0 +1,248 @@
+"""A trained text classifier as the triage tier: offline, free and sub-millisecond per ticket.
+
+Bind it in a graph file with exactly one of these options::
+
+    mini:
+      backend: classifier
+      options:
+        model_path: models/support.skops     # a file written by ``triagegate train``
+        # or
+        train_from: taxonomy                 # the taxonomy's examples in this graph file
+        # or
+        train_from: data/tickets.csv         # a labeled CSV/JSONL file (text_col/label_col optional)
+        training: {C: 20}                    # optional overrides of triagegate.training.TrainConfig
+
+``model_path`` is loaded while the pipeline is built, so a missing or corrupt file, or one
+whose labels differ from the taxonomy, fails at once with a :class:`ConfigError` naming it.
+With ``train_from`` the data is read and checked at build time too, but fitting waits for
+the first ``classify`` call (so building a pipeline stays quick) and happens once per
+process, whatever the concurrency: later calls reuse the model. The fitted model is cached
+under ``<cache_dir>/classifiers/<key>.skops``, keyed by the training data, the config and
+the scikit-learn version, so another process or a restart loads it instead of retraining.
+
+The backend only classifies; ``chat`` raises :class:`UnsupportedOperation` and the graph's
+``answer`` node drafts replies with its own model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from pydantic import ValidationError
+
+from triagegate import training
+from triagegate.errors import ConfigError, ModelUnavailable, UnsupportedOperation
+from triagegate.models import BuildContext
+from triagegate.models.base import Capabilities, ChatRequest, ChatResult, Classification, ClassifyRequest
+from triagegate.spec import ModelBinding, Taxonomy
+from triagegate.types import Usage
+
+log = structlog.get_logger("triagegate.models")
+
+OPTIONS = ("model_path", "train_from", "text_col", "label_col", "training")
+ModelSource = Literal["file", "cache", "trained", "given"]
+
+
+def taxonomy_examples(taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` from the taxonomy's examples; every category must have at least one."""
+    empty = [c.name for c in taxonomy.categories if not c.examples]
+    if empty:
+        raise ConfigError(
+            f"train_from: taxonomy needs examples for every category; none for: {', '.join(empty)}"
+        )
+    texts = [e.text for c in taxonomy.categories for e in c.examples]
+    labels = [c.name for c in taxonomy.categories for _ in c.examples]
+    return texts, labels
+
+
+class ClassifierBackend:
+    """Serves :meth:`classify` from a :class:`~triagegate.training.TrainedModel`, fitted lazily if needed."""
+
+    def __init__(
+        self,
+        alias: str,
+        binding: ModelBinding,
+        *,
+        model: training.TrainedModel | None = None,
+        obtain: Callable[[], tuple[training.TrainedModel, ModelSource]] | None = None,
+    ) -> None:
+        if (model is None) == (obtain is None):
+            raise ValueError("give exactly one of 'model' or 'obtain'")
+        self.alias = alias
+        self.binding = binding
+        self.name = f"{alias}@classifier"
+        self.model = binding.model or "tfidf-logreg"
+        self.capabilities = Capabilities(
+            chat=False, classify=True, vision=False, logprobs=False, json_schema=False
+        )
+        self._model = model
+        self._obtain = obtain
+        self._lock = threading.Lock()
+        self._failure: str | None = None
+        self.source: ModelSource | None = "given" if model is not None else None
+        """Where the model came from once ready: a ``model_path`` file, the cache, a fresh fit, or the caller."""
+
+    @classmethod
+    def from_binding(cls, alias: str, binding: ModelBinding, context: BuildContext) -> ClassifierBackend:
+        """Validate the options; load ``model_path`` now, prepare ``train_from`` to fit on first use."""
+        options = binding.options
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for the classifier backend: {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+                key=f"models.{alias}.options",
+            )
+        has_path, has_train = options.get("model_path") is not None, options.get("train_from") is not None
+        if has_path == has_train:
+            raise ConfigError(
+                "the classifier backend needs exactly one of options.model_path (a file from 'triagegate train') "
+                "or options.train_from ('taxonomy' or a labeled data file)",
+                key=f"models.{alias}.options",
+            )
+        loaded = context.loaded
+        base = loaded.path.parent if loaded.path is not None else Path.cwd()
+        categories = loaded.spec.taxonomy.category_names
+        if has_path:
+            path = _resolve(base, options["model_path"], f"models.{alias}.options.model_path")
+            model = training.load(path, expected_labels=categories)
+            backend = cls(alias, binding, model=model)
+            backend.source = "file"
+            return backend
+
+        try:
+            config = training.TrainConfig.model_validate(options.get("training") or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{where}: {first['msg']}", key=f"models.{alias}.options.training") from None
+        source = options["train_from"]
+        if source == "taxonomy":
+            try:
+                texts, labels = taxonomy_examples(loaded.spec.taxonomy)
+            except ConfigError as exc:
+                raise ConfigError(exc.reason, key=f"models.{alias}.options.train_from") from None
+            described = "taxonomy"
+        else:
+            from triagegate.datasets import DatasetError, load_labeled
+
+            data = _resolve(base, source, f"models.{alias}.options.train_from")
+            try:
+                rows = load_labeled(
+                    data, text_col=options.get("text_col"), label_col=options.get("label_col")
+                )
+            except DatasetError as exc:
+                raise ConfigError(exc.reason, file=exc.file, line=exc.line) from None
+            texts, labels = [r.text for r in rows], [r.label for r in rows]
+            problem = training.label_mismatch(sorted(set(labels)), categories)
+            if problem:
+                raise ConfigError(
+                    f"the data's labels differ from the graph's taxonomy: {problem}",
+                    file=str(data),
+                    key=f"models.{alias}.options.train_from",
+                )
+            described = data.name
+        digest = training.training_digest(texts, labels)
+        cache_file = context.cache_dir / "classifiers" / f"{training.cache_key(digest, config)}.skops"
+
+        def obtain() -> tuple[training.TrainedModel, ModelSource]:
+            if cache_file.is_file():
+                try:
+                    cached = training.load(cache_file, expected_labels=categories)
+                    if cached.metadata.training_sha256 == digest:
+                        return cached, "cache"
+                except ConfigError as exc:
+                    log.warning("classifier_cache_unusable", file=str(cache_file), problem=exc.reason)
+            model = training.fit(texts, labels, config, source=described)
+            try:
+                training.save(model, cache_file)
+            except OSError as exc:
+                log.warning("classifier_cache_not_written", file=str(cache_file), problem=str(exc))
+            log.info(
+                "classifier_trained", alias=alias, examples=len(texts), seconds=model.metadata.train_seconds
+            )
+            return model, "trained"
+
+        return cls(alias, binding, obtain=obtain)
+
+    def ready_model(self) -> training.TrainedModel:
+        """The model, loading or fitting it on the first call only (thread-safe). Blocks while fitting."""
+        model = self._model
+        if model is not None:
+            return model
+        with self._lock:
+            if self._model is None:
+                if self._failure is not None:
+                    raise ModelUnavailable(self._failure, model=self.model)
+                assert self._obtain is not None
+                try:
+                    self._model, self.source = self._obtain()
+                except Exception as exc:
+                    self._failure = (
+                        f"{self.name}: training the classifier failed: {type(exc).__name__}: {exc}"
+                    )
+                    raise ModelUnavailable(self._failure, model=self.model) from exc
+            return self._model
+
+    async def _model_async(self) -> training.TrainedModel:
+        model = self._model
+        return model if model is not None else await asyncio.to_thread(self.ready_model)
+
+    def _restrict(self, labels: tuple[str, ...], wanted: tuple[str, ...]) -> list[int] | None:
+        if not wanted or set(wanted) == set(labels):
+            return None
+        unknown = sorted(set(wanted) - set(labels))
+        if unknown:
+            raise UnsupportedOperation(
+                f"{self.name} was not trained on label(s) {', '.join(unknown)}", model=self.model
+            )
+        return [labels.index(w) for w in wanted]
+
+    async def classify(self, request: ClassifyRequest) -> Classification:
+        model = await self._model_async()
+        started = time.perf_counter()
+        keep = self._restrict(model.labels, request.labels)
+        probs = model.predict_one(request.text)
+        labels = model.labels
+        if keep is not None:
+            subset = probs[keep]
+            total = float(subset.sum())
+            probs = subset / total if total > 0 else subset
+            labels = tuple(model.labels[i] for i in keep)
+        return Classification(
+            probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+            model=self.model,
+            endpoint=self.name,
+            usage=Usage(requests=1),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def classify_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Probabilities for many texts in one vectorised call (for evaluation and batch scoring)."""
+        model = await self._model_async()
+        matrix = model.predict_proba(texts)
+        return [dict(zip(model.labels, map(float, row), strict=True)) for row in matrix]
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        raise UnsupportedOperation(
+            f"{self.name} is a classifier and cannot write text; the graph's 'answer' node drafts replies",
+            model=self.model,
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"ClassifierBackend(name={self.name!r}, model={self.model!r}, source={self.source!r})"
+
+
+def _resolve(base: Path, value: object, key: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("must be a file path (relative to the graph file)", key=key)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,273 @@
+"""Serving recorded model traffic: offline, deterministic, keyed by what was asked.
+
+Bind an alias to a recording made with ``--record`` (see :mod:`triagegate.models.recording`)::
+
+    mini:
+      backend: replay
+      options:
+        recording: recordings/support.jsonl   # relative to the graph file
+        alias: mini                           # optional: whose recorded calls to serve (default: this alias)
+
+or replay a whole graph without editing it: ``--replay PATH`` on ``run``, ``eval``, ``batch``
+and ``calibrate`` (or ``TRIAGEGATE_REPLAY=PATH``) rebinds every alias with
+:func:`with_replay`.
+
+A request is answered by the recorded line whose key (sha256 of the canonical request) is
+the same: the latest successful response for that key, or when the key only ever failed,
+the latest failure, raised again as the same error class. So a replay depends only on the
+requests, never on their order or concurrency. A request that was never recorded raises
+:class:`~triagegate.errors.ReplayMiss` naming the node, the alias, the start of the ticket
+and the key, and saying how to record it. The backend presents the recorded backend's
+capabilities, since they decide which requests nodes build. Results carry the recorded
+model, endpoint and usage, so a replayed Outcome matches the recorded one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from triagegate import errors
+from triagegate.errors import ConfigError, ReplayMiss
+from triagegate.models import BuildContext
+from triagegate.models.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResult,
+    Classification,
+    ClassifyRequest,
+    TokenLogprob,
+)
+from triagegate.models.recording import (
+    FORMAT,
+    canonical_request,
+    capabilities_from,
+    node_of,
+    request_key,
+    ticket_preview,
+)
+from triagegate.spec import LoadedSpec, ModelBinding
+from triagegate.types import Usage
+
+OPTIONS = ("recording", "alias")
+ENV_REPLAY = "TRIAGEGATE_REPLAY"
+_ERRORS: dict[str, type[errors.ModelError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.ModelError,
+        errors.ModelTimeout,
+        errors.RateLimited,
+        errors.ModelUnavailable,
+        errors.BadModelOutput,
+        errors.UnsupportedOperation,
+        errors.ReplayMiss,
+    )
+}
+
+
+@dataclass
+class Recording:
+    """A recording file indexed by request key."""
+
+    path: Path
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    capabilities: dict[str, Capabilities] = field(default_factory=dict)
+    """The capabilities last recorded per alias."""
+    models: dict[str, str] = field(default_factory=dict)
+    lines: int = 0
+
+    def add(self, entry: dict[str, Any]) -> None:
+        key = entry["key"]
+        previous = self.entries.get(key)
+        if previous is None or "response" in entry or "response" not in previous:
+            self.entries[key] = entry
+        alias = str(entry.get("alias", ""))
+        if isinstance(entry.get("capabilities"), dict):
+            self.capabilities[alias] = capabilities_from(entry["capabilities"])
+        model = (entry.get("response") or {}).get("model")
+        if isinstance(model, str) and model:
+            self.models[alias] = model
+        self.lines += 1
+
+
+def _parse(path: Path, text: str) -> Recording:
+    recording = Recording(path=path)
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # a last line cut short by a crash while recording
+            raise ConfigError(f"not a recording line: {exc.msg}", file=str(path), line=number) from None
+        if (
+            not isinstance(entry, dict)
+            or entry.get("format") != FORMAT
+            or not isinstance(entry.get("key"), str)
+        ):
+            raise ConfigError(
+                f"not a triagegate recording line (expected format {FORMAT!r})", file=str(path), line=number
+            )
+        recording.add(entry)
+    return recording
+
+
+@lru_cache(maxsize=8)
+def _read_cached(path: str, mtime_ns: int, size: int) -> Recording:
+    return _parse(Path(path), Path(path).read_text(encoding="utf-8"))
+
+
+def read_recording(path: str | Path) -> Recording:
+    """Read and index a recording (cached while the file is unchanged). Raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        if not path.is_file():
+            raise ConfigError("the recording is not a file", file=str(path))
+        return _read_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except FileNotFoundError:
+        raise ConfigError(
+            "recording not found; make one with --record PATH on run, eval, batch or calibrate",
+            file=str(path),
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the recording: {exc}", file=str(path)) from None
+
+
+class ReplayBackend:
+    """Answers chat and classify calls from a :class:`Recording`; never touches the network."""
+
+    def __init__(
+        self,
+        alias: str,
+        recording: Recording,
+        *,
+        source_alias: str | None = None,
+        model: str = "",
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        self.alias = alias
+        self.recording = recording
+        self.source_alias = source_alias or alias
+        self.name = f"{alias}@replay"
+        self.model = model or recording.models.get(self.source_alias, "replay")
+        self.capabilities = (
+            capabilities
+            or recording.capabilities.get(self.source_alias)
+            or Capabilities(chat=True, classify=True)
+        )
+
+    @classmethod
+    def from_binding(cls, alias: str, binding: ModelBinding, context: BuildContext) -> ReplayBackend:
+        options = binding.options
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) for the replay backend: {', '.join(unknown)}; known: {', '.join(OPTIONS)}",
+                key=f"models.{alias}.options",
+            )
+        value = options.get("recording")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                "the replay backend needs options.recording: a JSONL file written with --record",
+                key=f"models.{alias}.options.recording",
+            )
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            loaded = context.loaded
+            path = (loaded.path.parent if loaded.path is not None else Path.cwd()) / path
+        source = options.get("alias") or alias
+        if not isinstance(source, str):
+            raise ConfigError("options.alias must be an alias name", key=f"models.{alias}.options.alias")
+        recording = read_recording(path)
+        capabilities = recording.capabilities.get(source) or Capabilities(
+            chat=True,
+            classify=True,
+            vision=binding.capabilities.vision,
+            logprobs=binding.capabilities.logprobs,
+        )
+        model = recording.models.get(source) or binding.model
+        return cls(alias, recording, source_alias=source, model=model, capabilities=capabilities)
+
+    def _entry(self, request: ChatRequest | ClassifyRequest) -> dict[str, Any]:
+        canonical = canonical_request(self.source_alias, request)
+        key = request_key(canonical)
+        entry = self.recording.entries.get(key)
+        if entry is None:
+            path = self.recording.path
+            raise ReplayMiss(
+                f"{self.name}: no recorded response for this {node_of(request)} request to alias "
+                f"{self.source_alias!r} (ticket: {ticket_preview(canonical)!r}, key {key[:16]}) in {path}. "
+                f"Record it by running the same command against the live models with --record {path} "
+                "(it appends), then replay again",
+                model=self.model,
+            )
+        error = entry.get("error")
+        if error is not None:
+            cls = _ERRORS.get(str(error.get("type")), errors.ModelError)
+            status = error.get("status")
+            raise cls(
+                f"(replayed) {error.get('message', '')}",
+                model=self.model,
+                status=status if isinstance(status, int) else None,
+            )
+        response: dict[str, Any] = entry["response"]
+        return response
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        r = self._entry(request)
+        logprobs = r.get("logprobs")
+        return ChatResult(
+            text=str(r.get("text", "")),
+            model=str(r.get("model") or self.model),
+            endpoint=str(r.get("endpoint") or self.name),
+            usage=Usage.model_validate(r.get("usage") or {}),
+            latency_ms=float(r.get("latency_ms") or 0.0),
+            logprobs=None
+            if logprobs is None
+            else tuple(
+                TokenLogprob(str(t["token"]), float(t["logprob"]), dict(t.get("top") or {})) for t in logprobs
+            ),
+            finish_reason=r.get("finish_reason"),
+        )
+
+    async def classify(self, request: ClassifyRequest) -> Classification:
+        r = self._entry(request)
+        return Classification(
+            probabilities={str(k): float(v) for k, v in (r.get("probabilities") or {}).items()},
+            model=str(r.get("model") or self.model),
+            endpoint=str(r.get("endpoint") or self.name),
+            usage=Usage.model_validate(r.get("usage") or {}),
+            latency_ms=float(r.get("latency_ms") or 0.0),
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"ReplayBackend(alias={self.alias!r}, source={self.source_alias!r}, recording={str(self.recording.path)!r})"
+
+
+def with_replay(loaded: LoadedSpec, recording: str | Path) -> LoadedSpec:
+    """``loaded`` with every alias rebound to replay ``recording`` (its own recorded calls, no fallbacks).
+
+    Prices and declared capabilities are kept (an alias the recording never saw presents
+    them), as is each alias's model name for display.
+    """
+    path = str(Path(recording).expanduser().resolve())
+    models = {
+        alias: ModelBinding(
+            backend="replay",
+            model=binding.model,
+            price=binding.price,
+            capabilities=binding.capabilities,
+            options={"recording": path, "alias": alias},
+        )
+        for alias, binding in loaded.spec.models.items()
+    }
+    return loaded.model_copy(update={"spec": loaded.spec.model_copy(update={"models": models})})

@@ -1,0 +1,110 @@
+"""Prometheus metrics for one app instance, in its own registry (two apps never share counters).
+
+HTTP metrics are labelled by route template, never by raw path, and ticket metrics by
+values the graph bounds (routes, taxonomy categories, node names, model aliases), so
+label cardinality stays fixed whatever clients send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from triagegate.types import Outcome
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ServiceMetrics:
+    """Counters and histograms of the HTTP layer and of the tickets it ran."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, categories: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._categories = frozenset(categories)
+        r = self.registry
+        self.requests = Counter(
+            "triagegate_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "triagegate_http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("triagegate_http_in_flight", "HTTP requests being answered.", registry=r)
+        self.tickets = Counter(
+            "triagegate_tickets",
+            "Tickets run, by route, status and category.",
+            ["route", "status", "category"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "triagegate_escalations", "Escalations to the flagship tier, by reason.", ["reason"], registry=r
+        )
+        self.node_seconds = Histogram(
+            "triagegate_node_duration_seconds",
+            "Wall time of each graph node.",
+            ["node"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "triagegate_model_tokens",
+            "Model tokens, by model alias and direction.",
+            ["model", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "triagegate_model_cost_usd", "Model cost in USD, by model alias.", ["model"], registry=r
+        )
+        self.provider_errors = Counter(
+            "triagegate_provider_errors",
+            "Node runs whose model call failed after retries and fallbacks.",
+            ["node", "model"],
+            registry=r,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    def observe_outcome(self, outcome: Outcome) -> None:
+        category = outcome.category or "none"
+        if category not in self._categories and category != "none":
+            category = "other"
+        self.tickets.labels(outcome.route, outcome.status, category).inc()
+        for reason in outcome.escalation_reasons:
+            self.escalations.labels(self._bounded_reason(reason)).inc()
+        for run in outcome.nodes:
+            self.node_seconds.labels(run.node).observe(run.latency_ms / 1000)
+            if run.model_alias is None:
+                continue
+            if run.input_tokens:
+                self.tokens.labels(run.model_alias, "input").inc(run.input_tokens)
+            if run.output_tokens:
+                self.tokens.labels(run.model_alias, "output").inc(run.output_tokens)
+            if run.cost_usd:
+                self.cost.labels(run.model_alias).inc(run.cost_usd)
+            if run.error:
+                self.provider_errors.labels(run.node, run.model_alias).inc()
+
+    def _bounded_reason(self, reason: str) -> str:
+        """``category:<name>`` keeps only taxonomy names; other reasons come from a fixed vocabulary."""
+        kind, _, value = reason.partition(":")
+        if kind == "category" and value not in self._categories:
+            return "category:other"
+        return reason[:64]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

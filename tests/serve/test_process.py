@@ -1,0 +1,121 @@
+"""``triagegate serve`` as a real process against the loopback OpenAI server: readiness and draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.conftest import LOOPBACK
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(sys.executable).with_name("triagegate"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    def __init__(self, base_url: str, *args: str) -> None:
+        env = {
+            **os.environ,
+            "TRIAGEGATE_MINI_BASE_URL": base_url,
+            "TRIAGEGATE_FLAGSHIP_BASE_URL": base_url,
+            "TRIAGEGATE_API_KEYS": "",
+        }
+        self.proc = subprocess.Popen(
+            [CLI, "serve", str(LOOPBACK), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise AssertionError(
+                f"no READY line: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+        self.url = line.split()[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as server:
+        yield server
+
+
+def test_readyz_probes_the_model_endpoints(openai_server: OpenAIServer) -> None:
+    up = ServeProcess(openai_server.base_url)
+    try:
+        report = httpx.get(f"{up.url}/readyz", timeout=10)
+        assert report.status_code == 200
+        assert {m["detail"] for m in report.json()["models"].values()} == {"HTTP 200"}
+    finally:
+        up.stop()
+    down = ServeProcess(f"http://127.0.0.1:{free_port()}/v1")
+    try:
+        started = time.monotonic()
+        report = httpx.get(f"{down.url}/readyz", timeout=10)
+        assert report.status_code == 503
+        body = report.json()
+        assert body["status"] == "not_ready"
+        assert not body["models"]["mini"]["ready"]
+        assert body["models"]["mini"]["detail"].startswith("unreachable")
+        assert time.monotonic() - started < 8, "the probe has a short timeout"
+        assert httpx.get(f"{down.url}/healthz", timeout=10).status_code == 200, "alive even when not ready"
+    finally:
+        down.stop()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(openai_server: OpenAIServer) -> None:
+    openai_server.latency = 1.5
+    service = ServeProcess(openai_server.base_url, "--shutdown-timeout", "20")
+    result: dict[str, httpx.Response | BaseException] = {}
+
+    def call() -> None:
+        try:
+            result["response"] = httpx.post(
+                f"{service.url}/v1/tickets", json={"id": "drain-1", "text": "charged twice"}, timeout=30
+            )
+        except BaseException as exc:
+            result["response"] = exc
+
+    try:
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 20
+        while openai_server.in_flight == 0:
+            assert time.monotonic() < deadline, "the request never reached the model"
+            time.sleep(0.01)
+        service.proc.send_signal(signal.SIGTERM)
+        caller.join(timeout=30)
+        response = result["response"]
+        assert isinstance(response, httpx.Response), response
+        assert response.status_code == 200
+        assert response.json()["ticket_id"] == "drain-1"
+        assert service.proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{service.url}/healthz", timeout=2)
+    finally:
+        service.stop()
