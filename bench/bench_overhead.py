@@ -49,6 +49,7 @@ from overhead_impls import (
     GRAPH,
     ROOT,
     Floor,
+    NodesOnly,
     Peer,
     Triagegate,
     capture_bodies,
@@ -215,6 +216,7 @@ async def measure(base_url: str, args: argparse.Namespace, log_path: Path) -> di
         "floor": Floor(bodies, codes),
         "peer": Peer(base_url, tickets),
         "triagegate": tg,
+        "tg-no-langgraph": NodesOnly(tg),
     }
     warm = min(n, 200)
     for impl in impls.values():
@@ -275,6 +277,13 @@ def _wall(cmd: Sequence[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - started
 
 
+_HEAVY_FOR_HELP = (
+    "import sys, triagegate.cli; "
+    "print(*[m for m in ('numpy', 'sklearn', 'langgraph', 'httpx', 'pydantic', 'yaml', 'rich') if m in sys.modules])"
+)
+"""What ``triagegate --help`` pays for before printing anything: none of these is needed for help."""
+
+
 def startup(base_url: str, runs: int) -> dict[str, Any]:
     """Median wall times in ms of fresh processes (each kind interleaved with the others)."""
     py = sys.executable
@@ -309,8 +318,11 @@ def startup(base_url: str, runs: int) -> dict[str, Any]:
         }.items()
     }
     ms["import_minus_bare"] = ms["python_import_triagegate"] - ms["bare_python"]
+    heavy = subprocess.run(
+        [py, "-c", _HEAVY_FOR_HELP], capture_output=True, text=True, check=True
+    ).stdout.split()
     ms["help_minus_bare"] = ms["help"] - ms["bare_python"]
-    return {"runs": runs, "ms": ms}
+    return {"runs": runs, "ms": ms, "heavy_modules_loaded_by_cli_import": heavy}
 
 
 _GROUPS = [
@@ -415,11 +427,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"\nOverhead (issue 7): {args.tickets} tickets (half 1 call, half 2 calls) x {args.rounds} rounds, loopback server, zero latency"
     )
     print("CPU = time.process_time of the bench process; ms per ticket; *_round = median over rounds\n")
-    head = f"{'impl':11s} {'cpu med':>8s} {'cpu p95':>8s} {'cpu mean':>9s} {'1-call':>7s} {'2-call':>7s} {'wall med':>9s} {'wall p95':>9s} {'t/s c1':>8s} {f't/s c{c}':>8s} {f'cpu c{c}':>8s}"
+    head = f"{'impl':16s} {'cpu med':>8s} {'cpu p95':>8s} {'cpu mean':>9s} {'1-call':>7s} {'2-call':>7s} {'wall med':>9s} {'wall p95':>9s} {'t/s c1':>8s} {f't/s c{c}':>8s} {f'cpu c{c}':>8s}"
     print(head)
     for name, m in result["impls"].items():
         print(
-            f"{name:11s} {m['cpu_ms_median']:8.3f} {m['cpu_ms_p95']:8.3f} {_fmt_rounds(m['cpu_ms_mean_by_round']):>9s}"
+            f"{name:16s} {m['cpu_ms_median']:8.3f} {m['cpu_ms_p95']:8.3f} {_fmt_rounds(m['cpu_ms_mean_by_round']):>9s}"
             f" {m['cpu_ms_mini_median']:7.3f} {m['cpu_ms_flagship_median']:7.3f}"
             f" {m['wall_ms_median']:9.3f} {m['wall_ms_p95']:9.3f} {_fmt_rounds(m['tps_c1_by_round'], 0):>8s}"
             f" {_fmt_rounds(m[f'tps_c{c}_by_round'], 0):>8s} {_fmt_rounds(m[f'cpu_ms_c{c}_by_round']):>8s}"
@@ -431,6 +443,16 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"triagegate/peer  CPU: {_fmt_rounds(r['cpu_mean_vs_peer_by_round'], 2)} (mean per round; per-ticket medians {r['cpu_median_vs_peer']:.2f}), target <= {TARGETS['cpu_vs_peer']}"
     )
+    if "tg-no-langgraph" in result["impls"]:
+        means = {
+            k: result["impls"][k]["cpu_ms_mean_by_round"] for k in ("floor", "triagegate", "tg-no-langgraph")
+        }
+        in_place = [t - n for t, n in zip(means["triagegate"], means["tg-no-langgraph"], strict=True)]
+        own = [n / f for n, f in zip(means["tg-no-langgraph"], means["floor"], strict=True)]
+        print(
+            f"LangGraph in place (triagegate - tg-no-langgraph): {_fmt_rounds(in_place)} ms/ticket; "
+            f"tg-no-langgraph/floor CPU: {_fmt_rounds(own, 2)}"
+        )
     g = result["langgraph_cpu_ms_by_round"]
     print(
         f"LangGraph alone, CPU per run: empty 4-node graph {_fmt_rounds(g['empty_4_nodes'])} ms; triagegate's shape with stub nodes {_fmt_rounds(g['triagegate_shape'])} ms"
@@ -442,6 +464,10 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"import triagegate {s['import_minus_bare']:.0f} ms over bare (-X importtime {s['importtime_triagegate']:.0f} ms, target < {TARGETS['import_ms']:.0f}); "
             f"triagegate --help {s['help']:.0f} ms (target < {TARGETS['help_ms']:.0f}); "
             f"triagegate run: first model request after {s['run_to_first_request']:.0f} ms, whole run {s['run_whole']:.0f} ms"
+        )
+        heavy = result["startup"].get("heavy_modules_loaded_by_cli_import", [])
+        print(
+            f"modules imported by `import triagegate.cli` (what --help loads): {', '.join(heavy) or 'none of the heavy ones'}"
         )
 
 

@@ -332,3 +332,66 @@ class Triagegate:
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
+
+
+class NodesOnly:
+    """Diagnostic, not a way to run triagegate: its node functions driven by a plain loop.
+
+    Same nodes, routing, reducers and logging as ``Pipeline.run``, minus LangGraph, so the
+    gap to :class:`Triagegate` is what LangGraph costs in place (with real I/O), and the gap
+    to :class:`Floor` is what triagegate's own code costs.
+    """
+
+    _APPEND = ("node_runs", "errors", "extra_reasons")
+
+    def __init__(self, tg: Triagegate) -> None:
+        from types import SimpleNamespace
+
+        self.pipeline = tg.pipeline
+        self.tickets = tg.tickets
+        self.runtime = SimpleNamespace(context=tg.pipeline._run_context)
+
+    async def run(self, i: int) -> str:
+        import time
+        import uuid
+
+        import structlog
+
+        from triagegate import graph, nodes
+        from triagegate.pipeline import as_ticket, check_limits, log
+
+        ticket = as_ticket(self.tickets[i])
+        check_limits(ticket, self.pipeline.spec.limits)
+        run_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
+            state: dict[str, Any] = {"run_id": run_id, "ticket": ticket, "images": []}
+
+            async def step(node: Any) -> None:
+                for key, value in (await node(state, self.runtime)).items():
+                    state[key] = state.get(key, []) + value if key in self._APPEND else value
+
+            await step(nodes.triage_node)
+            await step(nodes.gate_node)
+            if nodes.route_after_gate(state) == "answer":  # type: ignore[arg-type]
+                await step(nodes.answer_node)
+            if state.get("route") != "mini":
+                await step(nodes.escalate_node)
+            await step(graph.finalize_node)
+            outcome = state["outcome"]
+            outcome.latency_ms = (time.perf_counter() - started) * 1000
+            log.info(
+                "ticket_done",
+                route=outcome.route,
+                status=outcome.status,
+                category=outcome.category,
+                confidence=outcome.confidence,
+                reasons=outcome.escalation_reasons,
+                cost_usd=outcome.cost_usd,
+                latency_ms=round(outcome.latency_ms, 2),
+            )
+        route: str = outcome.route
+        return route
+
+    async def aclose(self) -> None:
+        """The pipeline is closed by its :class:`Triagegate`."""

@@ -23,7 +23,10 @@ its upper concave hull and hull segments are taken best first, which is the Lagr
 solution of "keep the most tickets while total kept accuracy meets the target", then
 refined within the first segment that no longer fits. The single global threshold is a
 candidate of the same search, so the per-category policy is never worse on the
-calibration data; whether it generalises is what the held-out numbers show.
+calibration data, which is exactly why that proves nothing: with a few dozen tickets per
+category the search fits noise. :func:`calibrate` therefore uses per-category thresholds
+only when they also win out of fold (K-fold cross-validation within the calibration part),
+and the held-out numbers show whether they generalise.
 
 The gate has rules besides confidence (hard rules, ``always_escalate``,
 ``never_escalate``). :attr:`Tickets.forced` carries their verdict per ticket (escalate,
@@ -767,7 +770,18 @@ def calibrate(
         if policy.category_thresholds:
             result.per_category = fitted(policy, ok)
             marks["fitted: per category"] = policy
-            if ok and folds >= 2:
+            if not ok:
+                result.notes.append(
+                    "per-category thresholds are not used: they miss the objective when fitted"
+                )
+            elif folds < 2:
+                if _better(objective, result.per_category.calibration, result.single.calibration):
+                    result.chosen = "per_category"
+            elif len(calibration) < 2 * folds:
+                result.notes.append(
+                    f"per-category thresholds are not used: too few calibration tickets for {folds}-fold validation"
+                )
+            else:
                 cv = cross_validate(
                     calibration, objective, economics, folds=folds, seed=seed, min_support=min_support
                 )

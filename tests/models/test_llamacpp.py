@@ -195,6 +195,8 @@ def test_unknown_and_invalid_options_are_config_errors(context: BuildContext) ->
         backend(context, options={"n_ctx": "big"})
     with pytest.raises(ConfigError, match="logprobs must be"):
         backend(context, options={"logprobs": "yes"})
+    with pytest.raises(ConfigError, match="repeat_penalty must be"):
+        backend(context, options={"repeat_penalty": 5})
 
 
 def test_capabilities(context: BuildContext) -> None:

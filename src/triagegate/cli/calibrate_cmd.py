@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import BaseModel, Field
@@ -16,7 +16,7 @@ from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, Te
 from triagegate.evaluation import CostEstimate
 
 if TYPE_CHECKING:
-    from triagegate.calibration import OperatingPoint
+    from triagegate.calibration import Objective, OperatingPoint
     from triagegate.types import Triage
 
 
@@ -195,19 +195,20 @@ def calibrate(
         raise typer.Exit(1)
 
 
-def _objective(target: float | None, escalation: float | None, budget: float | None) -> Any:
+def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:
     from triagegate.calibration import Objective
     from triagegate.errors import InputError
 
-    given = [
-        (kind, value)
-        for kind, value in (("target_accuracy", target), ("max_escalation", escalation), ("budget", budget))
-        if value is not None
-    ]
+    given = []
+    if target is not None:
+        given.append(Objective("target_accuracy", target))
+    if escalation is not None:
+        given.append(Objective("max_escalation", escalation))
+    if budget is not None:
+        given.append(Objective("budget", budget))
     if len(given) != 1:
         raise InputError("give exactly one objective: --target-accuracy, --max-escalation or --budget")
-    kind, value = given[0]
-    return Objective(kind, value)  # type: ignore[arg-type]
+    return given[0]
 
 
 def _reference(value: str | None) -> Reference | None:
@@ -224,7 +225,7 @@ def run_calibration(
     *,
     graph: Path,
     data: Path,
-    objective: Any,
+    objective: Objective,
     text_col: str | None = None,
     label_col: str | None = None,
     split_fraction: float | None = None,
@@ -404,11 +405,11 @@ def run_calibration(
         resamples=resamples,
         seed=seed,
     )
-    failed = sum(1 for i in keep if mini[i].error)
+    failed = [mini[i].error for i in keep if mini[i].error]
     if failed:
-        notes.append(
-            f"{failed} mini triage call(s) failed and count as escalated, e.g. {mini[keep[0]].error or ''}".rstrip()
-        )
+        notes.append(f"{len(failed)} mini triage call(s) failed and count as escalated, e.g. {failed[0]}")
+    if len(rows) > len(keep):
+        notes.append(f"{len(rows) - len(keep)} ticket(s) left out: the flagship's triage failed on them")
     forced_count = sum(1 for f in forced if f != cal.THRESHOLD_DECIDES)
     if forced_count:
         notes.append(
@@ -435,8 +436,6 @@ def run_calibration(
         patch=snippet(result.policy.threshold, result.policy.category_thresholds),
         notes=notes,
     )
-    if report.dropped:
-        notes.append(f"{report.dropped} ticket(s) left out: the flagship's triage failed on them")
     if plot_path is not None:
         from triagegate.calibration_plot import plot
 
