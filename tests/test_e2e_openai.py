@@ -32,7 +32,12 @@ def tiny_png() -> bytes:
         return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
     header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -54,7 +59,9 @@ def models_called(server: OpenAIServer) -> list[str]:
     return [body["model"] for body in server.requests]
 
 
-async def run(server: OpenAIServer, text: str, backup: OpenAIServer | None = None, **ticket: object) -> triagegate.Outcome:
+async def run(
+    server: OpenAIServer, text: str, backup: OpenAIServer | None = None, **ticket: object
+) -> triagegate.Outcome:
     async with triagegate.load(GRAPH, environ=environ(server, backup)) as pipeline:
         return await pipeline.run(triagegate.Ticket(text=text, **ticket))  # type: ignore[arg-type]
 
@@ -94,7 +101,9 @@ async def test_image_escalates_to_the_vision_model(openai_server: OpenAIServer, 
     image.write_bytes(tiny_png())
     openai_server.code_confidence = 0.99
     outcome = await run(
-        openai_server, "What does this error on my invoice mean?", attachments=[triagegate.Attachment(path=str(image))]
+        openai_server,
+        "What does this error on my invoice mean?",
+        attachments=[triagegate.Attachment(path=str(image))],
     )
     assert outcome.route == "flagship"
     assert "needs_vision" in outcome.escalation_reasons
@@ -179,7 +188,9 @@ async def test_costs_and_tokens_add_up(openai_server: OpenAIServer) -> None:
     assert outcome.route == "flagship"
     mini, flagship = (n for n in outcome.nodes if n.model)
     assert mini.cost_usd == pytest.approx((mini.input_tokens * 0.15 + mini.output_tokens * 0.6) / 1e6)
-    assert flagship.cost_usd == pytest.approx((flagship.input_tokens * 2.5 + flagship.output_tokens * 10.0) / 1e6)
+    assert flagship.cost_usd == pytest.approx(
+        (flagship.input_tokens * 2.5 + flagship.output_tokens * 10.0) / 1e6
+    )
     assert outcome.cost_usd == pytest.approx(mini.cost_usd + flagship.cost_usd)
     assert outcome.input_tokens == mini.input_tokens + flagship.input_tokens > 0
     assert outcome.output_tokens == mini.output_tokens + flagship.output_tokens > 0
@@ -218,7 +229,15 @@ def test_cli_run_against_the_loopback_server(openai_server: OpenAIServer) -> Non
         "TRIAGEGATE_FLAGSHIP": f"openai:flagship-model@{openai_server.base_url}",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "triagegate", "run", str(REPO / "graphs" / "support.yaml"), "I was charged twice", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "triagegate",
+            "run",
+            str(REPO / "graphs" / "support.yaml"),
+            "I was charged twice",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -230,3 +249,22 @@ def test_cli_run_against_the_loopback_server(openai_server: OpenAIServer) -> Non
     assert outcome["confidence_method"] == "logprobs"
     assert outcome["nodes"][0]["endpoint"].startswith("mini@127.0.0.1:")
     assert models_called(openai_server) == ["mini-model"]
+
+
+async def test_json_object_response_format_for_servers_without_json_schema(
+    openai_server: OpenAIServer,
+) -> None:
+    env = environ(openai_server)
+    env["TRIAGEGATE_MINI"] = json.dumps({"options": {"response_format": "json_object", "retry_base": 0.01}})
+    async with triagegate.load(GRAPH, environ=env) as pipeline:
+        await pipeline.run("Where is my invoice?")
+    fmt = openai_server.requests[0]["response_format"]
+    assert fmt["type"] == "json_object"
+    assert fmt["schema"]["properties"]["category"]["enum"] == ["A", "B", "C"]
+
+
+def test_unknown_response_format_is_a_config_error() -> None:
+    env = {"TG_TEST_KEY": SECRET, "TRIAGEGATE_MINI": json.dumps({"options": {"response_format": "xml"}})}
+    with pytest.raises(triagegate.ConfigError) as info:
+        triagegate.load(GRAPH, environ=env)
+    assert info.value.key == "models.mini.options.response_format"

@@ -216,14 +216,14 @@ class GraphSpec(_Strict):
                 raise _RefError(
                     ("nodes", node_name, "model"),
                     f"nodes.{node_name}.model refers to {node.model!r}, which is not defined under 'models' "
-                    f"(defined: {', '.join(sorted(aliases))})"
+                    f"(defined: {', '.join(sorted(aliases))})",
                 )
         for alias, binding in self.models.items():
             for i, fb in enumerate(binding.fallbacks):
                 if fb not in aliases:
                     raise _RefError(
                         ("models", alias, "fallbacks", i),
-                        f"models.{alias}.fallbacks names {fb!r}, which is not defined under 'models'"
+                        f"models.{alias}.fallbacks names {fb!r}, which is not defined under 'models'",
                     )
                 if fb == alias:
                     raise ValueError(f"models.{alias}.fallbacks lists the alias itself")

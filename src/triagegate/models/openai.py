@@ -63,6 +63,10 @@ MAX_RETRY_AFTER = 60.0
 MAX_TOP_LOGPROBS = 20
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _OPTIONS = {"retry_base": 0.25, "retry_cap": 8.0}
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+"""How structured output is requested (option ``response_format``): OpenAI's ``json_schema``
+(default); ``json_object`` with the schema beside it, which llama.cpp's and some other
+servers accept instead; or ``none``, relying on the prompt and on validation alone."""
 _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -156,8 +160,10 @@ class OpenAIBackend:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        response_format: str = "json_schema",
     ) -> None:
         self.name = name
+        self.response_format = response_format
         self.model = model
         self.capabilities = capabilities
         self.base_url = base_url.rstrip("/")
@@ -203,16 +209,23 @@ class OpenAIBackend:
                     "export the API key there or change 'api_key_env'",
                     key=f"models.{alias}.api_key_env",
                 )
-        unknown = sorted(set(binding.options) - set(_OPTIONS))
+        options = dict(binding.options)
+        response_format = options.pop("response_format", "json_schema")
+        if response_format not in RESPONSE_FORMATS:
+            raise ConfigError(
+                f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}",
+                key=f"models.{alias}.options.response_format",
+            )
+        unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ConfigError(
                 f"unknown option(s) for the openai backend: {', '.join(unknown)}; "
-                f"known: {', '.join(_OPTIONS)}",
+                f"known: {', '.join([*_OPTIONS, 'response_format'])}",
                 key=f"models.{alias}.options",
             )
         settings: dict[str, float] = {}
         for key, default in _OPTIONS.items():
-            value = binding.options.get(key, default)
+            value = options.get(key, default)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(
                     f"{key} must be a non-negative number of seconds", key=f"models.{alias}.options.{key}"
@@ -242,6 +255,7 @@ class OpenAIBackend:
             requests_per_minute=binding.requests_per_minute,
             tokens_per_minute=binding.tokens_per_minute,
             transport=transport,
+            response_format=str(response_format),
         )
 
     def __repr__(self) -> str:
@@ -387,7 +401,9 @@ class OpenAIBackend:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        if request.json_schema is not None:
+        if request.json_schema is not None and self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": request.json_schema.schema}
+        elif request.json_schema is not None and self.response_format == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
