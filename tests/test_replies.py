@@ -347,3 +347,14 @@ def test_parse_escalation_rejects_bad_replies(text: str, problem: str) -> None:
 def test_parse_escalation_rejects_a_blank_answer() -> None:
     with pytest.raises(BadModelOutput):
         parse_escalation(result(escalation_json(answer=" \n ")), SPEC)
+
+
+def test_raw_newlines_inside_json_strings_are_tolerated() -> None:
+    from triagegate.models.base import ChatResult
+    from triagegate.replies import _load_json
+    from triagegate.types import Usage
+
+    result = ChatResult(
+        text='{"answer": "line one\nline two"}', model="m", endpoint="e", usage=Usage(), latency_ms=0
+    )
+    assert _load_json(result) == {"answer": "line one\nline two"}

@@ -125,11 +125,12 @@ def triage_request(
 
 
 def _load_json(result: ChatResult) -> Any:
+    """Parse a JSON reply, tolerating raw newlines inside strings (grammar-constrained servers emit them)."""
     text = result.text.strip()
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         raise BadModelOutput(
             f"reply is not valid JSON ({exc.msg} at char {exc.pos})", model=result.model
