@@ -171,3 +171,30 @@ def prompt_overhead_chars(loaded: LoadedSpec) -> dict[str, int]:
         ),
     }
     return {n: sum(len(m.text) for m in r.messages) - 1 for n, r in requests.items()}
+
+
+def fit_triage_classifier(
+    spec: GraphSpec, graph: str | Path, data: str | Path, train_rows: Sequence[LabeledText]
+) -> tuple[str, ModelBackend, str]:
+    """Fit the graph's classifier triage model on ``train_rows`` (``--train`` of eval and calibrate).
+
+    Returns the alias, a ready backend and a note for the report. Raises :class:`ConfigError`
+    when the triage model is not a classifier or the training part lacks categories.
+    """
+    from triagegate import training
+    from triagegate.errors import ConfigError
+
+    alias = spec.nodes.triage.model
+    binding = spec.models[alias]
+    if binding.backend != "classifier":
+        raise ConfigError(
+            f"--train fits a classifier, but the triage model {alias!r} uses backend {binding.backend!r}",
+            file=str(graph),
+            key=f"models.{alias}.backend",
+        )
+    model = training.fit([r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name)
+    problem = training.label_mismatch(model.labels, spec.taxonomy.category_names)
+    if problem:
+        raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
+    note = f"classifier fitted on {len(train_rows)} training rows in {model.metadata.train_seconds:.2f} s"
+    return alias, ClassifierBackend(alias, binding, model=model), note

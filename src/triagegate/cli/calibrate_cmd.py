@@ -249,7 +249,6 @@ def run_calibration(
     import random
 
     from triagegate import calibration as cal
-    from triagegate import training
     from triagegate.calibrate_data import (
         flagship_view,
         forced_routes,
@@ -260,13 +259,12 @@ def run_calibration(
     )
     from triagegate.cli.recording import recorded, replay_path, replayed
     from triagegate.datasets import DatasetError, load_labeled, split
-    from triagegate.errors import ConfigError, InputError, ReplayMiss
+    from triagegate.errors import InputError, ReplayMiss
     from triagegate.evaluation import estimate_costs
     from triagegate.gate_patch import snippet
     from triagegate.models.base import ModelBackend
-    from triagegate.models.classifier import ClassifierBackend
     from triagegate.pipeline import default_cache_dir
-    from triagegate.scoring import prompt_overhead_chars, triage_backend
+    from triagegate.scoring import fit_triage_classifier, prompt_overhead_chars, triage_backend
     from triagegate.spec import load_spec
 
     if fit and not split_fraction:
@@ -300,27 +298,11 @@ def run_calibration(
         raise InputError(
             f"{data}: {len(rows)} rows to calibrate on; need at least 4 (2 to fit, 2 to hold out)"
         )
-    alias = spec.nodes.triage.model
     cache_dir = default_cache_dir(environ)
     backend: ModelBackend
     if fit:
-        binding = spec.models[alias]
-        if binding.backend != "classifier":
-            raise ConfigError(
-                f"--train fits a classifier, but the triage model {alias!r} uses backend {binding.backend!r}",
-                file=str(graph),
-                key=f"models.{alias}.backend",
-            )
-        model = training.fit(
-            [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
-        )
-        problem = training.label_mismatch(model.labels, categories)
-        if problem:
-            raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
-        backend = ClassifierBackend(alias, binding, model=model)
-        notes.append(
-            f"classifier fitted on {len(train_rows)} training rows in {model.metadata.train_seconds:.2f} s"
-        )
+        alias, backend, note = fit_triage_classifier(spec, graph, data, train_rows)
+        notes.append(note)
     else:
         alias, backend = triage_backend(loaded, environ=environ, cache_dir=cache_dir)
     backend = recorded(alias, backend, record, loaded, environ)

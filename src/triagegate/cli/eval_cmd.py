@@ -51,14 +51,18 @@ def eval_(
     import asyncio
     import os
 
-    from triagegate import training
     from triagegate.cli.recording import recorded, replayed
     from triagegate.datasets import DatasetError, load_labeled, split
-    from triagegate.errors import ConfigError, InputError
+    from triagegate.errors import InputError
     from triagegate.evaluation import build_report, estimate_costs
-    from triagegate.models.classifier import ClassifierBackend
     from triagegate.pipeline import default_cache_dir
-    from triagegate.scoring import ScoredRun, prompt_overhead_chars, score_rows, triage_backend
+    from triagegate.scoring import (
+        ScoredRun,
+        fit_triage_classifier,
+        prompt_overhead_chars,
+        score_rows,
+        triage_backend,
+    )
     from triagegate.spec import load_spec
 
     setup_logging(log_level)
@@ -78,26 +82,11 @@ def eval_(
     train_rows, test_rows = split(rows, split_fraction, seed) if split_fraction else ([], rows)
     if limit is not None:
         test_rows = test_rows[:limit]
-    alias = spec.nodes.triage.model
     notes = []
+    backend: ModelBackend
     if fit:
-        binding = spec.models[alias]
-        if binding.backend != "classifier":
-            raise ConfigError(
-                f"--train fits a classifier, but the triage model {alias!r} uses backend {binding.backend!r}",
-                file=str(graph),
-                key=f"models.{alias}.backend",
-            )
-        model = training.fit(
-            [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
-        )
-        problem = training.label_mismatch(model.labels, categories)
-        if problem:
-            raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
-        backend: ModelBackend = ClassifierBackend(alias, binding, model=model)
-        notes.append(
-            f"classifier fitted on {len(train_rows)} training rows in {model.metadata.train_seconds:.2f} s"
-        )
+        alias, backend, note = fit_triage_classifier(spec, graph, data, train_rows)
+        notes.append(note)
     else:
         alias, backend = triage_backend(loaded, environ=environ, cache_dir=default_cache_dir(environ))
 

@@ -8,6 +8,9 @@ retried elsewhere: only provider failures move to the next endpoint.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import structlog
 
 from triagegate.errors import ModelError, UnsupportedOperation
@@ -21,6 +24,7 @@ from triagegate.models.base import (
 )
 
 log = structlog.get_logger("triagegate.models")
+T = TypeVar("T")
 
 
 class FallbackChain:
@@ -41,23 +45,16 @@ class FallbackChain:
         )
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        last: ModelError | None = None
-        for index, backend in enumerate(self.chain):
-            try:
-                return await backend.chat(request)
-            except UnsupportedOperation:
-                raise
-            except ModelError as exc:
-                last = exc
-                self._log_failover(index, backend, exc)
-        assert last is not None
-        raise last
+        return await self._first_answer(lambda backend: backend.chat(request))
 
     async def classify(self, request: ClassifyRequest) -> Classification:
+        return await self._first_answer(lambda backend: backend.classify(request))
+
+    async def _first_answer(self, call: Callable[[ModelBackend], Awaitable[T]]) -> T:
         last: ModelError | None = None
         for index, backend in enumerate(self.chain):
             try:
-                return await backend.classify(request)
+                return await call(backend)
             except UnsupportedOperation:
                 raise
             except ModelError as exc:
