@@ -116,7 +116,7 @@ class _LoopState:
             transport=backend._transport,
         )
         self.semaphore = asyncio.Semaphore(size)
-        self.rpm = AsyncLimiter(backend.requests_per_minute, 60) if backend.requests_per_minute else None
+        self.rpm = _smooth_limiter(backend.requests_per_minute) if backend.requests_per_minute else None
         self.tpm = AsyncLimiter(backend.tokens_per_minute, 60) if backend.tokens_per_minute else None
         self.closer = _close_with_loop(self.client)
 
@@ -125,6 +125,17 @@ class _LoopState:
 
     async def close(self) -> None:
         await self.closer.aclose()
+
+
+def _smooth_limiter(per_minute: float) -> AsyncLimiter:
+    """A request limiter that spreads ``per_minute`` evenly instead of admitting a minute's burst at once.
+
+    A bucket of a whole minute would let a fresh batch send twice the limit in its first minute
+    (the full bucket, then the refill); one second's worth (or one request) keeps any window under it.
+    """
+    if per_minute >= 60:
+        return AsyncLimiter(per_minute / 60, 1)
+    return AsyncLimiter(1, 60 / per_minute)
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
