@@ -41,6 +41,7 @@ from triagegate.errors import (
     UnsupportedOperation,
 )
 from triagegate.models import BuildContext
+from triagegate.models._pool import transport_for
 from triagegate.models.base import (
     Capabilities,
     ChatRequest,
@@ -113,7 +114,7 @@ class _LoopState:
             headers=backend._headers,
             timeout=httpx.Timeout(backend.timeout, pool=None),
             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            transport=backend._transport,
+            transport=backend._transport or transport_for(size),
         )
         self.semaphore = asyncio.Semaphore(size)
         self.rpm = _smooth_limiter(backend.requests_per_minute) if backend.requests_per_minute else None
