@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from triagegate.calibration import CalibrationResult
 from triagegate.cli import app
-from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, setup_logging
+from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 from triagegate.evaluation import CostEstimate
@@ -404,14 +404,7 @@ def run_calibration(
         reference=described,
         tickets=len(keep),
         dropped=len(rows) - len(keep),
-        split={
-            "fraction": split_fraction,
-            "seed": seed,
-            "train_rows": len(train_rows),
-            "test_rows": len(rows),
-        }
-        if split_fraction
-        else None,
+        split=split_summary(split_fraction, seed, len(train_rows), len(rows)),
         calibration_fraction=calibration_fraction,
         cost=cost,
         result=result,
@@ -437,16 +430,12 @@ def run_calibration(
     return report
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _ci(point: OperatingPoint, field: Literal["coverage", "accuracy_kept"]) -> str:
     value = getattr(point, field)
     interval = point.coverage_ci if field == "coverage" else point.accuracy_kept_ci
     if interval is None:
-        return _pct(value)
-    return f"{_pct(value)} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+        return percent(value)
+    return f"{percent(value)} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
 
 
 def print_report(report: CalibrateReport) -> None:
@@ -494,28 +483,28 @@ def print_report(report: CalibrateReport) -> None:
         policies.add_row(
             label,
             f"{fp.threshold:g}{own}",
-            f"{_pct(fp.calibration.coverage)} / {_pct(fp.calibration.accuracy_kept)}",
+            f"{percent(fp.calibration.coverage)} / {percent(fp.calibration.accuracy_kept)}",
             _ci(fp.held_out, "coverage"),
             _ci(fp.held_out, "accuracy_kept"),
-            _pct(fp.held_out.system_accuracy),
+            percent(fp.held_out.system_accuracy),
             f"${fp.held_out.cost_per_1000:.4f}",
         )
     console.print(policies)
     if r.iso_accuracy is not None:
         iso = r.iso_accuracy
         console.print(
-            f"at the same held-out kept accuracy ({_pct(iso.accuracy_kept)}), per-category thresholds keep "
-            f"{_pct(iso.per_category_coverage)} and the best single threshold {_pct(iso.single_coverage)} "
+            f"at the same held-out kept accuracy ({percent(iso.accuracy_kept)}), per-category thresholds keep "
+            f"{percent(iso.per_category_coverage)} and the best single threshold {percent(iso.single_coverage)} "
             f"(read off the held-out curve, which favours it): {100 * iso.coverage_gain:+.1f} points of coverage; "
-            f"at the same coverage a single threshold keeps {_pct(iso.single_accuracy_at_coverage)} accurate",
+            f"at the same coverage a single threshold keeps {percent(iso.single_accuracy_at_coverage)} accurate",
             highlight=False,
         )
     cv = r.cross_validation
     if cv is not None:
         console.print(
             f"out of fold ({cv.folds} folds of the calibration part, used to choose): single threshold keeps "
-            f"{_pct(cv.single.coverage)} at {_pct(cv.single.accuracy_kept)}, per category "
-            f"{_pct(cv.per_category.coverage)} at {_pct(cv.per_category.accuracy_kept)}",
+            f"{percent(cv.single.coverage)} at {percent(cv.single.accuracy_kept)}, per category "
+            f"{percent(cv.per_category.coverage)} at {percent(cv.per_category.accuracy_kept)}",
             highlight=False,
         )
     curve = Table(title="held-out curve: one threshold for all, the chosen policies, and the end points")
@@ -526,9 +515,9 @@ def print_report(report: CalibrateReport) -> None:
         curve.add_row(
             row.label,
             "-" if row.threshold is None else f"{row.threshold:.4g}",
-            _pct(p.coverage),
-            _pct(p.accuracy_kept),
-            _pct(p.system_accuracy),
+            percent(p.coverage),
+            percent(p.accuracy_kept),
+            percent(p.system_accuracy),
             f"${p.cost_per_1000:.4f}",
         )
     console.print(curve)

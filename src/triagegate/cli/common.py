@@ -63,3 +63,17 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     if outcome.answer:
         console.print("\n[bold]answer[/bold]")
         console.print(outcome.answer, markup=False, highlight=False)
+
+
+def percent(value: float | None) -> str:
+    """A share as ``12.3%``, or ``-`` when there is none (no ticket kept, say)."""
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def split_summary(
+    fraction: float | None, seed: int, train_rows: int, test_rows: int
+) -> dict[str, float] | None:
+    """How a labeled file was split, for the JSON reports of eval and calibrate."""
+    if not fraction:
+        return None
+    return {"fraction": fraction, "seed": seed, "train_rows": train_rows, "test_rows": test_rows}

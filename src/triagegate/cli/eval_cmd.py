@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from triagegate.cli import app
-from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, setup_logging
+from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
@@ -117,14 +117,7 @@ def eval_(
         cost=cost,
         gate_kept=run.gate_kept,
         gate_reasons=dict(run.gate_reasons.most_common()),
-        split={
-            "fraction": split_fraction,
-            "seed": seed,
-            "train_rows": len(train_rows),
-            "test_rows": len(test_rows),
-        }
-        if split_fraction
-        else None,
+        split=split_summary(split_fraction, seed, len(train_rows), len(test_rows)),
         trained_on_split=fit,
         triage_errors=len(run.errors),
         seconds=round(run.seconds, 4),
@@ -138,10 +131,6 @@ def eval_(
         typer.echo(report.model_dump_json())
     else:
         print_report(report)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _usd(value: float | None) -> str:
@@ -159,7 +148,7 @@ def print_report(report: EvalReport, *, curve_rows: int = 12) -> None:
     console.print(f"[bold]{report.tickets} tickets[/bold] from {report.data}{where}", highlight=False)
     console.print(f"graph {report.graph}, triage by {report.triage_model}", highlight=False)
     console.print(
-        f"accuracy {_pct(report.accuracy)}, macro-F1 {_pct(report.macro_f1)}, "
+        f"accuracy {percent(report.accuracy)}, macro-F1 {percent(report.macro_f1)}, "
         f"{report.triage_ms_per_ticket:.3f} ms per ticket ({report.seconds:.2f} s in all)"
     )
     points = Table(title="the graph's operating points: its threshold alone, and its whole gate")
@@ -173,9 +162,9 @@ def print_report(report: EvalReport, *, curve_rows: int = 12) -> None:
             name,
             threshold,
             str(p.kept),
-            _pct(p.coverage),
-            _pct(p.accuracy_kept),
-            _pct(p.accuracy_escalated),
+            percent(p.coverage),
+            percent(p.accuracy_kept),
+            percent(p.accuracy_escalated),
             _usd(p.cost_per_1000),
         )
     console.print(points)
@@ -188,7 +177,7 @@ def print_report(report: EvalReport, *, curve_rows: int = 12) -> None:
     for p in sorted(shown.values(), key=lambda p: p.threshold or 0.0):
         mark = " *" if p.threshold == report.threshold else ""
         curve.add_row(
-            f"{p.threshold:.3f}{mark}", _pct(p.coverage), _pct(p.accuracy_kept), _usd(p.cost_per_1000)
+            f"{p.threshold:.3f}{mark}", percent(p.coverage), percent(p.accuracy_kept), _usd(p.cost_per_1000)
         )
     console.print(curve)
     if report.gate_reasons:
