@@ -49,7 +49,7 @@ SEED = 13
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_classifier import fit_and_save, graph_safe, load_avg, write_graph  # noqa: E402
+from bench_classifier import fit_and_save, graph_safe, load_avg, update_results, write_graph  # noqa: E402
 
 from triagegate import calibration as cal  # noqa: E402
 from triagegate.cli import main as cli  # noqa: E402
@@ -381,17 +381,6 @@ def markdown(results: dict[str, Any], rows: list[tuple[str, str, str, bool | Non
     return "\n".join(lines)
 
 
-def update_results(section: str) -> None:
-    text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
-    RESULTS_MD.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "calibration.json")
@@ -453,7 +442,7 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {args.out}")
     if args.write_results:
-        update_results(markdown(results, rows))
+        update_results(markdown(results, rows), HEADING)
         console.print(f"updated '{HEADING}' in {RESULTS_MD}")
     return 0
 

@@ -340,13 +340,14 @@ def markdown(results: dict[str, Any], rows: list[tuple[str, str, str, bool]]) ->
     return "\n".join(lines)
 
 
-def update_results(section: str) -> None:
+def update_results(section: str, heading: str = HEADING) -> None:
+    """Replace the ``heading`` section of bench/RESULTS.md with ``section`` (append it when absent)."""
     text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
+    start = text.find(heading)
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(HEADING))
+        nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
     RESULTS_MD.write_text(text, encoding="utf-8")
 

@@ -12,7 +12,7 @@ from triagegate.calibration import CalibrationResult
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
 from triagegate.cli.recording import RecordOpt, ReplayOpt
-from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 from triagegate.evaluation import CostEstimate
 
 if TYPE_CHECKING:
@@ -74,10 +74,7 @@ def calibrate(
     label_col: LabelColOpt = None,
     split_fraction: SplitOpt = None,
     seed: SeedOpt = 13,
-    fit: Annotated[
-        bool,
-        typer.Option("--train", help="With --split: fit the graph's classifier on the training part first."),
-    ] = False,
+    fit: FitOnSplitOpt = False,
     calibration_fraction: Annotated[
         float,
         typer.Option(

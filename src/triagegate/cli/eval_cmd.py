@@ -10,7 +10,7 @@ import typer
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
 from triagegate.cli.recording import RecordOpt, ReplayOpt
-from triagegate.cli.train_cmd import DataArg, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
     from triagegate.evaluation import EvalReport
@@ -25,10 +25,7 @@ def eval_(
     label_col: LabelColOpt = None,
     split_fraction: SplitOpt = None,
     seed: SeedOpt = 13,
-    fit: Annotated[
-        bool,
-        typer.Option("--train", help="With --split: fit the graph's classifier on the training part first."),
-    ] = False,
+    fit: FitOnSplitOpt = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate at most N rows.")] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Tickets in flight at once (chat-model triage).")

@@ -28,6 +28,10 @@ SplitOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the shuffle behind --split.")]
+FitOnSplitOpt = Annotated[
+    bool,
+    typer.Option("--train", help="With --split: fit the graph's classifier on the training part first."),
+]
 
 
 @app.command()

@@ -28,10 +28,10 @@ import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from triagegate.errors import ModelError
 from triagegate.models.base import (
@@ -45,6 +45,8 @@ from triagegate.models.base import (
 
 FORMAT = "triagegate-recording/1"
 PREVIEW_CHARS = 60
+
+R = TypeVar("R")
 
 
 def _image_ref(url: str) -> str:
@@ -219,24 +221,25 @@ class RecordingBackend:
         self.recorder.write(entry)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        entry = self._entry(request)
-        try:
-            result = await self.inner.chat(request)
-        except ModelError as exc:
-            self._failed(entry, exc)
-            raise
-        entry["response"] = chat_response(result)
-        self.recorder.write(entry)
-        return result
+        return await self._recorded(request, lambda: self.inner.chat(request), chat_response)
 
     async def classify(self, request: ClassifyRequest) -> Classification:
+        return await self._recorded(request, lambda: self.inner.classify(request), classify_response)
+
+    async def _recorded(
+        self,
+        request: ChatRequest | ClassifyRequest,
+        call: Callable[[], Awaitable[R]],
+        describe: Callable[[R], dict[str, Any]],
+    ) -> R:
+        """Await ``call`` and append one line for it: the response, or the error it raised."""
         entry = self._entry(request)
         try:
-            result = await self.inner.classify(request)
+            result = await call()
         except ModelError as exc:
             self._failed(entry, exc)
             raise
-        entry["response"] = classify_response(result)
+        entry["response"] = describe(result)
         self.recorder.write(entry)
         return result
 
