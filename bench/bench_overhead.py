@@ -175,11 +175,11 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
         return step
 
     with (
-        mock.patch.object(tg_nodes, "triage_node", stub({"node_runs": []})),
-        mock.patch.object(tg_nodes, "gate_node", stub({"decision": Decision("mini"), "node_runs": []})),
+        mock.patch.object(
+            tg_nodes, "triage_node", stub({"decision": Decision("mini"), "route": "mini", "node_runs": []})
+        ),
         mock.patch.object(tg_nodes, "answer_node", stub({"route": "mini", "node_runs": []})),
         mock.patch.object(tg_nodes, "escalate_node", stub({"route": "flagship", "node_runs": []})),
-        mock.patch.object(tg_graph, "finalize_node", stub({"outcome": None})),
     ):
         stubbed = tg_graph.build_graph()
     ticket = make_tickets(1)[0]

@@ -372,12 +372,11 @@ class NodesOnly:
                     state[key] = state.get(key, []) + value if key in self._APPEND else value
 
             await step(nodes.triage_node)
-            await step(nodes.gate_node)
-            if nodes.route_after_gate(state) == "answer":  # type: ignore[arg-type]
+            if nodes.route_after_triage(state) == "answer":  # type: ignore[arg-type]
                 await step(nodes.answer_node)
             if state.get("route") != "mini":
                 await step(nodes.escalate_node)
-            await step(graph.finalize_node)
+            state["outcome"] = graph.build_outcome(state, self.runtime.context)  # type: ignore[arg-type]
             outcome = state["outcome"]
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             log.info(

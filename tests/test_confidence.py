@@ -15,7 +15,7 @@ from triagegate.confidence import (
     option_codes,
     single_token_distribution,
 )
-from triagegate.models.base import TokenLogprob
+from triagegate.models.base import MalformedLogprobs, RawAlternatives, TokenLogprob
 
 logprobs = st.floats(min_value=-10_000.0, max_value=0.0, allow_nan=False)
 identifiers = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True).filter(lambda k: k != "category")
@@ -154,3 +154,29 @@ def test_field_value_ignores_escaped_lookalikes_and_word_alternatives() -> None:
     assert field_value_distribution(tokens, "category", ["A", "B", "C"]) == pytest.approx(
         {"A": 0.25, "B": 0.75, "C": 0.0}
     )
+
+
+def test_raw_alternatives_convert_on_read_and_fail_closed() -> None:
+    alternatives = RawAlternatives([{"token": "A", "logprob": -0.1}, {"token": "B", "logprob": "-2.5"}])
+    assert dict(alternatives) == {"A": -0.1, "B": -2.5}
+    assert len(alternatives) == 2 and alternatives["B"] == -2.5
+    for bad in ([{"token": "A"}], [{"token": "A", "logprob": "high"}], ["A"], 7):
+        with pytest.raises(MalformedLogprobs, match="malformed top_logprobs"):
+            dict(RawAlternatives(bad))
+    assert dict(RawAlternatives(None)) == {}
+
+
+def test_malformed_alternatives_only_matter_where_the_value_starts() -> None:
+    def tokens(value_top: object, other_top: object) -> list[TokenLogprob]:
+        return [
+            TokenLogprob('{"category": "', -0.01, RawAlternatives(other_top)),
+            TokenLogprob("B", math.log(0.8), RawAlternatives(value_top)),
+            TokenLogprob('"}', -0.01, RawAlternatives(other_top)),
+        ]
+
+    good = [{"token": "A", "logprob": math.log(0.2)}, {"token": "B", "logprob": math.log(0.8)}]
+    dist = field_value_distribution(tokens(good, [{"token": 1}]), "category", ["A", "B"])
+    assert dist == pytest.approx({"A": 0.2, "B": 0.8})
+    assert field_value_distribution(tokens([{"logprob": -1.0}], good), "category", ["A", "B"]) is None
+    first = TokenLogprob("A", -0.1, RawAlternatives("not a list"))
+    assert single_token_distribution([first], ["A", "B"]) is None

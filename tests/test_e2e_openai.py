@@ -76,7 +76,7 @@ async def test_confident_ticket_is_answered_by_mini(openai_server: OpenAIServer)
     assert outcome.confidence == pytest.approx(0.95, abs=1e-6)
     assert outcome.answer == "auto answer"
     assert models_called(openai_server) == ["mini-model"]
-    assert outcome.path == ["triage", "gate", "answer", "finalize"]
+    assert outcome.path == ["triage", "gate"]
     body = openai_server.requests[0]
     assert body["logprobs"] is True and body["top_logprobs"] > 0
     assert body["response_format"]["type"] == "json_schema"

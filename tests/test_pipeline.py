@@ -107,7 +107,7 @@ async def test_confident_ticket_is_answered_by_mini() -> None:
     assert outcome.confidence_method == "verbalized"
     assert outcome.answer == "Sorry about that: the duplicate charge will be refunded within 5 days."
     assert outcome.escalation_reasons == []
-    assert outcome.path == ["triage", "gate", "answer", "finalize"]
+    assert outcome.path == ["triage", "gate"]
     assert outcome.graph == "scripted"
     assert outcome.graph_hash == pipeline.graph_hash
     assert outcome.errors == []
@@ -125,7 +125,7 @@ async def test_low_confidence_escalates_with_the_reason() -> None:
     assert outcome.category == "billing"  # the flagship's classification wins
     assert outcome.priority == "high"
     assert outcome.confidence == 0.5
-    assert outcome.path == ["triage", "gate", "escalate", "finalize"]
+    assert outcome.path == ["triage", "gate", "escalate"]
     assert len(calls(pipeline, "flagship")) == 1
 
 

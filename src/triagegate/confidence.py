@@ -14,7 +14,7 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 
-from triagegate.models.base import TokenLogprob
+from triagegate.models.base import MalformedLogprobs, TokenLogprob
 
 OPTION_CODES = string.ascii_uppercase + string.ascii_lowercase
 """At most 52 options can be scored from a single token; larger label sets fall back."""
@@ -55,7 +55,10 @@ def field_value_distribution(
         end = offset + len(tok.token)
         if end > value_start:
             cut = value_start - offset
-            alternatives = {**tok.top, tok.token: tok.logprob}
+            try:
+                alternatives = {**tok.top, tok.token: tok.logprob}
+            except MalformedLogprobs:
+                return None
             return _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
         offset = end
     return None
@@ -102,5 +105,8 @@ def single_token_distribution(
     if not tokens:
         return None
     first = tokens[0]
-    alternatives = {**first.top, first.token: first.logprob}
+    try:
+        alternatives = {**first.top, first.token: first.logprob}
+    except MalformedLogprobs:
+        return None
     return _distribution_at(((alt.lstrip(), lp) for alt, lp in alternatives.items()), 0, "", codes)

@@ -1,14 +1,23 @@
-"""The LangGraph graph: ``triage -> gate -> (answer | escalate) -> finalize``.
+"""The LangGraph graph: ``triage (+ gate) -> [answer] -> [escalate] -> end``.
 
-The answer node makes no model call when the triage model already drafted an answer; it
-only calls the drafting model when triage came from a classifier. If drafting fails, the
-ticket escalates rather than going out unanswered.
+Three steps at most, because each LangGraph step costs CPU whatever the node does
+(bench/RESULTS.md, "Overhead"):
+
+* ``triage`` asks the mini model and applies the gate (a pure function) to its result. A
+  kept ticket whose triage model drafted an answer ends here.
+* ``answer`` runs only when triage came from a classifier: the drafting model writes the
+  answer. If drafting fails, the ticket escalates rather than going out unanswered.
+* ``escalate`` asks the flagship model.
+
+Every node returns a ``Command`` carrying its routing decision, and the step that ends the
+run also assembles the :class:`Outcome`, so no extra step is spent on either.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, get_type_hints
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -20,7 +29,20 @@ from triagegate.spec import GraphSpec
 from triagegate.state import RunContext, TicketState
 from triagegate.types import NodeRun, Outcome
 
-NODE_ORDER = ("triage", "gate", "answer", "escalate", "finalize")
+APPENDED_KEYS = frozenset(
+    key
+    for key, hint in get_type_hints(TicketState, include_extras=True).items()
+    if operator.add in getattr(hint, "__metadata__", ())
+)
+"""State keys whose updates LangGraph appends (``operator.add`` reducers) instead of replacing."""
+
+
+def merge(state: TicketState, update: dict[str, Any]) -> TicketState:
+    """The state LangGraph will hold after applying ``update``: appended keys concatenate."""
+    merged: dict[str, Any] = {**state, **update}
+    for key in APPENDED_KEYS.intersection(update):
+        merged[key] = [*state.get(key, ()), *update[key]]  # type: ignore[misc]
+    return merged  # type: ignore[return-value]
 
 
 def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
@@ -45,7 +67,7 @@ def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
         confidence=triage.confidence if triage else None,
         confidence_method=triage.confidence_method if triage else None,
         escalation_reasons=reasons,
-        path=[r.node for r in runs] + ["finalize"],
+        path=[r.node for r in runs],
         nodes=runs,
         input_tokens=sum(r.input_tokens for r in runs),
         output_tokens=sum(r.output_tokens for r in runs),
@@ -54,45 +76,45 @@ def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
     )
 
 
-async def finalize_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    return {"outcome": build_outcome(state, runtime.context)}
-
-
 Node = Callable[[TicketState, Runtime[RunContext]], Awaitable[dict[str, Any]]]
 
 
 def _routed(node: Node, route: Callable[[TicketState], str]) -> Callable[..., Awaitable[Command[str]]]:
     """``node``, then ``route`` on the updated state, as one step that returns a ``Command``.
 
-    Same routing as a conditional edge after ``node``, which LangGraph runs as a separate
-    traced task that re-reads the whole state (a sync router in a worker thread): about
-    30% of LangGraph's CPU per ticket (bench/RESULTS.md). Routers only read keys without
-    reducers, so the state merged with the update is what they would have seen.
+    Same routing as a conditional edge after ``node``, which LangGraph would run as a
+    separate traced task that re-reads the whole state. When the route ends the run, the
+    Outcome is built here from the state as LangGraph will hold it.
     """
 
     async def step(state: TicketState, runtime: Runtime[RunContext]) -> Command[str]:
         update = await node(state, runtime)
-        return Command(update=update, goto=route(cast(TicketState, {**state, **update})))
+        after = merge(state, update)
+        goto = route(after)
+        if goto == END:
+            update["outcome"] = build_outcome(after, runtime.context)
+        return Command(update=update, goto=goto)
 
     step.__name__ = step.__qualname__ = node.__name__
     return step
 
 
+def _end(state: TicketState) -> str:
+    return END
+
+
 def build_graph() -> CompiledStateGraph[Any, Any, Any, Any]:
     graph = StateGraph(TicketState, context_schema=RunContext)
-    graph.add_node("triage", nodes.triage_node)
     graph.add_node(
-        "gate", _routed(nodes.gate_node, nodes.route_after_gate), destinations=("answer", "escalate")
+        "triage",
+        _routed(nodes.triage_node, nodes.route_after_triage),
+        destinations=("answer", "escalate", END),
     )
     graph.add_node(
-        "answer", _routed(nodes.answer_node, nodes.route_after_answer), destinations=("finalize", "escalate")
+        "answer", _routed(nodes.answer_node, nodes.route_after_answer), destinations=("escalate", END)
     )
-    graph.add_node("escalate", nodes.escalate_node)
-    graph.add_node("finalize", finalize_node)
+    graph.add_node("escalate", _routed(nodes.escalate_node, _end), destinations=(END,))
     graph.add_edge(START, "triage")
-    graph.add_edge("triage", "gate")
-    graph.add_edge("escalate", "finalize")
-    graph.add_edge("finalize", END)
     return graph.compile()
 
 
@@ -111,11 +133,11 @@ def mermaid(spec: GraphSpec) -> str:
             "    start([start]) --> triage",
             f'    triage["triage<br/>{model("triage")}"] --> gate',
             f'    gate{{"gate<br/>threshold {spec.gate.threshold}"}}',
-            "    gate -- confident --> answer",
+            "    gate -- confident, answer drafted by triage --> done([end])",
+            "    gate -- confident, classifier triage --> answer",
             "    gate -- escalate --> escalate",
-            f'    answer["answer<br/>{model("answer")}"] -- drafted --> finalize',
+            f'    answer["answer<br/>{model("answer")}"] -- drafted --> done',
             "    answer -- drafting failed --> escalate",
-            f'    escalate["escalate<br/>{model("escalate")}"] --> finalize',
-            "    finalize --> done([end])",
+            f'    escalate["escalate<br/>{model("escalate")}"] --> done',
         ]
     )

@@ -1,6 +1,7 @@
 """The graph's nodes: thin async functions that call a backend and return a state update.
 
-Decisions live elsewhere (the gate is :func:`triagegate.gate.decide`); building requests
+``triage`` (which also applies the gate), ``answer`` (drafts with the mini tier's drafting
+model when triage came from a classifier) and ``escalate`` (the flagship). Decisions live elsewhere (the gate is :func:`triagegate.gate.decide`); building requests
 and parsing model replies into typed results lives in :mod:`triagegate.replies`. Nodes never raise for a
 model failure: they record it in the state so the ticket still ends with an Outcome.
 """
@@ -11,11 +12,12 @@ import time
 from typing import Any
 
 import structlog
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from triagegate import replies
 from triagegate.errors import BadModelOutput, ModelError
-from triagegate.gate import decide
+from triagegate.gate import Decision, decide
 from triagegate.models.base import ChatRequest, ChatResult, Message, ModelBackend
 from triagegate.screening import estimate_complexity, flags_for
 from triagegate.state import RunContext, TicketState
@@ -106,6 +108,13 @@ async def _chat_with_one_repair(
 
 
 async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Triage the ticket with the mini model, then apply the gate in the same step.
+
+    The gate is a pure decision, so it runs here rather than as a graph step of its own
+    (each LangGraph step costs about 0.16 ms of CPU; bench/RESULTS.md). When the ticket is
+    kept and the triage model already drafted an answer, that answer is final and the
+    ticket needs no further step.
+    """
     ctx = runtime.context
     ticket = state["ticket"]
     alias, backend = ctx.backend_for("triage")
@@ -138,10 +147,10 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
         triage = triage.model_copy(
             update={"needs_vision": triage.needs_vision or ticket.has_images, "flags": flags}
         )
-        return {"triage": triage, "node_runs": [meter.finish()]}
+        update: dict[str, Any] = {"triage": triage, "node_runs": [meter.finish()]}
     except ModelError as exc:
         message = f"triage failed: {type(exc).__name__}: {exc}"
-        failed = Triage(
+        triage = Triage(
             category="unknown",
             priority=taxonomy.default_priority,
             needs_vision=ticket.has_images,
@@ -150,36 +159,32 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
             flags=flags,
             error=message,
         )
-        return {"triage": failed, "node_runs": [meter.finish(message)], "errors": [message]}
+        update = {"triage": triage, "node_runs": [meter.finish(message)], "errors": [message]}
+    decision, gate_run = gate(ctx, triage)
+    update["decision"] = decision
+    update["node_runs"].append(gate_run)
+    if not decision.escalate and triage.answer:
+        update.update(answer=triage.answer, category=triage.category, priority=triage.priority, route="mini")
+    return update
 
 
-async def gate_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = runtime.context
-    meter = _Meter("gate")
+def gate(ctx: RunContext, triage: Triage) -> tuple[Decision, NodeRun]:
+    """Apply the gate policy to ``triage`` and log the decision (no model call, no node_done line)."""
     _, mini = ctx.backend_for("triage")
-    decision = decide(state["triage"], ctx.spec.gate, mini_has_vision=mini.capabilities.vision)
-    log.info(
-        "gate", route=decision.route, reasons=list(decision.reasons), confidence=state["triage"].confidence
-    )
-    return {"decision": decision, "node_runs": [meter.finish()]}
+    decision = decide(triage, ctx.spec.gate, mini_has_vision=mini.capabilities.vision)
+    log.info("gate", route=decision.route, reasons=list(decision.reasons), confidence=triage.confidence)
+    return decision, NodeRun(node="gate")
 
 
-def route_after_gate(state: TicketState) -> str:
-    return "escalate" if state["decision"].escalate else "answer"
+def route_after_triage(state: TicketState) -> str:
+    if state["decision"].escalate:
+        return "escalate"
+    return END if state.get("route") == "mini" else "answer"
 
 
 async def answer_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     triage = state["triage"]
-    if triage.answer:
-        meter = _Meter("answer")
-        return {
-            "answer": triage.answer,
-            "category": triage.category,
-            "priority": triage.priority,
-            "route": "mini",
-            "node_runs": [meter.finish()],
-        }
     alias, backend = ctx.backend_for("answer")
     meter = _Meter("answer", alias, backend)
     try:
@@ -204,7 +209,7 @@ async def answer_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
 
 
 def route_after_answer(state: TicketState) -> str:
-    return "finalize" if state.get("route") == "mini" else "escalate"
+    return END if state.get("route") == "mini" else "escalate"
 
 
 async def escalate_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:

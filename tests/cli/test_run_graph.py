@@ -133,7 +133,7 @@ def test_graph_show_prints_mermaid(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "%% graph: scripted" in out
     assert 'triage["triage<br/>mini: scripted mini-model"] --> gate' in out
     assert "threshold 0.7" in out
-    assert 'escalate["escalate<br/>flagship: scripted flagship-model"] --> finalize' in out
+    assert 'escalate["escalate<br/>flagship: scripted flagship-model"] --> done' in out
     assert "gate -- escalate --> escalate" in out
 
 

@@ -295,3 +295,29 @@ def test_cli_batch_records_and_replays(
     live, replayed = outcomes(live_out), outcomes(replay_out)
     assert set(live) == {"t1", "t2", "t3"} and replayed == live
     assert live["t2"]["route"] == "flagship"
+
+
+def test_recorded_alternatives_replay_as_they_were_read() -> None:
+    from triagegate.models.base import ChatResult, MalformedLogprobs, RawAlternatives, TokenLogprob
+    from triagegate.models.recording import chat_response
+    from triagegate.models.replay import _alternatives
+    from triagegate.types import Usage
+
+    result = ChatResult(
+        text="AB",
+        model="m",
+        endpoint="e",
+        usage=Usage(),
+        latency_ms=1.0,
+        logprobs=(
+            TokenLogprob("A", -0.1, RawAlternatives([{"token": "A", "logprob": -0.1}])),
+            TokenLogprob("B", -0.2, RawAlternatives([{"token": "B"}])),
+        ),
+    )
+    recorded = json.loads(json.dumps(chat_response(result)))["logprobs"]
+    assert recorded[0]["top"] == {"A": -0.1}
+    assert recorded[1]["top"] == [{"token": "B"}]
+    good, bad = (_alternatives(t["top"]) for t in recorded)
+    assert dict(good) == {"A": -0.1}
+    with pytest.raises(MalformedLogprobs):
+        dict(bad)

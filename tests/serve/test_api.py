@@ -31,7 +31,7 @@ def test_post_ticket_returns_its_outcome(serve: Serve) -> None:
     assert (outcome["status"], outcome["route"], outcome["category"]) == ("ok", "mini", "billing")
     assert outcome["graph"] == "scripted"
     assert outcome["graph_hash"] == service.pipeline.graph_hash
-    assert outcome["path"] == ["triage", "gate", "answer", "finalize"]
+    assert outcome["path"] == ["triage", "gate"]
 
 
 def test_request_id_is_echoed_or_generated(serve: Serve) -> None:

@@ -50,6 +50,7 @@ from triagegate.models.base import (
     ClassifyRequest,
     JsonSchema,
     Message,
+    RawAlternatives,
     TokenLogprob,
 )
 from triagegate.spec import ModelBinding, Price
@@ -567,18 +568,22 @@ def _message_json(message: Message) -> dict[str, Any]:
 
 
 def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    """``choices[0].logprobs.content`` as TokenLogprobs; ``None`` when absent or malformed."""
+    """``choices[0].logprobs.content`` as TokenLogprobs; ``None`` when absent or malformed.
+
+    Each token's alternatives stay as sent until read (:class:`RawAlternatives`).
+    """
     content = raw.get("content") if isinstance(raw, dict) else None
     if not isinstance(content, list):
         return None
-    out: list[TokenLogprob] = []
     try:
-        for entry in content:
-            top = {str(alt["token"]): float(alt["logprob"]) for alt in entry.get("top_logprobs") or ()}
-            out.append(TokenLogprob(str(entry["token"]), float(entry["logprob"]), top))
+        return tuple(
+            TokenLogprob(
+                str(entry["token"]), float(entry["logprob"]), RawAlternatives(entry.get("top_logprobs"))
+            )
+            for entry in content
+        )
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
-    return tuple(out)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

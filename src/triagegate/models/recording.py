@@ -40,7 +40,10 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    MalformedLogprobs,
     ModelBackend,
+    RawAlternatives,
+    TokenLogprob,
 )
 
 FORMAT = "triagegate-recording/1"
@@ -151,8 +154,18 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
         "finish_reason": result.finish_reason,
         "logprobs": None
         if result.logprobs is None
-        else [{"token": t.token, "logprob": t.logprob, "top": t.top} for t in result.logprobs],
+        else [{"token": t.token, "logprob": t.logprob, "top": _alternatives(t)} for t in result.logprobs],
     }
+
+
+def _alternatives(token: TokenLogprob) -> Any:
+    """A token's alternatives for the file: a ``{token: logprob}`` object, or, when the
+    provider sent them malformed, exactly what it sent (replay then fails to read them the
+    same way the live run did)."""
+    try:
+        return dict(token.top)
+    except MalformedLogprobs:
+        return token.top.raw if isinstance(token.top, RawAlternatives) else None
 
 
 def classify_response(result: Classification) -> dict[str, Any]:

@@ -25,6 +25,7 @@ model, endpoint and usage, so a replayed Outcome matches the recorded one.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,7 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    RawAlternatives,
     TokenLogprob,
 )
 from triagegate.models.recording import (
@@ -231,7 +233,8 @@ class ReplayBackend:
             logprobs=None
             if logprobs is None
             else tuple(
-                TokenLogprob(str(t["token"]), float(t["logprob"]), dict(t.get("top") or {})) for t in logprobs
+                TokenLogprob(str(t["token"]), float(t["logprob"]), _alternatives(t.get("top")))
+                for t in logprobs
             ),
             finish_reason=r.get("finish_reason"),
         )
@@ -271,3 +274,11 @@ def with_replay(loaded: LoadedSpec, recording: str | Path) -> LoadedSpec:
         for alias, binding in loaded.spec.models.items()
     }
     return loaded.model_copy(update={"spec": loaded.spec.model_copy(update={"models": models})})
+
+
+def _alternatives(recorded: Any) -> Mapping[str, float]:
+    """Recorded alternatives: an object is what was read; anything else is what a provider
+    sent malformed, replayed so that reading it fails as it did live."""
+    if isinstance(recorded, dict):
+        return {str(token): float(logprob) for token, logprob in recorded.items()}
+    return RawAlternatives(recorded) if recorded is not None else {}
