@@ -13,9 +13,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
-	  echo ">>> Installing llama-cpp-python: pip builds it from source, which takes 3-10 minutes on a 2-core machine."
+$(VENV)/.installed: pyproject.toml scripts/build_llama.sh | $(BIN)/python
+	@bash scripts/build_llama.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 

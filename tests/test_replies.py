@@ -149,6 +149,12 @@ def test_parse_triage_maps_code_to_name_with_verbalized_confidence() -> None:
     assert triage.answer == "We will refund the duplicate charge."
 
 
+@pytest.mark.parametrize(("written", "read"), [(95, 0.95), (80.0, 0.8), (100, 1.0), (1, 1.0), (0, 0.0)])
+def test_whole_percentages_are_read_as_fractions(written: float, read: float) -> None:
+    triage = parse_triage(result(triage_json(confidence=written)), SPEC, make_request())
+    assert triage.confidence == pytest.approx(read)
+
+
 def test_parse_triage_accepts_a_fenced_reply_and_blank_answer() -> None:
     fenced = "```json\n" + triage_json(answer="   ") + "\n```"
     triage = parse_triage(result(fenced), SPEC, make_request())
@@ -167,6 +173,8 @@ def test_parse_triage_accepts_a_fenced_reply_and_blank_answer() -> None:
         (triage_json(priority="whenever"), "priority"),
         (triage_json(complexity="extreme"), "complexity"),
         (triage_json(confidence=1.5), "confidence"),
+        (triage_json(confidence=101), "confidence"),
+        (triage_json(confidence=-3), "confidence"),
         (json.dumps({"category": "A", "priority": "normal"}), "schema"),
     ],
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from triagegate.confidence import OPTION_CODES, field_value_distribution, option_codes
 from triagegate.errors import BadModelOutput
@@ -40,6 +40,21 @@ class TriageReply(BaseModel):
     needs_vision: bool = False
     answer: str
     confidence: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _percent_as_fraction(cls, value: Any) -> Any:
+        """Small models often write a percentage (``95``) despite the schema's 0-1 range, and
+        constrained decoding does not enforce numeric bounds. A whole number from 2 to 100 is
+        read as a percentage; anything else outside 0-1 (``1.5``) is still rejected."""
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and 2 <= value <= 100
+            and value % 1 == 0
+        ):
+            return value / 100.0
+        return value
 
 
 class EscalationReply(BaseModel):

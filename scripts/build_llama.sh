@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build llama-cpp-python once per machine, portably, and install it into the given venv.
+#
+# Why not a plain `pip install`: pip compiles llama.cpp with -march=native, and on CPUs
+# with AMX (Intel Sapphire Rapids and later) that build crashes with a segmentation fault
+# in ggml's AMX matrix multiply on the first generated token (seen with
+# llama-cpp-python 0.3.36 and the SmolLM2 Q4_1 GGUF). We build for AVX2/FMA/F16C instead,
+# which runs on any x86-64 CPU of the last decade, and keep the wheel under a cache dir
+# keyed by version and flags, because pip's own wheel cache ignores CMAKE_ARGS and would
+# hand back a native build.
+#
+# Usage: scripts/build_llama.sh VENV_PYTHON
+set -euo pipefail
+
+python="$1"
+version="${LLAMA_CPP_VERSION:-0.3.36}"
+arch="$(uname -m)"
+if [[ "$arch" == "x86_64" ]]; then
+  cmake_args="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+else
+  cmake_args="${LLAMA_CMAKE_ARGS:-}"
+fi
+tag="$(printf '%s %s %s' "$version" "$arch" "$cmake_args" | sha256sum | cut -c1-12)"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/triagegate/wheels/llama-cpp-python-$version-$tag"
+
+marker="$("$python" -c 'import sys; print(sys.prefix)')/.llama-cpp-python-$tag"
+if [[ -f "$marker" ]] && "$python" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$version')" 2>/dev/null; then
+  exit 0
+fi
+
+if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo ">>> Building llama-cpp-python $version from source ($cmake_args): this takes 3-10 minutes on a 2-core machine, once per machine."
+  mkdir -p "$cache"
+  CMAKE_ARGS="$cmake_args" "$python" -m pip wheel --quiet --no-deps --no-cache-dir \
+    "llama-cpp-python==$version" -w "$cache"
+fi
+"$python" -m pip install --quiet --force-reinstall --no-deps "$cache"/llama_cpp_python-*.whl
+touch "$marker"
