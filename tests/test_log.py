@@ -137,8 +137,6 @@ async def test_each_node_logs_once_with_ticket_and_run_ids(structlog_config: Non
 
     node_done = [e for e in events if e["event"] == "node_done"]
     assert [e["node"] for e in node_done] == ["triage", "escalate"]
-    (gate,) = [e for e in events if e["event"] == "gate"]
-    assert (gate["route"], gate["reasons"], gate["ticket_id"]) == ("flagship", ["low_confidence"], "tk-42")
     for event in node_done:
         assert event["ticket_id"] == "tk-42"
         assert event["run_id"] == outcome.run_id

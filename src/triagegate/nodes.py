@@ -169,10 +169,14 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
 
 
 def gate(ctx: RunContext, triage: Triage) -> tuple[Decision, NodeRun]:
-    """Apply the gate policy to ``triage`` and log the decision (no model call, no node_done line)."""
+    """Apply the gate policy to ``triage``.
+
+    The decision is logged at DEBUG only: the ``ticket_done`` line at INFO carries the same
+    route, reasons and confidence, and a log line costs about 12 us of CPU per ticket.
+    """
     _, mini = ctx.backend_for("triage")
     decision = decide(triage, ctx.spec.gate, mini_has_vision=mini.capabilities.vision)
-    log.info("gate", route=decision.route, reasons=list(decision.reasons), confidence=triage.confidence)
+    log.debug("gate", route=decision.route, reasons=list(decision.reasons), confidence=triage.confidence)
     return decision, NodeRun(node="gate")
 
 
