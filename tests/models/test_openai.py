@@ -270,10 +270,12 @@ async def test_exhausted_429_raises_rate_limited(server: OpenAIServer, build: Bu
 
 
 async def test_exhausted_5xx_raises_unavailable(server: OpenAIServer, build: Build) -> None:
-    server.script(None, Status(503), Status(500), Status(503))
+    overloaded = {"error": {"message": "The engine is currently overloaded, please try again later"}}
+    server.script(None, Status(503), Status(500), Status(503, body=json.dumps(overloaded)))
     with pytest.raises(ModelUnavailable) as caught:
         await build({"mini": binding(server)}).chat(HELLO)
     assert caught.value.status == 503
+    assert "HTTP 503: The engine is currently overloaded" in str(caught.value), "the provider's reason is quoted"
     assert server.count == 3
 
 

@@ -494,7 +494,12 @@ class OpenAIBackend:
         if status in RETRYABLE_STATUS:
             retry_after = _retry_after(response) if status in (429, 503) else None
             kind = {429: "rate_limited", 408: "timeout"}.get(status, "unavailable")
-            raise _Transient(kind, f"HTTP {status}", status, retry_after)
+            detail = (
+                f"HTTP {status}"
+                if kind == "rate_limited"
+                else f"HTTP {status}: {self._provider_message(response)}"
+            )
+            raise _Transient(kind, detail, status, retry_after)
         raise self._permanent(response)
 
     def _permanent(self, response: httpx.Response) -> ModelError:
