@@ -166,6 +166,14 @@ def test_self_fallback_is_rejected() -> None:
     assert "itself" in err.reason
 
 
+@pytest.mark.parametrize("alias", ["record", "replay", "log-level"])
+def test_alias_clashing_with_a_reserved_variable_is_rejected(alias: str) -> None:
+    text = BASE.replace("  flagship:\n", f"  {alias}:\n", 1).replace("{model: flagship", "{model: " + alias)
+    err = config_error(text)
+    assert f"model alias {alias!r} is reserved" in err.reason
+    assert "rename the alias" in err.reason
+
+
 def test_unknown_category_in_gate_is_named() -> None:
     err = config_error(edited("categories: [security]", "categories: [securty]"))
     assert err.file == "graphs/broken.yaml"

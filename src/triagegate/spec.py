@@ -219,6 +219,13 @@ class GraphSpec(_Strict):
                     f"(defined: {', '.join(sorted(aliases))})",
                 )
         for alias, binding in self.models.items():
+            reserved = env_var_for(alias)
+            if reserved in RESERVED_ENV:
+                raise _RefError(
+                    ("models", alias),
+                    f"model alias {alias!r} is reserved: its override variable {reserved} already means "
+                    "something else to triagegate; rename the alias",
+                )
             for i, fb in enumerate(binding.fallbacks):
                 if fb not in aliases:
                     raise _RefError(
@@ -267,6 +274,20 @@ class LoadedSpec(BaseModel):
             separators=(",", ":"),
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+RESERVED_ENV = frozenset(
+    {
+        "TRIAGEGATE_API_KEYS",
+        "TRIAGEGATE_CACHE_DIR",
+        "TRIAGEGATE_LOG_LEVEL",
+        "TRIAGEGATE_RECORD",
+        "TRIAGEGATE_REDIS_URL",
+        "TRIAGEGATE_REPLAY",
+        "TRIAGEGATE_RESULTS_DSN",
+    }
+)
+"""Environment variables with a meaning of their own, so no model alias may map onto them."""
 
 
 def env_var_for(alias: str, suffix: str = "") -> str:
