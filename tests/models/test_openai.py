@@ -275,7 +275,9 @@ async def test_exhausted_5xx_raises_unavailable(server: OpenAIServer, build: Bui
     with pytest.raises(ModelUnavailable) as caught:
         await build({"mini": binding(server)}).chat(HELLO)
     assert caught.value.status == 503
-    assert "HTTP 503: The engine is currently overloaded" in str(caught.value), "the provider's reason is quoted"
+    assert "HTTP 503: The engine is currently overloaded" in str(caught.value), (
+        "the provider's reason is quoted"
+    )
     assert server.count == 3
 
 
