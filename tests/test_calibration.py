@@ -17,12 +17,14 @@ from triagegate.calibration import (
     Objective,
     Policy,
     Tickets,
+    accuracy_lower_bound,
     bootstrap,
     calibrate,
     cross_validate,
     evaluate,
     fit_per_category,
     fit_single,
+    fit_single_bounded,
     nice_threshold,
     split_indices,
 )
@@ -105,6 +107,45 @@ def test_forced_routes_count_but_never_move() -> None:
     assert evaluate(policy, tickets, Economics()).accuracy_kept == pytest.approx(4 / 6)
     policy, feasible = fit_single(tickets, Objective("target_accuracy", 0.8))
     assert not feasible and kept_count(policy, tickets) == 1
+
+
+def test_accuracy_lower_bound_is_the_exact_binomial_bound() -> None:
+    bound = accuracy_lower_bound(np.array([0, 0, 5, 985]), np.array([0, 3, 5, 1000]), 0.95)
+    assert bound[0] == 0.0 and bound[1] == 0.0
+    assert bound[2] == pytest.approx(0.05 ** (1 / 5))  # all right: P(5 of 5 | p) = p**5 = 5%
+    assert 0.975 < bound[3] < 0.985  # below the observed 0.985, by about 1.645 standard errors
+    with pytest.raises(ValueError):
+        accuracy_lower_bound(np.array([1]), np.array([1]), 1.0)
+
+
+def test_bounded_threshold_keeps_a_margin_that_shrinks_with_more_tickets() -> None:
+    def scored(n: int) -> list[Scored]:
+        # Confidence falls with the index; one wrong ticket in every 100, then every 5 past 80%.
+        out: list[Scored] = []
+        for i in range(n):
+            wrong = i % 100 == 99 if i < 0.8 * n else i % 5 == 4
+            out.append(("a", "b" if wrong else "a", 1.0 - i / n))
+        return out
+
+    margins = []
+    for n in (500, 5000):
+        tickets = Tickets.from_scored(scored(n))
+        point, point_ok = fit_single(tickets, Objective("target_accuracy", 0.97))
+        bounded, bounded_ok = fit_single_bounded(tickets, 0.97, 0.95)
+        assert point_ok and bounded_ok
+        assert kept_count(bounded, tickets) < kept_count(point, tickets)
+        assert evaluate(bounded, tickets, Economics()).accuracy_kept >= 0.97
+        margins.append(kept_count(point, tickets) / n - kept_count(bounded, tickets) / n)
+    assert margins[1] < margins[0]
+
+
+def test_bounded_threshold_out_of_reach_escalates_what_it_can() -> None:
+    tickets = Tickets.from_scored(TEN)
+    policy, feasible = fit_single_bounded(tickets, 0.9, 0.95)  # 3 right in a row bound to 0.37 at most
+    assert not feasible and kept_count(policy, tickets) == 0
+    forced = [FORCED_KEEP] + [0] * 9
+    policy, feasible = fit_single_bounded(Tickets.from_scored(TEN, forced), 0.3, 0.5)
+    assert feasible and policy.kept(Tickets.from_scored(TEN, forced))[0]
 
 
 def test_nice_threshold_is_the_shortest_decimal_in_the_interval() -> None:

@@ -400,6 +400,52 @@ def fit_single(
     return Policy(nice_threshold(float(curve.lower[j]), float(curve.upper[j]))), feasible
 
 
+def accuracy_lower_bound(right: Ints, kept: Ints, confidence: float) -> Floats:
+    """One-sided Clopper-Pearson lower bounds on accuracy for ``right`` hits out of ``kept`` tickets.
+
+    The true accuracy of the population these tickets stand for is at least the bound with
+    probability ``confidence`` (exact binomial bound, conservative). 0 where nothing is kept.
+    """
+    from scipy.stats import beta
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence}")
+    right_f, kept_f = np.asarray(right, dtype=np.float64), np.asarray(kept, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bound = beta.ppf(1.0 - confidence, right_f, kept_f - right_f + 1.0)
+    out: Floats = np.where((kept_f > 0) & (right_f > 0), np.nan_to_num(bound, nan=0.0), 0.0)
+    return out
+
+
+def fit_single_bounded(tickets: Tickets, target: float, confidence: float = 0.95) -> tuple[Policy, bool]:
+    """The lowest threshold whose kept tickets are at least ``target`` accurate with ``confidence``.
+
+    Like ``fit_single`` with a ``target_accuracy`` objective, but the kept tickets' accuracy
+    must reach ``target`` as a one-sided lower confidence bound (:func:`accuracy_lower_bound`),
+    not as the observed share. A threshold fitted to the observed share misses the target on
+    new tickets about half the time; this one keeps a margin that shrinks as the number of
+    kept tickets grows. Returns the policy and whether any threshold met the bound (when none
+    does, the threshold keeps as few tickets as possible).
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target accuracy must be between 0 and 1, got {target}")
+    free = tickets.forced == THRESHOLD_DECIDES
+    always = tickets.forced == FORCED_KEEP
+    curve = _curve(tickets.confidence[free], tickets.correct[free])
+    kept = curve.kept + int(always.sum())
+    right = curve.right + int((always & tickets.correct).sum())
+    bound = accuracy_lower_bound(right, kept, confidence)
+    feasible = curve.valid & (kept > 0) & (bound >= target - _EPS)
+    indices = np.arange(kept.size)
+    if feasible.any():
+        j = int(indices[feasible][np.argmax(kept[feasible])])
+        ok = True
+    else:
+        j = int(indices[curve.valid & (kept == kept[curve.valid].min())][0])
+        ok = False
+    return Policy(nice_threshold(float(curve.lower[j]), float(curve.upper[j]))), ok
+
+
 def _upper_hull(x: Ints, y: Floats, start: int) -> list[int]:
     """Indices (from ``start``) of the upper concave hull of points with increasing ``x``."""
     hull: list[int] = []

@@ -10,7 +10,7 @@ Bind it in a graph file with exactly one of these options::
         train_from: taxonomy                 # the taxonomy's examples in this graph file
         # or
         train_from: data/tickets.csv         # a labeled CSV/JSONL file (text_col/label_col optional)
-        training: {C: 20}                    # optional overrides of triagegate.training.TrainConfig
+        training: {C: 0.5, folds: 5}         # optional overrides of triagegate.training.TrainConfig
 
 ``model_path`` is loaded while the pipeline is built, so a missing or corrupt file, or one
 whose labels differ from the taxonomy, fails at once with a :class:`ConfigError` naming it.
