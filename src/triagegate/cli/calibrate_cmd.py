@@ -6,41 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from pydantic import BaseModel, Field
 
-from triagegate.calibration import CalibrationResult
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
-from triagegate.evaluation import CostEstimate
 
 if TYPE_CHECKING:
     from triagegate.calibration import Objective, OperatingPoint
+    from triagegate.cli.calibrate_report import CalibrateReport
     from triagegate.types import Triage
-
-
-class CalibrateReport(BaseModel):
-    """Everything ``triagegate calibrate`` measured and decided, JSON-serialisable."""
-
-    graph: str
-    data: str
-    triage_model: str
-    reference: str
-    """Where the reference labels came from: DATA's label column or the flagship's triage."""
-    tickets: int
-    dropped: int = 0
-    """Tickets left out because the flagship could not label them."""
-    split: dict[str, float | int] | None = None
-    calibration_fraction: float
-    cost: CostEstimate
-    result: CalibrationResult
-    patch: str
-    """The ``gate`` keys to set, as YAML."""
-    wrote: str | None = None
-    plot: str | None = None
-    seconds: float = 0.0
-    notes: list[str] = Field(default_factory=list)
 
 
 Reference = Literal["labels", "flagship"]
@@ -394,6 +369,8 @@ def run_calibration(
         notes.append(
             f"{forced_count} of {len(forced)} tickets are routed by the gate's other rules whatever the threshold"
         )
+    from triagegate.cli.calibrate_report import CalibrateReport
+
     report = CalibrateReport(
         graph=str(graph),
         data=str(data),
