@@ -16,7 +16,15 @@ python="$1"
 version="${LLAMA_CPP_VERSION:-0.3.36}"
 arch="$(uname -m)"
 if [[ "$arch" == "x86_64" ]]; then
-  cmake_args="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+  default="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+  # AVX-512 where the CPU has it (about a third faster here); AMX stays off either way.
+  if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+    default="$default -DGGML_AVX512=ON"
+    grep -qw avx512_vnni /proc/cpuinfo && default="$default -DGGML_AVX512_VNNI=ON"
+    grep -qw avx512vbmi /proc/cpuinfo && default="$default -DGGML_AVX512_VBMI=ON"
+    grep -qw avx512_bf16 /proc/cpuinfo && default="$default -DGGML_AVX512_BF16=ON"
+  fi
+  cmake_args="${LLAMA_CMAKE_ARGS:-$default}"
 else
   cmake_args="${LLAMA_CMAKE_ARGS:-}"
 fi

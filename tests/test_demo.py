@@ -56,7 +56,7 @@ def test_demo_command_runs_offline(
     code = main(["demo", str(GRAPH)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "offline: classifier tfidf-logreg + SmolLM2-135M-Instruct via llama.cpp, no network" in out
+    assert "offline: classifier tfidf-linear + SmolLM2-135M-Instruct via llama.cpp, no network" in out
     assert "5 tickets in" in out
     for line in out.splitlines():
         if line.startswith(("│ demo-injection", "│ demo-screenshot")):

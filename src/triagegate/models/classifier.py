@@ -77,7 +77,7 @@ class ClassifierBackend:
         self.alias = alias
         self.binding = binding
         self.name = f"{alias}@classifier"
-        self.model = binding.model or "tfidf-logreg"
+        self.model = binding.model or "tfidf-linear"
         self.capabilities = Capabilities(
             chat=False, classify=True, vision=False, logprobs=False, json_schema=False
         )

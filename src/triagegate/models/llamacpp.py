@@ -10,6 +10,9 @@ The thread default leaves a core to the event loop and everything else in the pr
 llama.cpp's worker threads spin at a barrier after each step, so when they hold every core
 one other runnable thread stalls them all. On a two-core machine the demo tickets took
 about 8 s with one thread and 12 to 50 s with two, depending on what else was running.
+Measured again on a quiet two-core machine: 10.2 s with one thread, 7.8 s with two, and 48.8 s
+with two while one other process kept a core busy (15 s with ``OMP_WAIT_POLICY=PASSIVE``, which
+costs as much on a quiet machine). Set ``n_threads`` to the core count on a dedicated machine.
 
 Loaded models live in a process-wide cache keyed by file, context size, thread count and
 whether logits are kept, so aliases bound to the same file with the same settings (a
