@@ -1,9 +1,10 @@
 """The graph's nodes: thin async functions that call a backend and return a state update.
 
 ``triage`` (which also applies the gate), ``answer`` (drafts with the mini tier's drafting
-model when triage came from a classifier) and ``escalate`` (the flagship). Decisions live elsewhere (the gate is :func:`triagegate.gate.decide`); building requests
-and parsing model replies into typed results lives in :mod:`triagegate.replies`. Nodes never raise for a
-model failure: they record it in the state so the ticket still ends with an Outcome.
+model when triage came from a classifier) and ``escalate`` (the flagship). Decisions live
+elsewhere (the gate is :func:`triagegate.gate.decide`); building requests and parsing model
+replies into typed results lives in :mod:`triagegate.replies`. Nodes never raise for a model
+failure: they record it in the state so the ticket still ends with an Outcome.
 """
 
 from __future__ import annotations
