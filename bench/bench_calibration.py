@@ -49,7 +49,15 @@ SEED = 13
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_classifier import fit_and_save, graph_safe, load_avg, update_results, write_graph  # noqa: E402
+from bench_classifier import (  # noqa: E402
+    fit_and_save,
+    graph_safe,
+    load_avg,
+    out_of_fold,
+    predictions,
+    update_results,
+    write_graph,
+)
 
 from triagegate import calibration as cal  # noqa: E402
 from triagegate.cli import main as cli  # noqa: E402
@@ -133,28 +141,11 @@ def banking77(tmp: Path) -> dict[str, Any]:
     return out | {"_scored": predictions(model, test), "_train": train}
 
 
-def predictions(model: Any, rows: list[LabeledText]) -> list[tuple[str, str, float]]:
-    probs = model.predict_proba([r.text for r in rows])
-    best = probs.argmax(axis=1)
-    return [(r.label, model.labels[j], float(p[j])) for r, j, p in zip(rows, best, probs, strict=True)]
-
-
 def banking77_cross_fitted(
     train: list[LabeledText], test_scored: list[tuple[str, str, float]], folds: int
 ) -> dict[str, Any]:
     """Calibrate on out-of-fold predictions for the training rows; hold out the whole test file."""
-    import random
-
-    from triagegate import training
-
-    order = list(range(len(train)))
-    random.Random(SEED).shuffle(order)
-    oof: list[tuple[str, str, float]] = []
-    for k in range(folds):
-        held = set(order[k::folds])
-        kept = [r for i, r in enumerate(train) if i not in held]
-        fold_model = training.fit([r.text for r in kept], [r.label for r in kept])
-        oof += predictions(fold_model, [train[i] for i in sorted(held)])
+    oof, _ = out_of_fold(train, folds, SEED)
     tickets = cal.Tickets.from_scored(oof + test_scored)
     result = cal.calibrate(
         tickets.subset(range(len(oof))),
@@ -203,7 +194,7 @@ def seed_spread(scored: list[tuple[str, str, float]], seeds: range) -> dict[str,
     seed's held-out numbers move by a couple of points with the draw; this says how far.
     """
     tickets = cal.Tickets.from_scored(scored)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for seed in seeds:
         fitting, held = cal.split_indices(len(scored), 0.5, seed)
         result = cal.calibrate(

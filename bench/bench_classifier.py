@@ -166,11 +166,16 @@ def out_of_fold(rows: list[LabeledText], folds: int, seed: int) -> tuple[list[Sc
         train = [r for i, r in enumerate(rows) if i not in held_set]
         model = training.fit([r.text for r in train], [r.label for r in train])
         seconds.append(model.metadata.train_seconds)
-        probs = model.predict_proba([rows[i].text for i in held])
-        for i, p in zip(held, probs, strict=True):
-            best = int(p.argmax())
-            scored[i] = (rows[i].label, model.labels[best], float(p[best]))
+        for i, one in zip(held, predictions(model, [rows[i] for i in held]), strict=True):
+            scored[i] = one
     return [s for s in scored if s is not None], seconds
+
+
+def predictions(model: training.TrainedModel, rows: list[LabeledText]) -> list[Scored]:
+    """``(true, predicted, confidence)`` for ``rows``: the top label and its probability."""
+    probs = model.predict_proba([r.text for r in rows])
+    best = probs.argmax(axis=1)
+    return [(r.label, model.labels[j], float(p[j])) for r, j, p in zip(rows, best, probs, strict=True)]
 
 
 def cross_validated_thresholds(

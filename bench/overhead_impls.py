@@ -342,8 +342,6 @@ class NodesOnly:
     to :class:`Floor` is what triagegate's own code costs.
     """
 
-    _APPEND = ("node_runs", "errors", "extra_reasons")
-
     def __init__(self, tg: Triagegate) -> None:
         from types import SimpleNamespace
 
@@ -365,19 +363,18 @@ class NodesOnly:
         run_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
-            state: dict[str, Any] = {"run_id": run_id, "ticket": ticket, "images": []}
+            state: Any = {"run_id": run_id, "ticket": ticket, "images": []}
 
             async def step(node: Any) -> None:
-                for key, value in (await node(state, self.runtime)).items():
-                    state[key] = state.get(key, []) + value if key in self._APPEND else value
+                nonlocal state
+                state = graph.merge(state, await node(state, self.runtime))
 
             await step(nodes.triage_node)
-            if nodes.route_after_triage(state) == "answer":  # type: ignore[arg-type]
+            if nodes.route_after_triage(state) == "answer":
                 await step(nodes.answer_node)
             if state.get("route") != "mini":
                 await step(nodes.escalate_node)
-            state["outcome"] = graph.build_outcome(state, self.runtime.context)  # type: ignore[arg-type]
-            outcome = state["outcome"]
+            outcome = graph.build_outcome(state, self.runtime.context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             log.info(
                 "ticket_done",
