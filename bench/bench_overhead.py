@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,6 +146,7 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
     from triagegate import graph as tg_graph
     from triagegate import nodes as tg_nodes
     from triagegate.gate import Decision
+    from triagegate.state import Reply, Trail
 
     class Small(TypedDict, total=False):
         a: int
@@ -174,12 +176,15 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
 
         return step
 
+    mini = Reply("answer", "billing", "normal", route="mini")
     with (
         mock.patch.object(
-            tg_nodes, "triage_node", stub({"decision": Decision("mini"), "route": "mini", "node_runs": []})
+            tg_nodes, "triage_node", stub({"decision": Decision("mini"), "reply": mini, "trail": Trail()})
         ),
-        mock.patch.object(tg_nodes, "answer_node", stub({"route": "mini", "node_runs": []})),
-        mock.patch.object(tg_nodes, "escalate_node", stub({"route": "flagship", "node_runs": []})),
+        mock.patch.object(tg_nodes, "answer_node", stub({"reply": mini, "trail": Trail()})),
+        mock.patch.object(
+            tg_nodes, "escalate_node", stub({"reply": replace(mini, route="flagship"), "trail": Trail()})
+        ),
     ):
         stubbed = tg_graph.build_graph()
     ticket = make_tickets(1)[0]

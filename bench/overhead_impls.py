@@ -356,7 +356,7 @@ class NodesOnly:
         import structlog
 
         from triagegate import graph, nodes
-        from triagegate.pipeline import as_ticket, check_limits, log
+        from triagegate.pipeline import as_ticket, check_limits, log_ticket_done
 
         ticket = as_ticket(self.tickets[i])
         check_limits(ticket, self.pipeline.spec.limits)
@@ -370,22 +370,15 @@ class NodesOnly:
                 state = graph.merge(state, await node(state, self.runtime))
 
             await step(nodes.triage_node)
-            if nodes.route_after_triage(state) == "answer":
+            goto = nodes.route_after_triage(state)
+            if goto == "answer":
                 await step(nodes.answer_node)
-            if state.get("route") != "mini":
+                goto = nodes.route_after_answer(state)
+            if goto == "escalate":
                 await step(nodes.escalate_node)
             outcome = graph.build_outcome(state, self.runtime.context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
-            log.info(
-                "ticket_done",
-                route=outcome.route,
-                status=outcome.status,
-                category=outcome.category,
-                confidence=outcome.confidence,
-                reasons=outcome.escalation_reasons,
-                cost_usd=outcome.cost_usd,
-                latency_ms=round(outcome.latency_ms, 2),
-            )
+            log_ticket_done(outcome)
         route: str = outcome.route
         return route
 

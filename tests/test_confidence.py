@@ -15,7 +15,7 @@ from triagegate.confidence import (
     option_codes,
     single_token_distribution,
 )
-from triagegate.models.base import MalformedLogprobs, RawAlternatives, TokenLogprob
+from triagegate.models.base import MalformedLogprobs, RawAlternatives, RawTokenLogprobs, TokenLogprob
 
 logprobs = st.floats(min_value=-10_000.0, max_value=0.0, allow_nan=False)
 identifiers = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True).filter(lambda k: k != "category")
@@ -135,6 +135,27 @@ def test_field_value_is_found_across_any_token_split(
     codes, tokens, masses = case
     dist = assert_distribution(field_value_distribution(tokens, "category", codes), codes)
     assert dist == pytest.approx(expected(masses, codes), abs=1e-9)
+    assert field_value_distribution(as_openai_logprobs(tokens), "category", codes) == dist
+
+
+def as_openai_logprobs(tokens: list[TokenLogprob]) -> RawTokenLogprobs:
+    """The same tokens the way the openai backend holds them: as sent, built when read."""
+    content = [
+        {
+            "token": t.token,
+            "logprob": t.logprob,
+            "top_logprobs": [{"token": k, "logprob": v} for k, v in t.top.items()],
+        }
+        for t in tokens
+    ]
+    raw = RawTokenLogprobs.from_openai(content)
+    assert raw is not None
+    rebuilt = [
+        TokenLogprob(t.token, t.logprob, RawAlternatives(c["top_logprobs"]))
+        for t, c in zip(tokens, content, strict=True)
+    ]
+    assert list(raw) == rebuilt
+    return raw
 
 
 @given(st.dictionaries(identifiers, st.text(max_size=30), max_size=5), st.data())
@@ -180,3 +201,17 @@ def test_malformed_alternatives_only_matter_where_the_value_starts() -> None:
     assert field_value_distribution(tokens([{"logprob": -1.0}], good), "category", ["A", "B"]) is None
     first = TokenLogprob("A", -0.1, RawAlternatives("not a list"))
     assert single_token_distribution([first], ["A", "B"]) is None
+
+
+def test_openai_logprobs_are_checked_up_front_and_built_on_read() -> None:
+    content = [
+        {"token": '{"category": "', "logprob": -0.01, "top_logprobs": []},
+        {"token": "B", "logprob": "-0.2", "top_logprobs": [{"token": "A", "logprob": -1.7}]},
+    ]
+    tokens = RawTokenLogprobs.from_openai(content)
+    assert tokens is not None and len(tokens) == 2
+    assert tokens.texts() == ['{"category": "', "B"]
+    assert (tokens[1].token, tokens[1].logprob, dict(tokens[1].top)) == ("B", -0.2, {"A": -1.7})
+    assert [t.token for t in tokens[-1:]] == ["B"]
+    for bad in ([{"token": "A"}], [{"logprob": -1.0}], [{"token": "A", "logprob": "high"}], ["A"], None, {}):
+        assert RawTokenLogprobs.from_openai(bad) is None

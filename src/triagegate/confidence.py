@@ -14,7 +14,7 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 
-from triagegate.models.base import MalformedLogprobs, TokenLogprob
+from triagegate.models.base import MalformedLogprobs, RawTokenLogprobs, TokenLogprob
 
 OPTION_CODES = string.ascii_uppercase + string.ascii_lowercase
 """At most 52 options can be scored from a single token; larger label sets fall back."""
@@ -45,20 +45,21 @@ def field_value_distribution(
     top alternatives at its position is an option code (the caller then falls back to a
     verbalised confidence).
     """
-    text = "".join(t.token for t in tokens)
-    match = re.search(r'"' + re.escape(field) + r'"\s*:\s*"', text)
+    texts = tokens.texts() if isinstance(tokens, RawTokenLogprobs) else [t.token for t in tokens]
+    match = re.search(r'"' + re.escape(field) + r'"\s*:\s*"', "".join(texts))
     if match is None:
         return None
     value_start = match.end()
     offset = 0
-    for tok in tokens:
-        end = offset + len(tok.token)
+    for index, text in enumerate(texts):
+        end = offset + len(text)
         if end > value_start:
-            cut = value_start - offset
+            tok = tokens[index]
             try:
                 alternatives = {**tok.top, tok.token: tok.logprob}
             except MalformedLogprobs:
                 return None
+            cut = value_start - offset
             return _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
         offset = end
     return None

@@ -26,44 +26,47 @@ from langgraph.types import Command
 
 from triagegate import nodes
 from triagegate.spec import GraphSpec
-from triagegate.state import RunContext, TicketState
-from triagegate.types import NodeRun, Outcome
+from triagegate.state import RunContext, TicketState, Trail
+from triagegate.types import Outcome
 
 APPENDED_KEYS = frozenset(
     key
     for key, hint in get_type_hints(TicketState, include_extras=True).items()
     if operator.add in getattr(hint, "__metadata__", ())
 )
-"""State keys whose updates LangGraph appends (``operator.add`` reducers) instead of replacing."""
+"""State keys whose updates LangGraph adds (``operator.add`` reducers) instead of replacing."""
 
 
 def merge(state: TicketState, update: dict[str, Any]) -> TicketState:
-    """The state LangGraph will hold after applying ``update``: appended keys concatenate."""
+    """The state LangGraph will hold after applying ``update``: appended keys are added."""
     merged: dict[str, Any] = {**state, **update}
     for key in APPENDED_KEYS.intersection(update):
-        merged[key] = [*state.get(key, ()), *update[key]]  # type: ignore[misc]
+        if key in state:
+            merged[key] = state[key] + update[key]  # type: ignore[literal-required]
     return merged  # type: ignore[return-value]
 
 
 def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
     """Assemble the Outcome from the final state (pure: no I/O, no clock)."""
-    runs: list[NodeRun] = state.get("node_runs", [])
+    trail = state.get("trail") or Trail()
+    reply = state.get("reply")
     triage = state.get("triage")
     decision = state.get("decision")
     reasons = list(decision.reasons) if decision and decision.escalate else []
-    reasons += [r for r in state.get("extra_reasons", []) if r not in reasons]
-    route = state.get("route", "none")
+    reasons += [r for r in trail.extra_reasons if r not in reasons]
+    runs = list(trail.runs)
+    answer = reply.answer if reply else None
     return Outcome(
         ticket_id=state["ticket"].id,
         run_id=state["run_id"],
         graph=ctx.graph_name,
         graph_hash=ctx.graph_hash,
-        status="failed" if state.get("status") == "failed" or state.get("answer") is None else "ok",
-        route=route if route in ("mini", "flagship") else "none",
-        category=state.get("category") or (triage.category if triage else None),
-        priority=state.get("priority") or (triage.priority if triage else None),
+        status="failed" if answer is None or reply is None or reply.status == "failed" else "ok",
+        route=reply.route if reply else "none",
+        category=(reply.category if reply else None) or (triage.category if triage else None),
+        priority=(reply.priority if reply else None) or (triage.priority if triage else None),
         complexity=triage.complexity if triage else None,
-        answer=state.get("answer"),
+        answer=answer,
         confidence=triage.confidence if triage else None,
         confidence_method=triage.confidence_method if triage else None,
         escalation_reasons=reasons,
@@ -72,7 +75,7 @@ def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
         input_tokens=sum(r.input_tokens for r in runs),
         output_tokens=sum(r.output_tokens for r in runs),
         cost_usd=sum(r.cost_usd for r in runs),
-        errors=list(state.get("errors", [])),
+        errors=list(trail.errors),
     )
 
 

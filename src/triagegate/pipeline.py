@@ -147,16 +147,7 @@ class Pipeline:
             )
             outcome: Outcome = state["outcome"]
             outcome.latency_ms = (time.perf_counter() - started) * 1000
-            log.info(
-                "ticket_done",
-                route=outcome.route,
-                status=outcome.status,
-                category=outcome.category,
-                confidence=outcome.confidence,
-                reasons=outcome.escalation_reasons,
-                cost_usd=outcome.cost_usd,
-                latency_ms=round(outcome.latency_ms, 2),
-            )
+            log_ticket_done(outcome)
         return outcome
 
     def run_sync(self, ticket: TicketLike) -> Outcome:
@@ -244,6 +235,24 @@ class Pipeline:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def log_ticket_done(outcome: Outcome) -> None:
+    """The one INFO line per ticket: where it went, why, what it cost and how long it took.
+
+    Per-node lines are DEBUG (``node_done``) or WARNING (``node_failed``); see :mod:`triagegate.nodes`.
+    """
+    log.info(
+        "ticket_done",
+        route=outcome.route,
+        status=outcome.status,
+        path=outcome.path,
+        category=outcome.category,
+        confidence=outcome.confidence,
+        reasons=outcome.escalation_reasons,
+        cost_usd=outcome.cost_usd,
+        latency_ms=round(outcome.latency_ms, 2),
+    )
 
 
 def failed_outcome(

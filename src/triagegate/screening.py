@@ -21,9 +21,19 @@ _INJECTION_PATTERNS = [
     r"\brespond\s+(only\s+)?with\s+(this\s+)?json\b",
 ]
 _INJECTION = re.compile("|".join(f"(?:{p})" for p in _INJECTION_PATTERNS), re.IGNORECASE)
+_ANCHORS = re.compile(
+    r"ignor|disregard|forget|overrid|system|you\s+are|confiden|certaint|set|mark|classif|route|escalat|<|respond"
+)
+"""A part that every match of :data:`_INJECTION` contains, in lower case. Searching for these
+in lower-cased ASCII text is about ten times faster than the case-insensitive alternation,
+and almost no ticket contains any of them, so most tickets never run the full pattern."""
 
 
 def suspected_injection(text: str) -> bool:
+    # Non-ASCII text goes straight to the full pattern: case-insensitive matching also maps
+    # a few non-ASCII letters (the long s, the dotless i) to ASCII ones, which lower() does not.
+    if text.isascii() and _ANCHORS.search(text.lower()) is None:
+        return False
     return _INJECTION.search(text) is not None
 
 

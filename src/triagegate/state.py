@@ -13,20 +13,46 @@ from triagegate.spec import GraphSpec
 from triagegate.types import NodeRun, Outcome, Ticket, Triage
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer a node settled on, as it goes out: set once, by the step that ends the run."""
+
+    answer: str | None
+    category: str | None
+    priority: str | None
+    route: str
+    """``mini`` or ``flagship``: which tier answered."""
+    status: str = "ok"
+    """``failed`` when the flagship could not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trail:
+    """What the steps did, in order. Steps append to it (``+``) rather than replace it."""
+
+    runs: tuple[NodeRun, ...] = ()
+    errors: tuple[str, ...] = ()
+    extra_reasons: tuple[str, ...] = ()
+    """Escalation reasons found after the gate (``answer_failed``)."""
+
+    def __add__(self, other: Trail) -> Trail:
+        return Trail(
+            self.runs + other.runs, self.errors + other.errors, self.extra_reasons + other.extra_reasons
+        )
+
+
 class TicketState(TypedDict, total=False):
+    """The graph's state. Few keys on purpose: LangGraph copies and versions every key at
+    every step, which costs CPU per key whether or not a node wrote it (bench/RESULTS.md,
+    "Overhead": 14 keys to 8 saved about 0.04 ms per ticket)."""
+
     run_id: str
     ticket: Ticket
     images: list[ImagePart]
     triage: Triage
     decision: Decision
-    answer: str | None
-    category: str | None
-    priority: str | None
-    route: str
-    status: str
-    extra_reasons: Annotated[list[str], operator.add]
-    node_runs: Annotated[list[NodeRun], operator.add]
-    errors: Annotated[list[str], operator.add]
+    reply: Reply
+    trail: Annotated[Trail, operator.add]
     outcome: Outcome
 
 

@@ -283,7 +283,7 @@ def test_structured_log_lines_carry_the_request_id(serve: Serve) -> None:
             time.sleep(0.01)  # the access line is written just after the response is sent
     finally:
         structlog.configure(**saved)
-    assert {"ticket_done", "node_done", "http_request"} <= mine()
+    assert {"ticket_done", "http_request"} <= mine()
 
 
 def test_openapi_documents_paths_and_schemas(serve: Serve) -> None:

@@ -16,10 +16,10 @@ interchangeable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, overload, runtime_checkable
 
 from triagegate.types import Usage
 
@@ -114,6 +114,61 @@ class RawAlternatives(Mapping[str, float]):
         return f"RawAlternatives({self._raw!r})"
 
 
+class RawTokenLogprobs(Sequence[TokenLogprob]):
+    """A reply's per-token log-probabilities, each :class:`TokenLogprob` built when read.
+
+    Confidence needs every token's text but the alternatives at one position only, and
+    building a TokenLogprob (with its :class:`RawAlternatives`) for each of a reply's ~50
+    tokens cost about 20 us per reply. Texts and log-probabilities are checked up front by
+    :meth:`from_openai`, so reading an entry never fails; only its alternatives may (see
+    :class:`RawAlternatives`).
+    """
+
+    __slots__ = ("_logprobs", "_texts", "_tops")
+
+    def __init__(self, texts: list[str], logprobs: list[float], tops: list[Any]) -> None:
+        if not len(texts) == len(logprobs) == len(tops):
+            raise ValueError("texts, logprobs and alternatives must have one entry per token")
+        self._texts = texts
+        self._logprobs = logprobs
+        self._tops = tops
+
+    @classmethod
+    def from_openai(cls, content: Any) -> RawTokenLogprobs | None:
+        """From OpenAI's ``choices[0].logprobs.content``; ``None`` when it is absent or a
+        token's text or log-probability is missing or not a number."""
+        if not isinstance(content, list):
+            return None
+        try:
+            texts = [str(entry["token"]) for entry in content]
+            logprobs = [float(entry["logprob"]) for entry in content]
+            tops = [entry.get("top_logprobs") for entry in content]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        return cls(texts, logprobs, tops)
+
+    def texts(self) -> list[str]:
+        """Every token's text, in order (the list itself: do not modify it)."""
+        return self._texts
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> TokenLogprob: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[TokenLogprob, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> TokenLogprob | tuple[TokenLogprob, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        return TokenLogprob(self._texts[index], self._logprobs[index], RawAlternatives(self._tops[index]))
+
+    def __repr__(self) -> str:
+        return f"RawTokenLogprobs({len(self)} tokens)"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatResult:
     text: str
@@ -121,7 +176,7 @@ class ChatResult:
     endpoint: str
     usage: Usage
     latency_ms: float
-    logprobs: tuple[TokenLogprob, ...] | None = None
+    logprobs: Sequence[TokenLogprob] | None = None
     finish_reason: str | None = None
 
 

@@ -50,8 +50,7 @@ from triagegate.models.base import (
     ClassifyRequest,
     JsonSchema,
     Message,
-    RawAlternatives,
-    TokenLogprob,
+    RawTokenLogprobs,
 )
 from triagegate.spec import ModelBinding, Price
 from triagegate.types import Usage
@@ -572,23 +571,9 @@ def _message_json(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
-def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    """``choices[0].logprobs.content`` as TokenLogprobs; ``None`` when absent or malformed.
-
-    Each token's alternatives stay as sent until read (:class:`RawAlternatives`).
-    """
-    content = raw.get("content") if isinstance(raw, dict) else None
-    if not isinstance(content, list):
-        return None
-    try:
-        return tuple(
-            TokenLogprob(
-                str(entry["token"]), float(entry["logprob"]), RawAlternatives(entry.get("top_logprobs"))
-            )
-            for entry in content
-        )
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None
+def _parse_logprobs(raw: Any) -> RawTokenLogprobs | None:
+    """``choices[0].logprobs.content``; ``None`` when absent or malformed."""
+    return RawTokenLogprobs.from_openai(raw.get("content") if isinstance(raw, dict) else None)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
