@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -491,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", choices=["triagegate", "peer", "floor"], help="profile one implementation instead"
     )
     args = parser.parse_args(argv)
+    missing = [m for m in ("langchain_openai", "pyinstrument") if importlib.util.find_spec(m) is None]
+    if missing:
+        parser.exit(2, f"missing {', '.join(missing)}: run `make bench`, or pip install -e '.[bench]'\n")
     if args.quick:
         args.tickets, args.rounds, args.startup_runs = 200, 2, 3
     OUT_DIR.mkdir(parents=True, exist_ok=True)
