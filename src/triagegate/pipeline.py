@@ -140,12 +140,9 @@ class Pipeline:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
             images = await self._images(ticket)
-            state = await self._graph.ainvoke(
-                {"run_id": run_id, "ticket": ticket, "images": images},
-                context=self._run_context,
-                output_keys=["outcome"],
-            )
-            outcome: Outcome = state["outcome"]
+            outcome: Outcome = await self._graph.ainvoke(
+                {"run_id": run_id, "ticket": ticket, "images": images}, context=self._run_context
+            )  # type: ignore[assignment]  # the graph's output channel holds the Outcome
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             log_ticket_done(outcome)
         return outcome

@@ -42,9 +42,9 @@ class Trail:
 
 
 class TicketState(TypedDict, total=False):
-    """The graph's state. Few keys on purpose: LangGraph copies and versions every key at
-    every step, which costs CPU per key whether or not a node wrote it (bench/RESULTS.md,
-    "Overhead": 14 keys to 8 saved about 0.04 ms per ticket)."""
+    """What one run carries from node to node. The graph hands it whole to the next node and
+    :func:`triagegate.graph.merge` applies each node's update: keys annotated with
+    ``operator.add`` are added to (``trail``), the others replaced."""
 
     run_id: str
     ticket: Ticket
