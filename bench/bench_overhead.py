@@ -135,7 +135,7 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
 
     ``empty_4_nodes``: four no-op async nodes in a line over a four-key state.
     ``triagegate_shape``: ``triagegate.graph.build_graph()`` itself (topology, routing,
-    state schema with its reducers, run context) with its node functions swapped for stubs
+    channels, run context) with its node functions swapped for stubs
     that return updates of the same shape and call nothing: what LangGraph itself costs
     triagegate per mini-tier ticket.
     """

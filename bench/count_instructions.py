@@ -13,10 +13,13 @@ measured tickets run, and the counters are dumped. Instructions are not CPU time
 code runs fewer instructions per cycle than httpx's, so the CPU ratio is higher), but a change
 that removes instructions removes time.
 
-    .venv/bin/python bench/count_instructions.py                 # 200 tickets each, ~2 min
-    .venv/bin/python bench/count_instructions.py --tickets 400
+``--shapes`` counts LangGraph alone instead: graphs of empty nodes in the shape triagegate's
+graph had (``StateGraph``) and has (Pregel API), per run (see :func:`langgraph_shape`).
 
-Needs ``valgrind`` (Debian package ``valgrind``). Writes ``bench/out/instructions.json``.
+    .venv/bin/python bench/count_instructions.py                 # 200 tickets each, ~2 min
+    .venv/bin/python bench/count_instructions.py --shapes        # ~2 min
+
+Needs ``valgrind`` (Debian package ``valgrind``). Writes ``bench/out/instructions*.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,40 +43,131 @@ IMPLS = ("floor", "tg-no-langgraph", "triagegate")
 WARM_UP = 100
 
 
-async def _child(impl_name: str, base_url: str, count: int) -> None:
-    """Warm up, say READY, wait for a line on stdin, run ``count`` tickets, say DONE."""
+async def _measured(setup: Callable[[], Awaitable[Callable[[int], Awaitable[None]]]], count: int) -> None:
+    """The protocol with :func:`count`: warm up, say READY, wait for a line on stdin, run
+    ``count`` units, say DONE, wait for a last line before exiting."""
+    run = await setup()
+    for i in range(WARM_UP):
+        await run(i)
+    loop = asyncio.get_running_loop()
+    print("READY", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for i in range(WARM_UP, WARM_UP + count):
+        await run(i)
+    print("DONE", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+
+
+async def _impl_child(impl_name: str, base_url: str, count: int) -> None:
     from triagegate import log as tg_log
 
     with tempfile.TemporaryFile("w") as log_file:
         tg_log.configure(level="INFO", json=True, stream=log_file)
         tickets = make_tickets(WARM_UP + count)
         tg = Triagegate(base_url, tickets)
-        impl: Any
+        impl: Any = tg
         if impl_name == "floor":
             codes = [chr(ord("A") + k) for k in range(len(tg.pipeline.spec.taxonomy.category_names))]
             impl = Floor(await capture_bodies(base_url, tickets), codes)
         elif impl_name == "tg-no-langgraph":
             impl = NodesOnly(tg)
-        else:
-            impl = tg
-        for i in range(WARM_UP):
-            await impl.run(i)
-        print("READY", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        for i in range(WARM_UP, WARM_UP + count):
-            route = await impl.run(i)
-            if route != expected_route(i):
-                raise AssertionError(f"{impl_name}: ticket {i} went {route}, expected {expected_route(i)}")
-        print("DONE", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        async def setup() -> Callable[[int], Awaitable[None]]:
+            async def run(i: int) -> None:
+                route = await impl.run(i)
+                if route != expected_route(i):
+                    raise AssertionError(
+                        f"{impl_name}: ticket {i} went {route}, expected {expected_route(i)}"
+                    )
+
+            return run
+
+        await _measured(setup, count)
         await impl.aclose()
         if impl is not tg:
             await tg.aclose()
 
 
-def count(impl_name: str, base_url: str, tickets: int, workdir: Path) -> int:
-    """Instructions the client spent on ``tickets`` tickets of ``impl_name``."""
-    out = workdir / f"callgrind.{impl_name}"
+async def _shape_child(shape: str, count: int) -> None:
+    graph, state = langgraph_shape(shape)
+
+    async def setup() -> Callable[[int], Awaitable[None]]:
+        async def run(_i: int) -> None:
+            await graph.ainvoke(dict(state))
+
+        return run
+
+    await _measured(setup, count)
+
+
+def langgraph_shape(shape: str) -> tuple[Any, dict[str, Any]]:
+    """A LangGraph graph whose nodes do nothing, and its input: ``<api>-<keys>keys-<steps>step``.
+
+    ``stategraph``: a ``StateGraph`` over a state of ``keys`` keys (one with an ``operator.add``
+    reducer), each node returning a ``Command`` that routes to the next or ends, as triagegate's
+    graph did; ``pregel``: the Pregel API with one channel into each node and the state passed
+    whole, as triagegate's graph does now (``keys`` is then the size of the dict passed along).
+    """
+    import operator
+    from typing import Annotated, TypedDict
+
+    from langgraph.channels import EphemeralValue, LastValue
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.pregel import NodeBuilder, Pregel
+    from langgraph.pregel._write import ChannelWriteEntry
+    from langgraph.types import Command
+
+    api, keys_part, steps_part = shape.split("-")
+    keys, steps = int(keys_part.removesuffix("keys")), int(steps_part.removesuffix("step"))
+    names = ["run_id", "ticket", "outcome", "trail"] + [f"k{i}" for i in range(max(0, keys - 4))]
+    state = {"run_id": "r", "ticket": "t"}
+    if api == "stategraph":
+        hints: dict[str, Any] = dict.fromkeys(names, Any)
+        hints["trail"] = Annotated[list, operator.add]
+        schema = TypedDict("Schema", hints, total=False)  # type: ignore[operator]
+
+        async def first(_state: Any) -> Command[str]:
+            return Command(update={"k0": 1, "trail": [1]}, goto="second" if steps == 2 else END)
+
+        async def second(_state: Any) -> Command[str]:
+            return Command(update={"outcome": 1, "trail": [2]}, goto=END)
+
+        builder = StateGraph(schema)
+        builder.add_node("first", first, destinations=("second", END))
+        builder.add_node("second", second, destinations=(END,))
+        builder.add_edge(START, "first")
+        return builder.compile(), state
+    if api != "pregel":
+        raise ValueError(f"unknown shape {shape!r}")
+
+    async def first_p(value: dict[str, Any]) -> tuple[str, Any]:
+        after = {**value, **dict.fromkeys(names[len(value) :], 1)}
+        return ("second", after) if steps == 2 else ("end", 1)
+
+    async def second_p(_value: dict[str, Any]) -> tuple[str, Any]:
+        return ("end", 1)
+
+    def to(channel: str, when: str) -> ChannelWriteEntry:
+        return ChannelWriteEntry(channel, mapper=lambda r: r[1] if r[0] == when else None, skip_none=True)
+
+    nodes: dict[str, Any] = {
+        "first": NodeBuilder()
+        .subscribe_only("in")
+        .do(first_p)
+        .write_to(to("to:second", "second"), to("out", "end")),
+        "second": NodeBuilder().subscribe_only("to:second").do(second_p).write_to(to("out", "end")),
+    }
+    channels: dict[str, Any] = {
+        "in": EphemeralValue(dict),
+        "to:second": EphemeralValue(dict),
+        "out": LastValue(int),
+    }
+    return Pregel(nodes=nodes, channels=channels, input_channels="in", output_channels="out"), state
+
+
+def count(name: str, child_args: list[str], workdir: Path) -> int:
+    """Instructions a child process (``--child ...`` or ``--shape ...``) spent between READY and DONE."""
+    out = workdir / f"callgrind.{name}"
     proc = subprocess.Popen(
         [
             "valgrind",
@@ -81,12 +176,7 @@ def count(impl_name: str, base_url: str, tickets: int, workdir: Path) -> int:
             f"--callgrind-out-file={out}",
             sys.executable,
             __file__,
-            "--child",
-            impl_name,
-            "--url",
-            base_url,
-            "--tickets",
-            str(tickets),
+            *child_args,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -100,7 +190,7 @@ def count(impl_name: str, base_url: str, tickets: int, workdir: Path) -> int:
         line = proc.stdout.readline() if proc.stdout else ""
         if line.strip() != word:
             proc.kill()
-            raise RuntimeError(f"{impl_name}: expected {word} from the measured process, got {line!r}")
+            raise RuntimeError(f"{name}: expected {word} from the measured process, got {line!r}")
 
     def control(*flags: str) -> None:
         subprocess.run(["callgrind_control", *flags, str(proc.pid)], check=True, capture_output=True)
@@ -119,45 +209,72 @@ def count(impl_name: str, base_url: str, tickets: int, workdir: Path) -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
-    dumps = sorted(workdir.glob(f"callgrind.{impl_name}.*"))
+    dumps = sorted(workdir.glob(f"callgrind.{name}.*"))
     if not dumps:
-        raise RuntimeError(f"{impl_name}: callgrind wrote no dump")
+        raise RuntimeError(f"{name}: callgrind wrote no dump")
     for line in dumps[0].read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
-    raise RuntimeError(f"{impl_name}: no totals in {dumps[0]}")
+    raise RuntimeError(f"{name}: no totals in {dumps[0]}")
+
+
+SHAPES = (
+    "stategraph-14keys-1step",
+    "stategraph-14keys-2step",
+    "stategraph-8keys-1step",
+    "stategraph-8keys-2step",
+    "pregel-8keys-1step",
+    "pregel-8keys-2step",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Instructions per ticket under callgrind.")
-    parser.add_argument("--tickets", type=int, default=200)
+    parser.add_argument("--tickets", type=int, default=200, help="measured tickets (or graph runs) each")
     parser.add_argument("--label", default="", help="suffix for the JSON file name")
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="count LangGraph graphs of empty nodes instead (see langgraph_shape)",
+    )
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        asyncio.run(_child(args.child, args.url, args.tickets))
+        asyncio.run(_impl_child(args.child, args.url, args.tickets))
+        return 0
+    if args.shape:
+        asyncio.run(_shape_child(args.shape, args.tickets))
         return 0
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         parser.exit(2, "valgrind is not installed (Debian: apt-get install valgrind)\n")
-    per_ticket: dict[str, float] = {}
-    with loopback_server() as base_url, tempfile.TemporaryDirectory() as tmp:
-        for name in IMPLS:
-            per_ticket[name] = count(name, base_url, args.tickets, Path(tmp)) / args.tickets
-            print(f"{name}: {per_ticket[name] / 1e6:.3f} M instructions per ticket", file=sys.stderr)
-    floor = per_ticket["floor"]
-    print(f"\n{'':18} {'M instr/ticket':>15} {'/ floor':>8}")
-    for name, value in per_ticket.items():
-        print(f"{name:18} {value / 1e6:15.3f} {value / floor:8.2f}")
-    print(
-        f"LangGraph in place (triagegate - tg-no-langgraph): "
-        f"{(per_ticket['triagegate'] - per_ticket['tg-no-langgraph']) / 1e6:.3f} M"
-    )
+    per_unit: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.shapes:
+            for name in SHAPES:
+                child = ["--shape", name, "--tickets", str(args.tickets)]
+                per_unit[name] = count(name, child, Path(tmp)) / args.tickets
+            print(f"\n{'LangGraph graph, empty nodes':28} {'M instr/run':>12}")
+            for name, value in per_unit.items():
+                print(f"{name:28} {value / 1e6:12.3f}")
+        else:
+            with loopback_server() as base_url:
+                for name in IMPLS:
+                    child = ["--child", name, "--url", base_url, "--tickets", str(args.tickets)]
+                    per_unit[name] = count(name, child, Path(tmp)) / args.tickets
+            floor = per_unit["floor"]
+            print(f"\n{'':18} {'M instr/ticket':>15} {'/ floor':>8}")
+            for name, value in per_unit.items():
+                print(f"{name:18} {value / 1e6:15.3f} {value / floor:8.2f}")
+            print(
+                f"LangGraph in place (triagegate - tg-no-langgraph): "
+                f"{(per_unit['triagegate'] - per_unit['tg-no-langgraph']) / 1e6:.3f} M"
+            )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / (f"instructions-{args.label}.json" if args.label else "instructions.json")
-    out.write_text(
-        json.dumps({"tickets": args.tickets, "per_ticket": per_ticket}, indent=2), encoding="utf-8"
-    )
+    stem = "instructions-shapes" if args.shapes else "instructions"
+    out = OUT_DIR / (f"{stem}-{args.label}.json" if args.label else f"{stem}.json")
+    out.write_text(json.dumps({"units": args.tickets, "per_unit": per_unit}, indent=2), encoding="utf-8")
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -337,7 +337,7 @@ class Triagegate:
 class NodesOnly:
     """Diagnostic, not a way to run triagegate: its node functions driven by a plain loop.
 
-    Same nodes, routing, reducers and logging as ``Pipeline.run``, minus LangGraph, so the
+    Same nodes, routing, state merging and logging as ``Pipeline.run``, minus LangGraph, so the
     gap to :class:`Triagegate` is what LangGraph costs in place (with real I/O), and the gap
     to :class:`Floor` is what triagegate's own code costs.
     """
