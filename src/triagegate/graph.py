@@ -40,7 +40,7 @@ APPENDED_KEYS = frozenset(
 
 
 def merge(state: TicketState, update: dict[str, Any]) -> TicketState:
-    """The state LangGraph will hold after applying ``update``: appended keys are added."""
+    """The state after a node's ``update``: keys in :data:`APPENDED_KEYS` are added to, others replaced."""
     merged: dict[str, Any] = {**state, **update}
     for key in APPENDED_KEYS.intersection(update):
         if key in state:

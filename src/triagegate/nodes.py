@@ -57,7 +57,7 @@ class _Meter:
         """The node's NodeRun, logged as ``node_done`` at DEBUG or ``node_failed`` at WARNING.
 
         A node that worked is logged at DEBUG only: at INFO, ``ticket_done`` is one line per
-        ticket with its path, and each log line costs about 15 us of CPU.
+        ticket with its path, and each log line costs about 20 us of CPU.
         """
         latency_ms = (time.perf_counter() - self.started) * 1000
         (log.warning if error else log.debug)(
