@@ -25,8 +25,8 @@ _ANCHORS = re.compile(
     r"ignor|disregard|forget|overrid|system|you\s+are|confiden|certaint|set|mark|classif|route|escalat|<|respond"
 )
 """A part that every match of :data:`_INJECTION` contains, in lower case. Searching for these
-in lower-cased ASCII text is about ten times faster than the case-insensitive alternation,
-and almost no ticket contains any of them, so most tickets never run the full pattern."""
+in lower-cased ASCII text is about ten times faster than the case-insensitive alternation;
+only a ticket that contains one (``settings`` and ``reset`` do) runs the full pattern."""
 
 
 def suspected_injection(text: str) -> bool:
