@@ -6,6 +6,8 @@ Ticket and run ids are bound as context at the start of each ticket
 
 from __future__ import annotations
 
+from triagegate import environment
+
 import functools
 import logging
 import os
@@ -83,7 +85,7 @@ def configure(
     summary; logs are for operators). ``json`` defaults to "stream is not a TTY".
     """
     stream = stream or sys.stderr
-    level = level or os.environ.get("TRIAGEGATE_LOG_LEVEL", "WARNING")
+    level = level or os.environ.get(environment.LOG_LEVEL, "WARNING")
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         numeric = logging.WARNING

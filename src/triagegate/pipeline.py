@@ -18,10 +18,11 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from triagegate import environment
 from triagegate.errors import InputError, TriagegateError
 from triagegate.models import BuildContext, build_backends
 from triagegate.models.base import ImagePart, ModelBackend
-from triagegate.prompts import Template, load_template
+from triagegate.prompts import Template, load_graph_templates
 from triagegate.spec import Limits, LoadedSpec, load_spec
 from triagegate.types import Outcome, Ticket
 
@@ -32,8 +33,8 @@ TicketLike = Ticket | str | Mapping[str, Any]
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
-    if env.get("TRIAGEGATE_CACHE_DIR"):
-        return Path(env["TRIAGEGATE_CACHE_DIR"])
+    if env.get(environment.CACHE_DIR):
+        return Path(env[environment.CACHE_DIR])
     base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
     return base / "triagegate"
 
@@ -85,10 +86,7 @@ class Pipeline:
         self.loaded = loaded
         self.spec = loaded.spec
         env = dict(os.environ if environ is None else environ)
-        self.templates: dict[str, Template] = {
-            node: load_template(loaded.prompts_dir, getattr(self.spec.nodes, node).prompt, node=node)
-            for node in ("triage", "answer", "escalate")
-        }
+        self.templates: dict[str, Template] = load_graph_templates(loaded)
         self.graph_hash = loaded.content_hash({n: t.text for n, t in self.templates.items()})
         self._context = BuildContext(
             loaded=loaded, environ=env, cache_dir=cache_dir or default_cache_dir(env), extras=extras or {}
@@ -295,8 +293,8 @@ def load(
     ``TRIAGEGATE_RECORD`` and ``TRIAGEGATE_REPLAY`` in the environment set them too.
     """
     env = os.environ if environ is None else environ
-    record = record or env.get("TRIAGEGATE_RECORD") or None
-    replay = replay or env.get("TRIAGEGATE_REPLAY") or None
+    record = record or env.get(environment.RECORD) or None
+    replay = replay or env.get(environment.REPLAY) or None
     loaded = load_spec(path, environ=environ)
     if replay is not None:
         from triagegate.models.replay import with_replay

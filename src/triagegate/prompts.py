@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from triagegate.errors import ConfigError
 from triagegate.types import Ticket
+
+if TYPE_CHECKING:
+    from triagegate.spec import LoadedSpec
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 USER_MARKER = "<!-- user -->"
@@ -96,6 +101,21 @@ def load_template(prompts_dir: Path, filename: str, *, node: str) -> Template:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read prompt file: {exc}", file=str(path)) from None
     return parse_template(text, node=node, path=str(path))
+
+
+GRAPH_NODES = ("triage", "answer", "escalate")
+
+
+def load_graph_templates(loaded: LoadedSpec, nodes: Iterable[str] = GRAPH_NODES) -> dict[str, Template]:
+    """The templates of a graph's nodes, read from its prompts folder and checked, keyed by node.
+
+    Everything that renders or measures a graph's prompts (the pipeline, ``graph check``, the
+    dry-run estimate, scoring) loads them here, so they all read the same files the same way.
+    """
+    return {
+        node: load_template(loaded.prompts_dir, getattr(loaded.spec.nodes, node).prompt, node=node)
+        for node in nodes
+    }
 
 
 _DELIMITER_START = re.compile(r"<(?=\s*/?\s*ticket\b)", re.IGNORECASE)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from triagegate import environment
 from triagegate.errors import ConfigError
 
 Complexity = Literal["low", "medium", "high"]
@@ -219,8 +220,8 @@ class GraphSpec(_Strict):
                     f"(defined: {', '.join(sorted(aliases))})",
                 )
         for alias, binding in self.models.items():
-            reserved = env_var_for(alias)
-            if reserved in RESERVED_ENV:
+            reserved = environment.binding_variable(alias)
+            if reserved in environment.RESERVED:
                 raise _RefError(
                     ("models", alias),
                     f"model alias {alias!r} is reserved: its override variable {reserved} already means "
@@ -276,23 +277,6 @@ class LoadedSpec(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-RESERVED_ENV = frozenset(
-    {
-        "TRIAGEGATE_API_KEYS",
-        "TRIAGEGATE_CACHE_DIR",
-        "TRIAGEGATE_LOG_LEVEL",
-        "TRIAGEGATE_RECORD",
-        "TRIAGEGATE_REDIS_URL",
-        "TRIAGEGATE_REPLAY",
-        "TRIAGEGATE_RESULTS_DSN",
-    }
-)
-"""Environment variables with a meaning of their own, so no model alias may map onto them."""
-
-
-def env_var_for(alias: str, suffix: str = "") -> str:
-    base = "TRIAGEGATE_" + alias.upper().replace("-", "_")
-    return f"{base}_{suffix}" if suffix else base
 
 
 def parse_binding_override(value: str) -> dict[str, Any]:
@@ -325,37 +309,37 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
     applied: list[str] = []
     for alias in list(models):
         binding = models[alias] if isinstance(models[alias], dict) else {}
-        whole = environ.get(env_var_for(alias))
+        whole = environ.get(environment.binding_variable(alias))
         if whole:
             try:
                 override = parse_binding_override(whole)
             except (ValueError, json.JSONDecodeError) as exc:
                 raise ConfigError(
-                    f"cannot parse {env_var_for(alias)}: {exc}", key=f"models.{alias}"
+                    f"cannot parse {environment.binding_variable(alias)}: {exc}", key=f"models.{alias}"
                 ) from None
             if override.get("backend") not in (None, binding.get("backend")):
                 # A different backend means different options; keep only what is backend-neutral.
                 neutral = {"price", "capabilities", "timeout", "max_retries", "fallbacks"}
                 binding = {k: v for k, v in binding.items() if k in neutral}
             binding = {**binding, **override}
-            applied.append(env_var_for(alias))
+            applied.append(environment.binding_variable(alias))
         for suffix, key in (("BASE_URL", "base_url"), ("MODEL", "model"), ("API_KEY_ENV", "api_key_env")):
-            value = environ.get(env_var_for(alias, suffix))
+            value = environ.get(environment.binding_variable(alias, suffix))
             if value:
                 binding[key] = value
-                applied.append(env_var_for(alias, suffix))
-        caps = environ.get(env_var_for(alias, "CAPABILITIES"))
+                applied.append(environment.binding_variable(alias, suffix))
+        caps = environ.get(environment.binding_variable(alias, "CAPABILITIES"))
         if caps is not None:
             wanted = {c.strip() for c in caps.split(",") if c.strip()}
             binding["capabilities"] = {name: name in wanted for name in ("vision", "logprobs")}
             unknown = wanted - {"vision", "logprobs"}
             if unknown:
                 raise ConfigError(
-                    f"{env_var_for(alias, 'CAPABILITIES')} lists unknown capabilities: {', '.join(sorted(unknown))} "
+                    f"{environment.binding_variable(alias, 'CAPABILITIES')} lists unknown capabilities: {', '.join(sorted(unknown))} "
                     "(known: vision, logprobs)",
                     key=f"models.{alias}.capabilities",
                 )
-            applied.append(env_var_for(alias, "CAPABILITIES"))
+            applied.append(environment.binding_variable(alias, "CAPABILITIES"))
         models[alias] = binding
     return applied
 

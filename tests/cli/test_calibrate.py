@@ -185,7 +185,7 @@ def test_write_patches_a_copy_of_the_graph_keeping_comments(
 
 
 def test_write_refuses_what_it_cannot_patch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from triagegate.gate_patch import GatePatchError, patch_file
+    from triagegate.tuning.gate_patch import GatePatchError, patch_file
 
     data = noisy_tickets(tmp_path / "tickets.csv", copies=2)
     text = commented_graph(tmp_path / "graph.yaml").read_text(encoding="utf-8")

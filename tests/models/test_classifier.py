@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from triagegate import training
+from triagegate.tuning import training
 from triagegate.errors import ConfigError, UnsupportedOperation
 from triagegate.models import BuildContext, build_backend
 from triagegate.models.base import ChatRequest, ClassifyRequest, Message
@@ -305,8 +305,8 @@ def test_corrupt_cache_is_retrained(tmp_path: Path, fit_calls: list[int]) -> Non
 
 
 def test_triage_node_and_batch_scoring_agree(tmp_path: Path) -> None:
-    from triagegate.datasets import LabeledText
-    from triagegate.scoring import _node_triage, classifier_triage, triage_template
+    from triagegate.tuning.datasets import LabeledText
+    from triagegate.tuning.scoring import _node_triage, classifier_triage, triage_template
     from triagegate.types import Ticket
 
     loaded = load_spec(write_graph(tmp_path))

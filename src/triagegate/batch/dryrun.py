@@ -13,7 +13,8 @@ import sqlite3
 from collections import Counter
 from typing import Any
 
-from triagegate.batch.estimate import EstimateTotals, Estimator, graph_hash, load_templates
+from triagegate.batch.estimate import EstimateTotals, Estimator, graph_hash
+from triagegate.prompts import load_graph_templates
 from triagegate.batch.ledger import Ledger
 from triagegate.batch.reader import Row, RowError, open_input, read_rows, resolve_format, to_ticket
 from triagegate.batch.report import MAX_EXAMPLES
@@ -44,7 +45,7 @@ class _Seen:
 
 def dry_run(loaded: LoadedSpec, options: BatchOptions) -> dict[str, Any]:
     """Check every row and estimate the batch; returns the dry-run report."""
-    templates = load_templates(loaded)
+    templates = load_graph_templates(loaded)
     estimator = Estimator(loaded.spec, templates)
     this_hash = graph_hash(loaded, templates)
     ledger = Ledger(options.ledger_path, readonly=True) if options.ledger_path.exists() else None

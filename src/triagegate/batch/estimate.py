@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from triagegate.models.base import Capabilities
-from triagegate.prompts import Template, load_template
+from triagegate.prompts import GRAPH_NODES, Template
 from triagegate.replies import answer_request, escalate_request, triage_request
 from triagegate.spec import GraphSpec, LoadedSpec
 from triagegate.types import Ticket, Triage
@@ -21,7 +21,6 @@ from triagegate.types import Ticket, Triage
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 765
 """Rough input tokens per attached image (a high-detail 512-pixel image on common APIs)."""
-NODES = ("triage", "answer", "escalate")
 _PROBE = "x"
 
 
@@ -40,14 +39,6 @@ class TicketEstimate:
         return self.mini_usd + escalation_rate * (self.escalated_usd - self.mini_usd)
 
 
-def load_templates(loaded: LoadedSpec) -> dict[str, Template]:
-    """The graph's three prompt templates (as :class:`~triagegate.pipeline.Pipeline` loads them)."""
-    return {
-        node: load_template(loaded.prompts_dir, getattr(loaded.spec.nodes, node).prompt, node=node)
-        for node in NODES
-    }
-
-
 def graph_hash(loaded: LoadedSpec, templates: dict[str, Template]) -> str:
     """The hash :class:`~triagegate.pipeline.Pipeline` gives this graph, without building backends."""
     return loaded.content_hash({node: t.text for node, t in templates.items()})
@@ -59,7 +50,7 @@ class Estimator:
     def __init__(self, spec: GraphSpec, templates: dict[str, Template]) -> None:
         self.spec = spec
         nodes = spec.nodes
-        self._bindings = {node: spec.models[getattr(nodes, node).model] for node in NODES}
+        self._bindings = {node: spec.models[getattr(nodes, node).model] for node in GRAPH_NODES}
         triage_binding = self._bindings["triage"]
         self._triage_chats = triage_binding.backend != "classifier"
         caps = Capabilities(

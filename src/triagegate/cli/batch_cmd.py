@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from triagegate import environment
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, setup_logging
 from triagegate.cli.recording import RecordOpt, ReplayOpt
@@ -125,7 +126,7 @@ def batch(
     from triagegate.batch import dry_run as run_dry
     from triagegate.batch.report import write_json
 
-    setup_logging(log_level or os.environ.get("TRIAGEGATE_LOG_LEVEL") or "ERROR")
+    setup_logging(log_level or os.environ.get(environment.LOG_LEVEL) or "ERROR")
     if str(output) == "-":
         raise typer.BadParameter(
             "the output must be a file: it is appended to and repaired on resume", param_hint="-o"

@@ -13,8 +13,8 @@ from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
-    from triagegate.calibration import Objective, OperatingPoint
-    from triagegate.cli.calibrate_report import CalibrateReport
+    from triagegate.tuning.calibration import Objective, OperatingPoint
+    from triagegate.tuning.report import CalibrateReport
     from triagegate.types import Triage
 
 
@@ -148,7 +148,7 @@ def calibrate(
     refused = None
     if write:
         if policy.feasible:
-            from triagegate.gate_patch import patch_file
+            from triagegate.tuning.gate_patch import patch_file
 
             patch_file(graph, policy.threshold, policy.category_thresholds)
             report.wrote = str(graph)
@@ -168,7 +168,7 @@ def calibrate(
 
 
 def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:
-    from triagegate.calibration import Objective
+    from triagegate.tuning.calibration import Objective
     from triagegate.errors import InputError
 
     given = []
@@ -220,8 +220,8 @@ def run_calibration(
     import os
     import random
 
-    from triagegate import calibration as cal
-    from triagegate.calibrate_data import (
+    from triagegate.tuning import calibration as cal
+    from triagegate.tuning.calibrate_data import (
         flagship_view,
         forced_routes,
         read_unlabeled,
@@ -230,13 +230,13 @@ def run_calibration(
         triage_all,
     )
     from triagegate.cli.recording import recorded, replay_path, replayed
-    from triagegate.datasets import DatasetError, load_labeled, split
+    from triagegate.tuning.datasets import DatasetError, load_labeled, split
     from triagegate.errors import InputError, ReplayMiss
-    from triagegate.evaluation import estimate_costs
-    from triagegate.gate_patch import snippet
+    from triagegate.tuning.evaluation import estimate_costs
+    from triagegate.tuning.gate_patch import snippet
     from triagegate.models.base import ModelBackend
     from triagegate.pipeline import default_cache_dir
-    from triagegate.scoring import fit_triage_classifier, prompt_overhead_chars, triage_backend
+    from triagegate.tuning.scoring import fit_triage_classifier, prompt_overhead_chars, triage_backend
     from triagegate.spec import load_spec
 
     if fit and not split_fraction:
@@ -369,7 +369,7 @@ def run_calibration(
         notes.append(
             f"{forced_count} of {len(forced)} tickets are routed by the gate's other rules whatever the threshold"
         )
-    from triagegate.cli.calibrate_report import CalibrateReport
+    from triagegate.tuning.report import CalibrateReport
 
     report = CalibrateReport(
         graph=str(graph),
@@ -386,7 +386,7 @@ def run_calibration(
         notes=notes,
     )
     if plot_path is not None:
-        from triagegate.calibration_plot import plot
+        from triagegate.tuning.plot import plot
 
         marks = {"fitted: single": cal.Policy(result.single.threshold)}
         if result.per_category is not None:

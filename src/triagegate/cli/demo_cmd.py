@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from triagegate import environment
 from triagegate.cli import app
 from triagegate.cli.common import LogLevelOpt, setup_logging
 
@@ -37,7 +38,7 @@ def demo(
 
     from triagegate.demo import render, run_demo
 
-    setup_logging(log_level or os.environ.get("TRIAGEGATE_LOG_LEVEL") or "ERROR")
+    setup_logging(log_level or os.environ.get(environment.LOG_LEVEL) or "ERROR")
     run = asyncio.run(run_demo(graph, tickets))
     console = Console()
     if not console.is_terminal:

@@ -13,7 +13,7 @@ from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
-    from triagegate.evaluation import EvalReport
+    from triagegate.tuning.evaluation import EvalReport
     from triagegate.models.base import ModelBackend
 
 
@@ -49,11 +49,11 @@ def eval_(
     import os
 
     from triagegate.cli.recording import recorded, replayed
-    from triagegate.datasets import DatasetError, load_labeled, split
+    from triagegate.tuning.datasets import DatasetError, load_labeled, split
     from triagegate.errors import InputError
-    from triagegate.evaluation import build_report, estimate_costs
+    from triagegate.tuning.evaluation import build_report, estimate_costs
     from triagegate.pipeline import default_cache_dir
-    from triagegate.scoring import (
+    from triagegate.tuning.scoring import (
         ScoredRun,
         fit_triage_classifier,
         prompt_overhead_chars,

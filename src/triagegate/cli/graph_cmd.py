@@ -15,12 +15,11 @@ if TYPE_CHECKING:
 
 def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
     from triagegate.models import backend_class
-    from triagegate.prompts import load_template
+    from triagegate.prompts import load_graph_templates
     from triagegate.spec import load_spec
 
     loaded = load_spec(graph)
-    for node in ("triage", "answer", "escalate"):
-        load_template(loaded.prompts_dir, getattr(loaded.spec.nodes, node).prompt, node=node)
+    load_graph_templates(loaded)
     lines = []
     for alias, binding in loaded.spec.models.items():
         backend_class(binding.backend)

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from triagegate import environment
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, setup_logging
 
@@ -25,7 +26,7 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
 
 RedisOpt = Annotated[
-    str, typer.Option("--redis", envvar="TRIAGEGATE_REDIS_URL", help="Redis URL (env TRIAGEGATE_REDIS_URL).")
+    str, typer.Option("--redis", envvar=environment.REDIS_URL, help=f"Redis URL (env {environment.REDIS_URL}).")
 ]
 StreamOpt = Annotated[str, typer.Option("--stream", help="Redis stream holding the tickets.")]
 GroupOpt = Annotated[str, typer.Option("--group", help="Consumer group of the workers.")]
@@ -33,7 +34,7 @@ ResultsOpt = Annotated[
     str,
     typer.Option(
         "--results",
-        envvar="TRIAGEGATE_RESULTS_DSN",
+        envvar=environment.RESULTS_DSN,
         help="PostgreSQL URL for outcomes, e.g. postgresql://user@host/db (env TRIAGEGATE_RESULTS_DSN).",
     ),
 ]

@@ -8,6 +8,8 @@ for the options, so a script can switch a whole run to replay without changing c
 
 from __future__ import annotations
 
+from triagegate import environment
+
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,15 +20,13 @@ if TYPE_CHECKING:
     from triagegate.models.base import ModelBackend
     from triagegate.spec import LoadedSpec
 
-ENV_RECORD = "TRIAGEGATE_RECORD"
-ENV_REPLAY = "TRIAGEGATE_REPLAY"
 
 RecordOpt = Annotated[
     Path | None,
     typer.Option(
         "--record",
         help="Append every model request and response to this JSONL file (API keys stripped), "
-        f"to --replay later. Env: {ENV_RECORD}.",
+        f"to --replay later. Env: {environment.RECORD}.",
     ),
 ]
 ReplayOpt = Annotated[
@@ -34,18 +34,18 @@ ReplayOpt = Annotated[
     typer.Option(
         "--replay",
         help="Answer every model call from this recording instead of the models: offline and deterministic; "
-        f"a request it lacks fails naming the request. Env: {ENV_REPLAY}.",
+        f"a request it lacks fails naming the request. Env: {environment.REPLAY}.",
     ),
 ]
 
 
 def record_path(option: Path | None, environ: Mapping[str, str]) -> Path | None:
-    value = option or environ.get(ENV_RECORD)
+    value = option or environ.get(environment.RECORD)
     return Path(value) if value else None
 
 
 def replay_path(option: Path | None, environ: Mapping[str, str]) -> Path | None:
-    value = option or environ.get(ENV_REPLAY)
+    value = option or environ.get(environment.REPLAY)
     return Path(value) if value else None
 
 

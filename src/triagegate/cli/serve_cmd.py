@@ -60,7 +60,8 @@ def serve(
 
     from triagegate.errors import ConfigError
     from triagegate.log import register_secret
-    from triagegate.serve.auth import KEYS_ENV, is_loopback, load_keys
+    from triagegate import environment
+    from triagegate.serve.auth import is_loopback, load_keys
 
     setup_logging(log_level)
     try:
@@ -75,7 +76,7 @@ def serve(
         register_secret(key)
     if not keys and not is_loopback(host) and not insecure:
         raise ConfigError(
-            f"refusing to serve on {host} without API keys: set {KEYS_ENV} or --api-keys-file, "
+            f"refusing to serve on {host} without API keys: set {environment.API_KEYS} or --api-keys-file, "
             "bind 127.0.0.1, or pass --insecure if something else authenticates callers"
         )
     try:

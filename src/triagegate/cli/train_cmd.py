@@ -60,10 +60,10 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from triagegate import training
-    from triagegate.datasets import label_counts, load_labeled, split
+    from triagegate.tuning import training
+    from triagegate.tuning.datasets import label_counts, load_labeled, split
     from triagegate.errors import ConfigError
-    from triagegate.evaluation import accuracy
+    from triagegate.tuning.evaluation import accuracy
     from triagegate.spec import load_spec
 
     started = time.perf_counter()

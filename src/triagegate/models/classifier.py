@@ -10,7 +10,7 @@ Bind it in a graph file with exactly one of these options::
         train_from: taxonomy                 # the taxonomy's examples in this graph file
         # or
         train_from: data/tickets.csv         # a labeled CSV/JSONL file (text_col/label_col optional)
-        training: {C: 0.5, folds: 5}         # optional overrides of triagegate.training.TrainConfig
+        training: {C: 0.5, folds: 5}         # optional overrides of triagegate.tuning.training.TrainConfig
 
 ``model_path`` is loaded while the pipeline is built, so a missing or corrupt file, or one
 whose labels differ from the taxonomy, fails at once with a :class:`ConfigError` naming it.
@@ -36,7 +36,7 @@ from typing import Literal
 import structlog
 from pydantic import ValidationError
 
-from triagegate import training
+from triagegate.tuning import training
 from triagegate.errors import ConfigError, ModelUnavailable, UnsupportedOperation
 from triagegate.models import BuildContext
 from triagegate.models.base import Capabilities, ChatRequest, ChatResult, Classification, ClassifyRequest
@@ -62,7 +62,7 @@ def taxonomy_examples(taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
 
 
 class ClassifierBackend:
-    """Serves :meth:`classify` from a :class:`~triagegate.training.TrainedModel`, fitted lazily if needed."""
+    """Serves :meth:`classify` from a :class:`~triagegate.tuning.training.TrainedModel`, fitted lazily if needed."""
 
     def __init__(
         self,
@@ -129,7 +129,7 @@ class ClassifierBackend:
                 raise ConfigError(exc.reason, key=f"models.{alias}.options.train_from") from None
             described = "taxonomy"
         else:
-            from triagegate.datasets import DatasetError, load_labeled
+            from triagegate.tuning.datasets import DatasetError, load_labeled
 
             data = _resolve(base, source, f"models.{alias}.options.train_from")
             try:

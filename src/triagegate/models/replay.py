@@ -55,7 +55,6 @@ from triagegate.spec import LoadedSpec, ModelBinding
 from triagegate.types import Usage
 
 OPTIONS = ("recording", "alias")
-ENV_REPLAY = "TRIAGEGATE_REPLAY"
 _ERRORS: dict[str, type[errors.ModelError]] = {
     cls.__name__: cls
     for cls in (

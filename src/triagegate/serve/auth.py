@@ -13,9 +13,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from triagegate import environment
 from triagegate.errors import ConfigError
 
-KEYS_ENV = "TRIAGEGATE_API_KEYS"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -33,7 +33,7 @@ def parse_keys(text: str, *, separators: str = ",\n") -> list[str]:
 
 def load_keys(environ: Mapping[str, str], keys_file: Path | None = None) -> tuple[str, ...]:
     """The union of ``TRIAGEGATE_API_KEYS`` and the keys file (one key per line), in order, deduplicated."""
-    keys = parse_keys(environ.get(KEYS_ENV, ""))
+    keys = parse_keys(environ.get(environment.API_KEYS, ""))
     if keys_file is not None:
         try:
             keys += parse_keys(keys_file.read_text(encoding="utf-8"))

@@ -18,13 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from triagegate.datasets import LabeledText
-from triagegate.evaluation import Scored
+from triagegate.tuning.datasets import LabeledText
+from triagegate.tuning.evaluation import Scored
 from triagegate.gate import decide
 from triagegate.models import BuildContext, build_backends
 from triagegate.models.base import ModelBackend
 from triagegate.models.classifier import ClassifierBackend
-from triagegate.prompts import Template, load_template
+from triagegate.prompts import Template, load_graph_templates
 from triagegate.screening import estimate_complexity, flags_for
 from triagegate.spec import GraphSpec, LoadedSpec
 from triagegate.types import Ticket, Triage
@@ -60,7 +60,7 @@ def triage_backend(
 
 
 def triage_template(loaded: LoadedSpec) -> Template:
-    return load_template(loaded.prompts_dir, loaded.spec.nodes.triage.prompt, node="triage")
+    return load_graph_templates(loaded, ["triage"])["triage"]
 
 
 def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[str, float]) -> Triage:
@@ -149,10 +149,7 @@ def prompt_overhead_chars(loaded: LoadedSpec) -> dict[str, int]:
     from triagegate.models.base import Capabilities
 
     spec = loaded.spec
-    templates = {
-        n: load_template(loaded.prompts_dir, getattr(spec.nodes, n).prompt, node=n)
-        for n in ("triage", "answer", "escalate")
-    }
+    templates = load_graph_templates(loaded)
     ticket = Ticket(text="x")
     first = spec.taxonomy.category_names[0]
     triage = Triage(
@@ -181,7 +178,7 @@ def fit_triage_classifier(
     Returns the alias, a ready backend and a note for the report. Raises :class:`ConfigError`
     when the triage model is not a classifier or the training part lacks categories.
     """
-    from triagegate import training
+    from triagegate.tuning import training
     from triagegate.errors import ConfigError
 
     alias = spec.nodes.triage.model

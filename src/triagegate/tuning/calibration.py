@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from triagegate.evaluation import CostEstimate, Scored
+from triagegate.tuning.evaluation import CostEstimate, Scored
 
 ObjectiveKind = Literal["target_accuracy", "max_escalation", "budget"]
 FORCED_ESCALATE = -1
@@ -932,8 +932,8 @@ def _better(objective: Objective, candidate: OperatingPoint, incumbent: Operatin
 
 
 def split_indices(n: int, calibration_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded ``(calibration, held_out)`` indices with :func:`triagegate.datasets.split`."""
-    from triagegate.datasets import split
+    """Seeded ``(calibration, held_out)`` indices with :func:`triagegate.tuning.datasets.split`."""
+    from triagegate.tuning.datasets import split
 
     if not 0.0 < calibration_fraction < 1.0:
         raise ValueError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from triagegate.calibration import CalibrationResult, CurveRow
+from triagegate.tuning.calibration import CalibrationResult, CurveRow
 from triagegate.errors import InputError
 
 
@@ -27,7 +27,7 @@ def plot(
     calibration: Sequence[CurveRow],
     title: str = "",
 ) -> Path:
-    """Draw both panels from dense curves (:func:`triagegate.calibration.curve_rows`) and write ``path``."""
+    """Draw both panels from dense curves (:func:`triagegate.tuning.calibration.curve_rows`) and write ``path``."""
     try:
         import matplotlib
 

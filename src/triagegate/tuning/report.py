@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from triagegate.calibration import CalibrationResult
-from triagegate.evaluation import CostEstimate
+from triagegate.tuning.calibration import CalibrationResult
+from triagegate.tuning.evaluation import CostEstimate
 
 
 class CalibrateReport(BaseModel):

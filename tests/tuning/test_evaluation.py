@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triagegate.evaluation import (
+from triagegate.tuning.evaluation import (
     CostEstimate,
     EvalReport,
     Scored,
@@ -25,7 +25,7 @@ from triagegate.evaluation import (
 )
 from triagegate.spec import load_spec
 
-GRAPHS = Path(__file__).parent / "graphs"
+GRAPHS = Path(__file__).parent.parent / "graphs"
 
 # Worked by hand: 3 of 5 right; a: P=1/2 R=1/2; b: P=2/3 R=1 (F1 0.8); c never predicted (F1 0).
 SCORED: list[Scored] = [("a", "a", 0.9), ("a", "b", 0.8), ("b", "b", 0.7), ("b", "b", 0.4), ("c", "a", 0.3)]

@@ -1,4 +1,4 @@
-"""The triage classifier's fitting, file format and lean single-text path (``triagegate.training``)."""
+"""The triage classifier's fitting, file format and lean single-text path (``triagegate.tuning.training``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from triagegate import training
+from triagegate.tuning import training
 from triagegate.errors import ConfigError
 
 # Three labels with their own vocabulary; 10 examples a label or more are cross-fitted (5 folds).

@@ -20,12 +20,12 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from triagegate.calibration import FORCED_ESCALATE, FORCED_KEEP, THRESHOLD_DECIDES
-from triagegate.datasets import TEXT_COLUMNS, DatasetError, LabeledText, iter_labeled
+from triagegate.tuning.calibration import FORCED_ESCALATE, FORCED_KEEP, THRESHOLD_DECIDES
+from triagegate.tuning.datasets import TEXT_COLUMNS, DatasetError, LabeledText, iter_labeled
 from triagegate.gate import decide
 from triagegate.models.base import ModelBackend
 from triagegate.models.classifier import ClassifierBackend
-from triagegate.scoring import classifier_triage, triage_template
+from triagegate.tuning.scoring import classifier_triage, triage_template
 from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.types import Ticket, Triage
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triagegate.calibration import (
+from triagegate.tuning.calibration import (
     FORCED_ESCALATE,
     FORCED_KEEP,
     Economics,
@@ -28,7 +28,7 @@ from triagegate.calibration import (
     nice_threshold,
     split_indices,
 )
-from triagegate.evaluation import Scored
+from triagegate.tuning.evaluation import Scored
 
 # Ten tickets, most confident first; the mini is right on these (1) and wrong on those (0).
 CONFIDENCE = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from triagegate.datasets import DatasetError, LabeledText, iter_labeled, label_counts, load_labeled, split
+from triagegate.tuning.datasets import DatasetError, LabeledText, iter_labeled, label_counts, load_labeled, split
 from triagegate.errors import InputError
 
 
