@@ -21,6 +21,7 @@ from triagegate.tuning.calibration import (
     bootstrap,
     calibrate,
     cross_validate,
+    curve_rows,
     evaluate,
     fit_per_category,
     fit_single,
@@ -28,7 +29,7 @@ from triagegate.tuning.calibration import (
     nice_threshold,
     split_indices,
 )
-from triagegate.tuning.evaluation import Scored
+from triagegate.tuning.evaluation import Scored, curve_thresholds
 
 # Ten tickets, most confident first; the mini is right on these (1) and wrong on those (0).
 CONFIDENCE = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
@@ -379,3 +380,17 @@ def test_ten_thousand_tickets_calibrate_quickly() -> None:
     started = time.perf_counter()
     calibrate(tickets.subset(fitting), tickets.subset(held), Objective("target_accuracy", 0.95))
     assert time.perf_counter() - started < 5.0
+
+
+def test_calibrate_draws_the_curve_eval_draws() -> None:
+    """One selective curve: calibrate's rows sit at eval's thresholds and keep what each threshold keeps."""
+    tickets = Tickets.from_scored(TEN, [FORCED_ESCALATE, 0, 0, 0, 0, 0, 0, 0, 0, FORCED_KEEP])
+    free = tickets.confidence[tickets.forced == 0]
+    rows = [r for r in curve_rows(tickets, PRICES, points=5) if not r.label]
+    assert sorted(r.threshold for r in rows if r.threshold is not None) == curve_thresholds(free, points=5)
+    for row in rows:
+        assert row.threshold is not None
+        kept = Policy(row.threshold).kept(tickets)
+        assert row.point.kept == int(kept.sum())
+        assert row.point.accuracy_kept == pytest.approx(tickets.correct[kept].mean())
+        assert row.point.cost_per_1000 == pytest.approx(11 - 10 * row.point.coverage)

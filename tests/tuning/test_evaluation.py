@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from triagegate.cost import CostEstimate, Estimator, tokens_for_chars
+from triagegate.models.base import Capabilities
+from triagegate.prompts import load_graph_templates
+from triagegate.replies import escalate_request, triage_request
+from triagegate.spec import load_spec
 from triagegate.tuning.evaluation import (
-    CostEstimate,
     EvalReport,
     Scored,
     accuracy,
     build_report,
     curve_thresholds,
-    estimate_costs,
     macro_f1,
     per_category,
     point_at,
@@ -23,7 +26,7 @@ from triagegate.tuning.evaluation import (
     selective_curve,
     threshold_for_accuracy,
 )
-from triagegate.spec import load_spec
+from triagegate.types import Ticket, Triage
 
 GRAPHS = Path(__file__).parent.parent / "graphs"
 
@@ -70,21 +73,62 @@ def test_threshold_for_accuracy() -> None:
     assert threshold_for_accuracy([("a", "b", 0.9)], 0.5) is None
 
 
-def test_estimate_costs_from_price_table() -> None:
-    spec = load_spec(
-        GRAPHS / "scripted.yaml"
-    ).spec  # mini 1/2 USD per M tokens, flagship 10/20, max_tokens 512
-    overhead = {"triage": 400, "answer": 200, "escalate": 800}
-    chat = estimate_costs(spec, mean_text_chars=100, overhead_chars=overhead, triage_drafts=True)
-    assert chat.kept_usd == pytest.approx((125 * 1 + 512 * 2) / 1e6)
-    assert chat.escalated_usd == pytest.approx((125 + 1024 + 225 * 10 + 512 * 20) / 1e6)
-    assert "answer" not in chat.tokens and "estimate" in chat.basis
-    local = estimate_costs(
-        spec, mean_text_chars=100, overhead_chars=overhead, triage_drafts=False, triage_is_model=False
+def _prompt_tokens(messages: tuple[object, ...]) -> int:
+    return tokens_for_chars(sum(len(getattr(m, "text", "")) for m in messages))
+
+
+def test_route_costs_from_price_table() -> None:
+    """eval's and calibrate's estimate: prompt characters / 4 in, max_tokens out, the graph's prices."""
+    loaded = load_spec(GRAPHS / "scripted.yaml")  # mini 1/2 USD per M tokens, flagship 10/20, max_tokens 512
+    spec, templates = loaded.spec, load_graph_templates(loaded)
+    ticket = Ticket(text="y" * 100)
+    draft = Triage(
+        category="billing",
+        priority=spec.taxonomy.default_priority,
+        confidence=0.5,
+        confidence_method="verbalized",
     )
-    assert local.tokens["triage"] == (0, 0)
-    assert local.kept_usd == pytest.approx((75 + 1024) / 1e6)
-    assert local.escalated_usd == pytest.approx((2250 + 10240) / 1e6)
+    triage_in = _prompt_tokens(
+        triage_request(templates["triage"], spec, ticket, [], Capabilities(), spec.nodes.triage).messages
+    )
+    escalate_in = _prompt_tokens(
+        escalate_request(templates["escalate"], spec, ticket, draft, [], spec.nodes.escalate).messages
+    )
+    chat = Estimator(spec, templates, triage=Capabilities(chat=True)).routes(100)
+    assert chat.tokens == {"triage": (triage_in, 512), "escalate": (escalate_in + 512, 512)}
+    assert chat.kept_usd == pytest.approx((triage_in * 1 + 512 * 2) / 1e6)
+    assert chat.escalated_usd == pytest.approx((triage_in + 1024 + (escalate_in + 512) * 10 + 512 * 20) / 1e6)
+    assert "estimate" in chat.basis and "/ 4" in chat.basis
+
+    local = Estimator(spec, templates, triage=Capabilities(chat=False, classify=True)).routes(100)
+    assert local.tokens["triage"] == (0, 0) and local.tokens["escalate"] == (escalate_in, 512)
+    answer_in, answer_out = local.tokens["answer"]
+    assert answer_out == 512 and local.kept_usd == pytest.approx((answer_in + 1024) / 1e6)
+    assert local.escalated_usd == pytest.approx((escalate_in * 10 + 512 * 20) / 1e6)
+
+
+def test_one_estimate_for_batch_tickets_and_eval_routes() -> None:
+    """A batch ticket and eval's mean ticket of the same length cost the same on both routes."""
+    loaded = load_spec(GRAPHS / "scripted.yaml")
+    spec, templates = loaded.spec, load_graph_templates(loaded)
+    for caps in (Capabilities(chat=True), Capabilities(chat=False, classify=True)):
+        estimator = Estimator(spec, templates, triage=caps)
+        ticket = Ticket(text="where is my parcel? " * 7)
+        one, routes = estimator.ticket(ticket), estimator.routes(len(ticket.text))
+        assert one.mini_usd == pytest.approx(routes.kept_usd)
+        assert one.escalated_usd == pytest.approx(routes.escalated_usd)
+
+
+def test_an_escalated_classifier_ticket_is_not_charged_a_draft() -> None:
+    """Regression: batch's estimate charged an escalated ticket the drafting call it never makes."""
+    loaded = load_spec(GRAPHS / "scripted.yaml")
+    spec, templates = loaded.spec, load_graph_templates(loaded)
+    estimate = Estimator(spec, templates, triage=Capabilities(chat=False, classify=True)).ticket(
+        Ticket(text="my card was charged twice")
+    )
+    flagship = (estimate.flagship_input_tokens * 10 + estimate.flagship_output_tokens * 20) / 1e6
+    assert estimate.escalated_usd == pytest.approx(flagship)
+    assert estimate.mini_usd > 0
 
 
 def test_report_is_json_round_trippable() -> None:
@@ -132,3 +176,12 @@ def test_metrics_bounded_and_zero_threshold_keeps_all(scored: list[Scored]) -> N
     assert everything.kept == len(scored)
     if scored:
         assert everything.accuracy_kept == pytest.approx(accuracy(scored))
+
+
+@given(scored_lists, st.lists(confidence, max_size=20))
+def test_curve_counts_what_a_threshold_keeps(scored: list[Scored], thresholds: list[float]) -> None:
+    """The vectorised curve agrees with keeping ``confidence >= t`` ticket by ticket."""
+    for point in selective_curve(scored, [*thresholds, 0.0, 1.0]):
+        assert point.threshold is not None
+        by_hand = point_for_mask(scored, [c >= point.threshold for _, _, c in scored])
+        assert point.model_dump(exclude={"threshold"}) == by_hand.model_dump(exclude={"threshold"})

@@ -13,15 +13,15 @@ import sqlite3
 from collections import Counter
 from typing import Any
 
-from triagegate.batch.estimate import EstimateTotals, Estimator, graph_hash
-from triagegate.prompts import load_graph_templates
 from triagegate.batch.ledger import Ledger
 from triagegate.batch.reader import Row, RowError, open_input, read_rows, resolve_format, to_ticket
 from triagegate.batch.report import MAX_EXAMPLES
 from triagegate.batch.runner import BatchOptions
+from triagegate.cost import EstimateTotals, Estimator
 from triagegate.errors import InputError
 from triagegate.images import check_attachment
 from triagegate.pipeline import check_limits
+from triagegate.prompts import load_graph_templates
 from triagegate.spec import LoadedSpec
 
 
@@ -47,7 +47,7 @@ def dry_run(loaded: LoadedSpec, options: BatchOptions) -> dict[str, Any]:
     """Check every row and estimate the batch; returns the dry-run report."""
     templates = load_graph_templates(loaded)
     estimator = Estimator(loaded.spec, templates)
-    this_hash = graph_hash(loaded, templates)
+    this_hash = loaded.content_hash({node: t.text for node, t in templates.items()})
     ledger = Ledger(options.ledger_path, readonly=True) if options.ledger_path.exists() else None
     seen = _Seen()
     totals = EstimateTotals()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from triagegate.batch.estimate import Estimator
 from triagegate.batch.ledger import Ledger
 from triagegate.batch.progress import Progress, Snapshot
 from triagegate.batch.reader import (
@@ -42,6 +41,7 @@ from triagegate.batch.reader import (
 )
 from triagegate.batch.report import RunStats
 from triagegate.batch.sink import OutcomeSink, OutputStateError
+from triagegate.cost import Estimator
 from triagegate.errors import ConfigError
 from triagegate.pipeline import failed_outcome
 from triagegate.types import Ticket

@@ -8,17 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from triagegate.cli import app
-from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
+from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
+    from triagegate.tuning.calibrate import Reference
     from triagegate.tuning.calibration import Objective, OperatingPoint
     from triagegate.tuning.report import CalibrateReport
-    from triagegate.types import Triage
-
-
-Reference = Literal["labels", "flagship"]
 
 
 @app.command()
@@ -121,9 +118,11 @@ def calibrate(
     """
     import time
 
+    from triagegate.tuning.calibrate import CalibrateOptions, calibrate
+
     started = time.perf_counter()
     setup_logging(log_level)
-    report = run_calibration(
+    options = CalibrateOptions(
         graph=graph,
         data=data,
         objective=_objective(target_accuracy, max_escalation, budget),
@@ -143,18 +142,9 @@ def calibrate(
         record=record,
         replay=replay,
         plot_path=plot_path,
+        write=write,
     )
-    policy = report.result.policy
-    refused = None
-    if write:
-        if policy.feasible:
-            from triagegate.tuning.gate_patch import patch_file
-
-            patch_file(graph, policy.threshold, policy.category_thresholds)
-            report.wrote = str(graph)
-        else:
-            refused = f"not writing {graph}: the objective is not met on the calibration tickets"
-            report.notes.append(refused)
+    report = calibrate(options)
     report.seconds = round(time.perf_counter() - started, 3)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -163,13 +153,13 @@ def calibrate(
         typer.echo(report.model_dump_json())
     else:
         print_report(report)
-    if refused:
+    if write and report.wrote is None:
         raise typer.Exit(1)
 
 
 def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:
-    from triagegate.tuning.calibration import Objective
     from triagegate.errors import InputError
+    from triagegate.tuning.calibration import Objective
 
     given = []
     if target is not None:
@@ -191,217 +181,6 @@ def _reference(value: str | None) -> Reference | None:
     if value not in ("labels", "flagship"):
         raise InputError(f"--reference must be 'labels' or 'flagship', got {value!r}")
     return "labels" if value == "labels" else "flagship"
-
-
-def run_calibration(
-    *,
-    graph: Path,
-    data: Path,
-    objective: Objective,
-    text_col: str | None = None,
-    label_col: str | None = None,
-    split_fraction: float | None = None,
-    seed: int = 13,
-    fit: bool = False,
-    calibration_fraction: float = 0.5,
-    per_category: bool = True,
-    min_support: int = 30,
-    reference: Reference | None = None,
-    flagship_accuracy: float | None = None,
-    sample: int | None = None,
-    resamples: int = 1000,
-    concurrency: int = 8,
-    record: Path | None = None,
-    replay: Path | None = None,
-    plot_path: Path | None = None,
-) -> CalibrateReport:
-    """Triage DATA, fit and report; the command without its printing and ``--write``."""
-    import asyncio
-    import os
-    import random
-
-    from triagegate.tuning import calibration as cal
-    from triagegate.tuning.calibrate_data import (
-        flagship_view,
-        forced_routes,
-        read_unlabeled,
-        replay_miss,
-        tickets_for,
-        triage_all,
-    )
-    from triagegate.cli.recording import recorded, replay_path, replayed
-    from triagegate.tuning.datasets import DatasetError, load_labeled, split
-    from triagegate.errors import InputError, ReplayMiss
-    from triagegate.tuning.evaluation import estimate_costs
-    from triagegate.tuning.gate_patch import snippet
-    from triagegate.models.base import ModelBackend
-    from triagegate.pipeline import default_cache_dir
-    from triagegate.tuning.scoring import fit_triage_classifier, prompt_overhead_chars, triage_backend
-    from triagegate.spec import load_spec
-
-    if fit and not split_fraction:
-        raise InputError("--train needs --split, or it would calibrate on its own training rows")
-    environ = dict(os.environ)
-    loaded = replayed(load_spec(graph, environ=environ), replay, environ)
-    spec = loaded.spec
-    categories = spec.taxonomy.category_names
-    try:
-        rows = load_labeled(data, text_col=text_col, label_col=label_col)
-        labeled = True
-    except DatasetError as exc:
-        if label_col is not None or not exc.reason.startswith("no label column") or reference == "labels":
-            raise
-        rows, labeled = read_unlabeled(data, text_col), False
-    use_flagship = reference == "flagship" or not labeled
-    notes: list[str] = []
-    if labeled and not use_flagship:
-        unknown = sorted({r.label for r in rows} - set(categories))
-        if unknown:
-            raise DatasetError(
-                f"labels not in the graph's taxonomy: {', '.join(unknown)} (the taxonomy has: {', '.join(categories)})",
-                file=data,
-            )
-    train_rows, rows = split(rows, split_fraction, seed) if split_fraction else ([], rows)
-    if sample is not None and sample < len(rows):
-        chosen = sorted(random.Random(seed).sample(range(len(rows)), sample))
-        rows = [rows[i] for i in chosen]
-        notes.append(f"a seeded sample (seed {seed}) of {sample} evaluated rows")
-    if len(rows) < 4:
-        raise InputError(
-            f"{data}: {len(rows)} rows to calibrate on; need at least 4 (2 to fit, 2 to hold out)"
-        )
-    cache_dir = default_cache_dir(environ)
-    backend: ModelBackend
-    if fit:
-        alias, backend, note = fit_triage_classifier(spec, graph, data, train_rows)
-        notes.append(note)
-    else:
-        alias, backend = triage_backend(loaded, environ=environ, cache_dir=cache_dir)
-    backend = recorded(alias, backend, record, loaded, environ)
-    replaying = replay_path(replay, environ) is not None
-    want_flagship = use_flagship or (labeled and flagship_accuracy is None and replaying)
-    tickets = tickets_for(rows)
-
-    async def triage() -> tuple[list[Triage], list[Triage] | None]:
-        try:
-            mini = await triage_all(loaded, tickets, backend, concurrency=concurrency)
-        finally:
-            await backend.aclose()
-        if not want_flagship:
-            return mini, None
-        view = flagship_view(loaded)
-        flagship_alias, flagship = triage_backend(view, environ=environ, cache_dir=cache_dir)
-        flagship = recorded(flagship_alias, flagship, record, view, environ)
-        try:
-            return mini, await triage_all(view, tickets, flagship, concurrency=concurrency)
-        finally:
-            await flagship.aclose()
-
-    mini, flagship = asyncio.run(triage())
-    miss = replay_miss(mini) or (replay_miss(flagship) if use_flagship and flagship else None)
-    if miss:
-        raise ReplayMiss(miss)
-    escalate_model = (
-        f"{spec.nodes.escalate.model} ({spec.models[spec.nodes.escalate.model].model or 'no model name'})"
-    )
-    keep = list(range(len(rows)))
-    if use_flagship:
-        assert flagship is not None
-        keep = [i for i, t in enumerate(flagship) if t.error is None]
-        labels = {i: flagship[i].category for i in keep}
-        described = f"the flagship's triage category ({escalate_model}), not DATA's labels"
-        if labeled:
-            agree = sum(labels[i] == rows[i].label for i in keep)
-            notes.append(f"the flagship agrees with DATA's labels on {agree} of {len(keep)} tickets")
-        economics_accuracy, source = 1.0, "1.0 by definition: the flagship is the reference"
-        if flagship_accuracy is not None:
-            economics_accuracy, source = flagship_accuracy, "given with --flagship-accuracy"
-    else:
-        labels = {i: rows[i].label for i in keep}
-        described = f"DATA's label column ({Path(data).name})"
-        if flagship_accuracy is not None:
-            economics_accuracy, source = flagship_accuracy, "given with --flagship-accuracy"
-        else:
-            hits = [i for i, t in enumerate(flagship or []) if t.error is None]
-            if hits:
-                right = sum(flagship[i].category == rows[i].label for i in hits) if flagship else 0
-                economics_accuracy = right / len(hits)
-                source = f"measured: the recorded flagship triage matched DATA's labels on {right} of {len(hits)} tickets"
-            else:
-                economics_accuracy = 1.0
-                source = (
-                    "assumed 1.0 (no recorded flagship answers): every escalated ticket is counted as answered "
-                    "correctly; pass --flagship-accuracy to change it"
-                )
-    if len(keep) < 4:
-        raise InputError(f"only {len(keep)} tickets have a reference label; need at least 4")
-    scored = [(labels[i], mini[i].category, mini[i].confidence) for i in keep]
-    forced = forced_routes([mini[i] for i in keep], spec.gate, mini_has_vision=backend.capabilities.vision)
-    arrays = cal.Tickets.from_scored(scored, forced)
-    fitting, held = cal.split_indices(len(scored), calibration_fraction, seed)
-    overhead = prompt_overhead_chars(loaded)
-    cost = estimate_costs(
-        spec,
-        mean_text_chars=sum(len(rows[i].text) for i in keep) / len(keep),
-        overhead_chars=overhead,
-        triage_drafts=backend.capabilities.chat,
-        triage_is_model=backend.capabilities.chat,
-    )
-    economics = cal.Economics.from_cost(cost, economics_accuracy, source)
-    calibration_part, held_out_part = arrays.subset(fitting), arrays.subset(held)
-    result = cal.calibrate(
-        calibration_part,
-        held_out_part,
-        objective,
-        economics,
-        per_category=per_category,
-        min_support=min_support,
-        resamples=resamples,
-        seed=seed,
-    )
-    failed = [mini[i].error for i in keep if mini[i].error]
-    if failed:
-        notes.append(f"{len(failed)} mini triage call(s) failed and count as escalated, e.g. {failed[0]}")
-    if len(rows) > len(keep):
-        notes.append(f"{len(rows) - len(keep)} ticket(s) left out: the flagship's triage failed on them")
-    forced_count = sum(1 for f in forced if f != cal.THRESHOLD_DECIDES)
-    if forced_count:
-        notes.append(
-            f"{forced_count} of {len(forced)} tickets are routed by the gate's other rules whatever the threshold"
-        )
-    from triagegate.tuning.report import CalibrateReport
-
-    report = CalibrateReport(
-        graph=str(graph),
-        data=str(data),
-        triage_model=f"{alias}: {spec.models[alias].backend} {backend.model}",
-        reference=described,
-        tickets=len(keep),
-        dropped=len(rows) - len(keep),
-        split=split_summary(split_fraction, seed, len(train_rows), len(rows)),
-        calibration_fraction=calibration_fraction,
-        cost=cost,
-        result=result,
-        patch=snippet(result.policy.threshold, result.policy.category_thresholds),
-        notes=notes,
-    )
-    if plot_path is not None:
-        from triagegate.tuning.plot import plot
-
-        marks = {"fitted: single": cal.Policy(result.single.threshold)}
-        if result.per_category is not None:
-            marks["fitted: per category"] = cal.Policy(
-                result.per_category.threshold, result.per_category.category_thresholds
-            )
-        plot(
-            result,
-            plot_path,
-            held_out=cal.curve_rows(held_out_part, economics, points=101, marks=marks),
-            calibration=cal.curve_rows(calibration_part, economics, points=101),
-            title=f"{Path(graph).name} on {Path(data).name}: {result.description}",
-        )
-        report.plot = str(plot_path)
-    return report
 
 
 def _ci(point: OperatingPoint, field: Literal["coverage", "accuracy_kept"]) -> str:

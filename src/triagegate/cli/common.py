@@ -69,11 +69,3 @@ def percent(value: float | None) -> str:
     """A share as ``12.3%``, or ``-`` when there is none (no ticket kept, say)."""
     return "-" if value is None else f"{100 * value:.1f}%"
 
-
-def split_summary(
-    fraction: float | None, seed: int, train_rows: int, test_rows: int
-) -> dict[str, float] | None:
-    """How a labeled file was split, for the JSON reports of eval and calibrate."""
-    if not fraction:
-        return None
-    return {"fraction": fraction, "seed": seed, "train_rows": train_rows, "test_rows": test_rows}

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from triagegate.cli import app
-from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging, split_summary
+from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
     from triagegate.tuning.evaluation import EvalReport
-    from triagegate.models.base import ModelBackend
 
 
 @app.command("eval")
@@ -45,81 +44,23 @@ def eval_(
 
     Example: triagegate eval graphs/support.yaml tickets.csv --train --split 0.2
     """
-    import asyncio
-    import os
-
-    from triagegate.cli.recording import recorded, replayed
-    from triagegate.tuning.datasets import DatasetError, load_labeled, split
-    from triagegate.errors import InputError
-    from triagegate.tuning.evaluation import build_report, estimate_costs
-    from triagegate.pipeline import default_cache_dir
-    from triagegate.tuning.scoring import (
-        ScoredRun,
-        fit_triage_classifier,
-        prompt_overhead_chars,
-        score_rows,
-        triage_backend,
-    )
-    from triagegate.spec import load_spec
+    from triagegate.tuning.scoring import EvalOptions, evaluate
 
     setup_logging(log_level)
-    if fit and not split_fraction:
-        raise InputError("--train needs --split, or it would test on its own training rows")
-    environ = dict(os.environ)
-    loaded = replayed(load_spec(graph, environ=environ), replay, environ)
-    spec = loaded.spec
-    rows = load_labeled(data, text_col=text_col, label_col=label_col)
-    categories = spec.taxonomy.category_names
-    unknown = sorted({r.label for r in rows} - set(categories))
-    if unknown:
-        raise DatasetError(
-            f"labels not in the graph's taxonomy: {', '.join(unknown)} (the taxonomy has: {', '.join(categories)})",
-            file=data,
+    report = evaluate(
+        EvalOptions(
+            graph=graph,
+            data=data,
+            text_col=text_col,
+            label_col=label_col,
+            split_fraction=split_fraction,
+            seed=seed,
+            fit=fit,
+            limit=limit,
+            concurrency=concurrency,
+            record=record,
+            replay=replay,
         )
-    train_rows, test_rows = split(rows, split_fraction, seed) if split_fraction else ([], rows)
-    if limit is not None:
-        test_rows = test_rows[:limit]
-    notes = []
-    backend: ModelBackend
-    if fit:
-        alias, backend, note = fit_triage_classifier(spec, graph, data, train_rows)
-        notes.append(note)
-    else:
-        alias, backend = triage_backend(loaded, environ=environ, cache_dir=default_cache_dir(environ))
-
-    backend = recorded(alias, backend, record, loaded, environ)
-
-    async def go() -> ScoredRun:
-        try:
-            return await score_rows(loaded, test_rows, backend, alias, concurrency=concurrency)
-        finally:
-            await backend.aclose()
-
-    run = asyncio.run(go())
-    cost = estimate_costs(
-        spec,
-        mean_text_chars=run.mean_text_chars,
-        overhead_chars=prompt_overhead_chars(loaded),
-        triage_drafts=backend.capabilities.chat,
-        triage_is_model=backend.capabilities.chat,
-    )
-    if run.errors:
-        notes.append(f"{len(run.errors)} triage call(s) failed, e.g. {run.errors[0]}")
-    report = build_report(
-        run.scored,
-        graph=str(graph),
-        data=str(data),
-        triage_model=f"{alias}: {spec.models[alias].backend} {backend.model}",
-        threshold=spec.gate.threshold,
-        cost=cost,
-        gate_kept=run.gate_kept,
-        gate_reasons=dict(run.gate_reasons.most_common()),
-        split=split_summary(split_fraction, seed, len(train_rows), len(test_rows)),
-        trained_on_split=fit,
-        triage_errors=len(run.errors),
-        seconds=round(run.seconds, 4),
-        triage_ms_per_ticket=round(run.ms_per_ticket, 4),
-        notes=notes,
     )
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from triagegate import environment
 from triagegate.errors import ModelError
 from triagegate.models.base import (
     Capabilities,
@@ -293,6 +294,26 @@ def record_backends(
         register_secret(secret)
     recorder = Recorder(path, secrets=secrets)
     return {alias: RecordingBackend(alias, backend, recorder) for alias, backend in backends.items()}
+
+
+def record_path(option: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The recording to append to: ``option`` (``--record``), else ``TRIAGEGATE_RECORD``, else None."""
+    value = option or environ.get(environment.RECORD)
+    return Path(value) if value else None
+
+
+def recorded(
+    alias: str,
+    backend: ModelBackend,
+    option: str | Path | None,
+    bindings: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> ModelBackend:
+    """``backend`` wrapped to record its calls, when ``option`` or ``TRIAGEGATE_RECORD`` names a file."""
+    path = record_path(option, environ)
+    if path is None:
+        return backend
+    return record_backends({alias: backend}, path, bindings=bindings, environ=environ)[alias]
 
 
 def capabilities_from(raw: Mapping[str, Any]) -> Capabilities:

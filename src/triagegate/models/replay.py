@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from triagegate import errors
+from triagegate import environment, errors
 from triagegate.errors import ConfigError, ReplayMiss
 from triagegate.models import BuildContext
 from triagegate.models.base import (
@@ -253,6 +253,18 @@ class ReplayBackend:
 
     def __repr__(self) -> str:
         return f"ReplayBackend(alias={self.alias!r}, source={self.source_alias!r}, recording={str(self.recording.path)!r})"
+
+
+def replay_path(option: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The recording to answer from: ``option`` (``--replay``), else ``TRIAGEGATE_REPLAY``, else None."""
+    value = option or environ.get(environment.REPLAY)
+    return Path(value) if value else None
+
+
+def replayed(loaded: LoadedSpec, option: str | Path | None, environ: Mapping[str, str]) -> LoadedSpec:
+    """``loaded`` with every alias rebound to the recording, when ``option`` or ``TRIAGEGATE_REPLAY`` names one."""
+    path = replay_path(option, environ)
+    return loaded if path is None else with_replay(loaded, path)
 
 
 def with_replay(loaded: LoadedSpec, recording: str | Path) -> LoadedSpec:

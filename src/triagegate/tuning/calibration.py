@@ -47,7 +47,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from triagegate.tuning.evaluation import CostEstimate, Scored
+from triagegate.cost import CostEstimate
+from triagegate.tuning.evaluation import Curve, Scored, build_curve, curve_thresholds
 
 ObjectiveKind = Literal["target_accuracy", "max_escalation", "budget"]
 FORCED_ESCALATE = -1
@@ -113,7 +114,7 @@ class Economics:
         return cls(kept, escalated, flagship_accuracy, source)
 
     def cost_per_1000(self, coverage: float) -> float:
-        return 1000 * (coverage * self.kept_usd + (1 - coverage) * self.escalated_usd)
+        return CostEstimate(kept_usd=self.kept_usd, escalated_usd=self.escalated_usd).per_1000(coverage)
 
     def system_accuracy(self, right_kept: float, kept: float, total: float) -> float:
         """Expected share answered correctly: the mini's hits plus the flagship's on the rest."""
@@ -289,48 +290,6 @@ class CalibrationResult(BaseModel):
         return self.per_category if self.chosen == "per_category" and self.per_category else self.single
 
 
-@dataclass(frozen=True, slots=True)
-class _Curve:
-    """Every way one threshold splits a set of tickets: keep the ``kept[j]`` most confident.
-
-    A threshold in ``(lower[j], upper[j]]`` keeps exactly candidate ``j``; ``j == 0`` keeps
-    none and the last candidate keeps all. Ties share a candidate, since no threshold
-    separates equal confidences.
-    """
-
-    kept: Ints
-    right: Ints
-    lower: Floats
-    upper: Floats
-
-    @property
-    def valid(self) -> Bools:
-        """Candidates some threshold in [0, 1] reaches (keeping none is impossible at confidence 1)."""
-        out: Bools = self.lower < 1.0
-        return out
-
-    @property
-    def first_valid(self) -> int:
-        return int(np.argmax(self.valid))
-
-
-def _curve(confidence: Floats, correct: Bools) -> _Curve:
-    order = np.argsort(-confidence, kind="stable")
-    values, hits = confidence[order], correct[order]
-    if values.size == 0:
-        zero = np.zeros(1, dtype=np.int64)
-        return _Curve(zero, zero, np.array([-np.inf]), np.array([np.inf]))
-    ends = np.flatnonzero(np.r_[values[1:] != values[:-1], True])
-    cumulative = np.cumsum(hits, dtype=np.int64)
-    group_values = values[ends]
-    return _Curve(
-        kept=np.r_[0, ends + 1].astype(np.int64),
-        right=np.r_[0, cumulative[ends]].astype(np.int64),
-        lower=np.r_[group_values, -np.inf],
-        upper=np.r_[np.inf, group_values],
-    )
-
-
 def nice_threshold(lower: float, upper: float) -> float:
     """The shortest decimal ``t`` in ``(lower, upper]`` clipped to [0, 1]: same tickets kept, readable.
 
@@ -393,7 +352,7 @@ def fit_single(
     economics = economics or Economics()
     free = tickets.forced == THRESHOLD_DECIDES
     always = tickets.forced == FORCED_KEEP
-    curve = _curve(tickets.confidence[free], tickets.correct[free])
+    curve = build_curve(tickets.confidence[free], tickets.correct[free])
     kept = curve.kept + int(always.sum())
     right = curve.right + int((always & tickets.correct).sum())
     j, feasible = _choose(objective, economics, kept, right, len(tickets), curve.valid)
@@ -431,7 +390,7 @@ def fit_single_bounded(tickets: Tickets, target: float, confidence: float = 0.95
         raise ValueError(f"target accuracy must be between 0 and 1, got {target}")
     free = tickets.forced == THRESHOLD_DECIDES
     always = tickets.forced == FORCED_KEEP
-    curve = _curve(tickets.confidence[free], tickets.correct[free])
+    curve = build_curve(tickets.confidence[free], tickets.correct[free])
     kept = curve.kept + int(always.sum())
     right = curve.right + int((always & tickets.correct).sum())
     bound = accuracy_lower_bound(right, kept, confidence)
@@ -465,7 +424,7 @@ class _Search:
     """The joint per-category search: one curve per supported category, the rest fixed."""
 
     names: list[str]
-    curves: list[_Curve]
+    curves: list[Curve]
     at: list[int]
     kept: int
     right: int
@@ -573,7 +532,7 @@ def fit_per_category(
     search = _Search([], [], [], int(fixed.sum()), int((fixed & tickets.correct).sum()))
     for i in supported:
         mine = free & (tickets.predicted == i)
-        curve = _curve(tickets.confidence[mine], tickets.correct[mine])
+        curve = build_curve(tickets.confidence[mine], tickets.correct[mine])
         search.names.append(tickets.categories[i])
         search.curves.append(curve)
         search.at.append(curve.first_valid)
@@ -627,16 +586,17 @@ def _meets(objective: Objective, point: OperatingPoint) -> bool:
 
 def operating_point(tickets: Tickets, kept: Bools, economics: Economics) -> OperatingPoint:
     """Coverage, kept and system accuracy, and cost when ``kept`` tickets stay with the mini tier."""
-    n = len(tickets)
-    n_kept = int(kept.sum())
-    right = int((kept & tickets.correct).sum())
-    coverage = n_kept / n if n else 0.0
+    return _point(len(tickets), int(kept.sum()), int((kept & tickets.correct).sum()), economics)
+
+
+def _point(n: int, kept: int, right: int, economics: Economics) -> OperatingPoint:
+    coverage = kept / n if n else 0.0
     return OperatingPoint(
         tickets=n,
-        kept=n_kept,
+        kept=kept,
         coverage=coverage,
-        accuracy_kept=right / n_kept if n_kept else None,
-        system_accuracy=economics.system_accuracy(right, n_kept, n),
+        accuracy_kept=right / kept if kept else None,
+        system_accuracy=economics.system_accuracy(right, kept, n),
         cost_per_1000=economics.cost_per_1000(coverage),
     )
 
@@ -707,7 +667,7 @@ def single_accuracy_at(tickets: Tickets, kept: int) -> float | None:
     """Kept accuracy of the single threshold keeping the fewest tickets that is at least ``kept`` (None if none)."""
     free = tickets.forced == THRESHOLD_DECIDES
     always = tickets.forced == FORCED_KEEP
-    curve = _curve(tickets.confidence[free], tickets.correct[free])
+    curve = build_curve(tickets.confidence[free], tickets.correct[free])
     totals = curve.kept + int(always.sum())
     reach = np.flatnonzero((totals >= kept) & curve.valid)
     if reach.size == 0 or totals[reach[0]] == 0:
@@ -725,28 +685,29 @@ def curve_rows(
 ) -> list[CurveRow]:
     """A thinned single-threshold curve plus the end points and ``marks`` (named policies).
 
-    ``all mini`` keeps every ticket and ``all flagship`` none, ignoring the gate's other
-    rules: they bound what any gate can do.
+    The thresholds are :func:`~triagegate.tuning.evaluation.curve_thresholds` of the
+    confidences the threshold decides, as in ``eval``; the gate's other rules route the
+    rest. ``all mini`` keeps every ticket and ``all flagship`` none, ignoring those rules:
+    they bound what any gate can do.
     """
-    free = tickets.confidence[tickets.forced == THRESHOLD_DECIDES]
-    found = {0.0}
-    if free.size:
-        found.update(float(q) for q in np.quantile(free, np.linspace(0.0, 1.0, points)))
+    free = tickets.forced == THRESHOLD_DECIDES
+    always = tickets.forced == FORCED_KEEP
+    thresholds = curve_thresholds(tickets.confidence[free], points=points)
+    kept, right = build_curve(tickets.confidence[free], tickets.correct[free]).at(thresholds)
+    n, always_kept, always_right = len(tickets), int(always.sum()), int((always & tickets.correct).sum())
     rows = [
-        CurveRow(label="", threshold=t, point=operating_point(tickets, Policy(t).kept(tickets), economics))
-        for t in sorted(found)
+        CurveRow(
+            label="", threshold=t, point=_point(n, int(k) + always_kept, int(r) + always_right, economics)
+        )
+        for t, k, r in zip(thresholds, kept, right, strict=True)
     ]
     for label, policy in (marks or {}).items():
         threshold = None if policy.category_thresholds else policy.threshold
         rows.append(CurveRow(label=label, threshold=threshold, point=evaluate(policy, tickets, economics)))
-    n = len(tickets)
-    everything = np.ones(n, dtype=np.bool_)
     rows.append(
-        CurveRow(label="all mini", threshold=None, point=operating_point(tickets, everything, economics))
+        CurveRow(label="all mini", threshold=None, point=_point(n, n, int(tickets.correct.sum()), economics))
     )
-    rows.append(
-        CurveRow(label="all flagship", threshold=None, point=operating_point(tickets, ~everything, economics))
-    )
+    rows.append(CurveRow(label="all flagship", threshold=None, point=_point(n, 0, 0, economics)))
     rows.sort(key=lambda r: (-r.point.coverage, r.label))
     return rows
 

@@ -9,26 +9,30 @@ to call them on resampled or filtered ``scored`` lists.
 The **selective curve** answers the gate's question: if the mini tier keeps the tickets
 whose confidence is at least ``t`` and escalates the rest, what share does it keep
 (*coverage*), how accurate is it on those, and what does that cost per 1,000 tickets?
-Costs come from :func:`estimate_costs`, which is an *estimate* from the graph's price table
-and token counts guessed from text length (4 characters per token) with each node's
-``max_tokens`` as the output length, an upper bound.
+Costs are an *estimate* (:class:`triagegate.cost.CostEstimate`, from the graph's price table
+and prompt lengths; see :mod:`triagegate.cost`). The curve itself is :class:`Curve`, which
+``calibrate`` fits on too, so both commands draw one curve.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from triagegate.spec import GraphSpec
+from triagegate.cost import CostEstimate
 
 Scored = tuple[str, str, float]
 """``(true_label, predicted_label, confidence)`` for one ticket."""
 
-CHARS_PER_TOKEN = 4
 CURVE_POINTS = 50
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
 
 
 class CategoryScore(BaseModel):
@@ -40,18 +44,6 @@ class CategoryScore(BaseModel):
     precision: float
     recall: float
     f1: float
-
-
-class CostEstimate(BaseModel):
-    """Estimated USD per ticket on each route, and the assumptions behind the numbers."""
-
-    kept_usd: float
-    """Mini triage, plus drafting when the triage model cannot write the answer itself."""
-    escalated_usd: float
-    """Mini triage plus the flagship's escalation call."""
-    tokens: dict[str, tuple[int, int]] = Field(default_factory=dict)
-    """``{node: (input_tokens, output_tokens)}`` assumed per call."""
-    basis: str = ""
 
 
 class CurvePoint(BaseModel):
@@ -137,17 +129,95 @@ def macro_f1(scored: Sequence[Scored]) -> float:
     return sum(s.f1 for s in scores) / len(scores) if scores else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """Every way one confidence threshold splits a set of tickets: keep the ``kept[j]`` most confident.
+
+    The one selective curve behind ``eval`` (:func:`selective_curve`) and ``calibrate``
+    (:mod:`triagegate.tuning.calibration` fits on it and draws its curves from it). A
+    threshold in ``(lower[j], upper[j]]`` keeps exactly candidate ``j``; ``j == 0`` keeps
+    none and the last candidate keeps all. Ties share a candidate, since no threshold
+    separates equal confidences. ``right[j]`` is how many of those kept are correct.
+    """
+
+    kept: Ints
+    right: Ints
+    lower: Floats
+    upper: Floats
+
+    @property
+    def valid(self) -> Bools:
+        """Candidates some threshold in [0, 1] reaches (keeping none is impossible at confidence 1)."""
+        out: Bools = self.lower < 1.0
+        return out
+
+    @property
+    def first_valid(self) -> int:
+        return int(np.argmax(self.valid))
+
+    def at(self, thresholds: Sequence[float] | Floats) -> tuple[Ints, Ints]:
+        """``(kept, right)`` per threshold when the tickets with ``confidence >= threshold`` are kept."""
+        groups = -self.upper[1:]
+        j = np.searchsorted(groups, -np.asarray(thresholds, dtype=np.float64), side="right")
+        return self.kept[j], self.right[j]
+
+
+def build_curve(confidence: Floats, correct: Bools) -> Curve:
+    """The :class:`Curve` of tickets with these confidences and correctness (sorted once)."""
+    order = np.argsort(-confidence, kind="stable")
+    values, hits = confidence[order], correct[order]
+    if values.size == 0:
+        zero = np.zeros(1, dtype=np.int64)
+        return Curve(zero, zero, np.array([-np.inf]), np.array([np.inf]))
+    ends = np.flatnonzero(np.r_[values[1:] != values[:-1], True])
+    cumulative = np.cumsum(hits, dtype=np.int64)
+    group_values = values[ends]
+    return Curve(
+        kept=np.r_[0, ends + 1].astype(np.int64),
+        right=np.r_[0, cumulative[ends]].astype(np.int64),
+        lower=np.r_[group_values, -np.inf],
+        upper=np.r_[np.inf, group_values],
+    )
+
+
 def curve_thresholds(
-    confidences: Iterable[float], *, points: int = CURVE_POINTS, include: Iterable[float] = ()
+    confidences: Iterable[float] | Floats, *, points: int = CURVE_POINTS, include: Iterable[float] = ()
 ) -> list[float]:
-    """Sorted distinct thresholds: 0, ``points`` evenly spaced quantiles of ``confidences``, and ``include``."""
-    values = sorted(confidences)
-    found = {0.0, *include}
-    if values:
-        for i in range(points):
-            q = i / (points - 1) if points > 1 else 1.0
-            found.add(values[min(len(values) - 1, round(q * (len(values) - 1)))])
+    """Sorted distinct thresholds: 0, ``points`` evenly spaced quantiles of ``confidences``, and ``include``.
+
+    The quantiles are nearest-rank (observed confidences), so each threshold keeps the
+    ticket it came from.
+    """
+    values = np.sort(np.fromiter(confidences, dtype=np.float64))
+    found = {0.0, *(float(t) for t in include)}
+    if values.size:
+        q = np.arange(points) / (points - 1) if points > 1 else np.ones(1)
+        index = np.minimum(values.size - 1, np.round(q * (values.size - 1)).astype(np.int64))
+        found.update(float(v) for v in values[index])
     return sorted(found)
+
+
+def _arrays(scored: Sequence[Scored]) -> tuple[Floats, Bools]:
+    n = len(scored)
+    confidence = np.fromiter((c for _, _, c in scored), dtype=np.float64, count=n)
+    correct = np.fromiter((t == p for t, p, _ in scored), dtype=np.bool_, count=n)
+    return confidence, correct
+
+
+def _point(
+    threshold: float | None, n: int, kept: int, right_kept: int, right: int, cost: CostEstimate | None
+) -> CurvePoint:
+    escalated = n - kept
+    coverage = kept / n if n else 0.0
+    return CurvePoint(
+        threshold=threshold,
+        kept=kept,
+        escalated=escalated,
+        coverage=coverage,
+        accuracy_kept=right_kept / kept if kept else None,
+        accuracy_escalated=(right - right_kept) / escalated if escalated else None,
+        cost_per_1000=cost.per_1000(coverage) if cost is not None else None,
+    )
 
 
 def point_for_mask(
@@ -156,31 +226,14 @@ def point_for_mask(
     """Coverage, accuracies and cost when the tickets with ``kept[i]`` true stay with the mini tier."""
     if len(kept) != len(scored):
         raise ValueError(f"{len(scored)} scored tickets but {len(kept)} keep flags")
-    n_kept = right_kept = right_escalated = 0
-    for (t, p, _), keep in zip(scored, kept, strict=True):
-        if keep:
-            n_kept += 1
-            right_kept += t == p
-        else:
-            right_escalated += t == p
-    n = len(scored)
-    n_escalated = n - n_kept
-    coverage = n_kept / n if n else 0.0
-    return CurvePoint(
-        threshold=None,
-        kept=n_kept,
-        escalated=n_escalated,
-        coverage=coverage,
-        accuracy_kept=right_kept / n_kept if n_kept else None,
-        accuracy_escalated=right_escalated / n_escalated if n_escalated else None,
-        cost_per_1000=cost_per_1000(coverage, cost) if cost is not None else None,
-    )
+    _, correct = _arrays(scored)
+    mask = np.fromiter(kept, dtype=np.bool_, count=len(kept))
+    return _point(None, len(scored), int(mask.sum()), int((mask & correct).sum()), int(correct.sum()), cost)
 
 
 def point_at(scored: Sequence[Scored], threshold: float, cost: CostEstimate | None = None) -> CurvePoint:
     """The curve's point at ``threshold``: keep tickets with ``confidence >= threshold``."""
-    point = point_for_mask(scored, [c >= threshold for _, _, c in scored], cost)
-    return point.model_copy(update={"threshold": threshold})
+    return selective_curve(scored, [threshold], cost)[0]
 
 
 def selective_curve(
@@ -196,12 +249,15 @@ def selective_curve(
     confidences plus ``include``, e.g. the graph's threshold). Coverage never increases
     along the curve.
     """
+    confidence, correct = _arrays(scored)
     chosen = (
-        sorted(set(thresholds))
-        if thresholds is not None
-        else curve_thresholds((c for _, _, c in scored), include=include)
+        sorted(set(thresholds)) if thresholds is not None else curve_thresholds(confidence, include=include)
     )
-    return [point_at(scored, t, cost) for t in chosen]
+    kept, right_kept = build_curve(confidence, correct).at(chosen)
+    n, right = len(scored), int(correct.sum())
+    return [
+        _point(t, n, int(k), int(r), right, cost) for t, k, r in zip(chosen, kept, right_kept, strict=True)
+    ]
 
 
 def threshold_for_accuracy(
@@ -216,53 +272,6 @@ def threshold_for_accuracy(
         if point.kept and point.accuracy_kept is not None and point.accuracy_kept >= target:
             return point
     return None
-
-
-def cost_per_1000(coverage: float, cost: CostEstimate) -> float:
-    """Estimated USD for 1,000 tickets when ``coverage`` of them stay with the mini tier."""
-    return 1000 * (coverage * cost.kept_usd + (1 - coverage) * cost.escalated_usd)
-
-
-def _tokens(chars: float) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
-
-
-def estimate_costs(
-    spec: GraphSpec,
-    *,
-    mean_text_chars: float,
-    overhead_chars: Mapping[str, int],
-    triage_drafts: bool,
-    triage_is_model: bool = True,
-) -> CostEstimate:
-    """Per-ticket cost on each route from the graph's prices.
-
-    ``overhead_chars`` is each node's prompt length without the ticket (``triage``,
-    ``answer``, ``escalate``). Input tokens are ``(overhead + mean ticket length) / 4``;
-    output tokens are the node's ``max_tokens``. ``triage_drafts`` says the triage call
-    writes the answer itself (a chat model), so kept tickets make no drafting call;
-    ``triage_is_model`` False (a local classifier) counts no triage tokens at all.
-    """
-    nodes = spec.nodes
-    tokens: dict[str, tuple[int, int]] = {}
-    usd: dict[str, float] = {}
-    for name in ("triage", "answer", "escalate"):
-        node = getattr(nodes, name)
-        if name == "triage" and not triage_is_model:
-            tokens[name] = (0, 0)
-        else:
-            tokens[name] = (_tokens(overhead_chars.get(name, 0) + mean_text_chars), node.max_tokens)
-        usd[name] = spec.models[node.model].price.cost(*tokens[name])
-    kept = usd["triage"] + (0.0 if triage_drafts else usd["answer"])
-    basis = (
-        f"estimate: input tokens = (prompt overhead + mean ticket of {mean_text_chars:.0f} chars) / {CHARS_PER_TOKEN}; "
-        "output tokens = each node's max_tokens (an upper bound); prices from the graph's models"
-    )
-    if triage_drafts:
-        tokens.pop("answer", None)
-    return CostEstimate(
-        kept_usd=kept, escalated_usd=usd["triage"] + usd["escalate"], tokens=tokens, basis=basis
-    )
 
 
 def build_report(

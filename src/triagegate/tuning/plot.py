@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from triagegate.tuning.calibration import CalibrationResult, CurveRow
 from triagegate.errors import InputError
+from triagegate.tuning.calibration import CalibrationResult, CurveRow
 
 
 def _xy(rows: Sequence[CurveRow], x: str, y: str) -> tuple[list[float], list[float]]:

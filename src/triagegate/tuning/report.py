@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from triagegate.cost import CostEstimate
 from triagegate.tuning.calibration import CalibrationResult
-from triagegate.tuning.evaluation import CostEstimate
 
 
 class CalibrateReport(BaseModel):

@@ -1,49 +1,56 @@
-"""Run a graph's triage tier over labeled text and collect what the metrics need.
+"""Run a graph's triage tier over labelled tickets: the one runner behind ``eval`` and ``calibrate``.
 
 Only the triage alias is built (not the drafting or flagship models), so evaluating a
 classifier needs neither network nor a local LLM. Each ticket goes through the same code as
-in production: :func:`triagegate.nodes.triage_node` and :func:`triagegate.gate.decide`, so a
-chat model's log-probs, repair retry and failure handling are measured as they behave.
-A :class:`~triagegate.models.classifier.ClassifierBackend` is scored in one vectorised call
+in production: :func:`triagegate.nodes.triage_node`, which applies
+:func:`triagegate.gate.decide`, so a chat model's log-probs, repair retry and failure
+handling are measured as they behave. A bare
+:class:`~triagegate.models.classifier.ClassifierBackend` is scored in one vectorised call
 instead; :func:`classifier_triage` builds the same :class:`Triage` the node would (a test
 checks the two agree).
+
+:func:`triage_tickets` never raises for a model failure (the ticket comes back as a failed
+triage, as in production) except for a replay miss: a recording that lacks a request cannot
+measure anything, so :class:`~triagegate.errors.ReplayMiss` propagates, caught by type.
+
+This module also holds what both commands do before and after triage: loading the graph
+(replayed if asked), checking labels against the taxonomy, building or fitting the triage
+backend, and :func:`evaluate`, the whole of ``triagegate eval`` without its printing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from triagegate.tuning.datasets import LabeledText
-from triagegate.tuning.evaluation import Scored
+from triagegate.errors import ConfigError, InputError, ReplayMiss
 from triagegate.gate import decide
 from triagegate.models import BuildContext, build_backends
-from triagegate.models.base import ModelBackend
+from triagegate.models.base import ChatRequest, ChatResult, Classification, ClassifyRequest, ModelBackend
 from triagegate.models.classifier import ClassifierBackend
 from triagegate.prompts import Template, load_graph_templates
 from triagegate.screening import estimate_complexity, flags_for
 from triagegate.spec import GraphSpec, LoadedSpec
+from triagegate.tuning.datasets import DatasetError, LabeledText
 from triagegate.types import Ticket, Triage
 
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
 
-@dataclass
-class ScoredRun:
-    """Per-ticket results of a triage run, in input order."""
+    from triagegate.cost import CostEstimate
+    from triagegate.state import RunContext
+    from triagegate.tuning.evaluation import EvalReport, Scored
 
-    scored: list[Scored] = field(default_factory=list)
-    gate_kept: list[bool] = field(default_factory=list)
-    gate_reasons: Counter[str] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    mean_text_chars: float = 0.0
 
-    @property
-    def ms_per_ticket(self) -> float:
-        return self.seconds * 1000 / len(self.scored) if self.scored else 0.0
+def tickets_for(rows: Sequence[LabeledText]) -> list[Ticket]:
+    """One ticket per labelled row, with the row's line as its id."""
+    return [Ticket(id=f"row-{r.line}", text=r.text) for r in rows]
 
 
 def triage_backend(
@@ -63,6 +70,18 @@ def triage_template(loaded: LoadedSpec) -> Template:
     return load_graph_templates(loaded, ["triage"])["triage"]
 
 
+def flagship_view(loaded: LoadedSpec) -> LoadedSpec:
+    """The graph with its triage node bound to the escalation alias (same prompt and budget).
+
+    Running the triage tier of this view triages with the flagship, whose categories can
+    then stand in for labels.
+    """
+    nodes = loaded.spec.nodes
+    triage = nodes.triage.model_copy(update={"model": nodes.escalate.model})
+    spec = loaded.spec.model_copy(update={"nodes": nodes.model_copy(update={"triage": triage})})
+    return loaded.model_copy(update={"spec": spec})
+
+
 def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[str, float]) -> Triage:
     """The :class:`Triage` that ``triage_node`` makes from a classifier's probabilities."""
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
@@ -79,60 +98,150 @@ def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[st
     )
 
 
-async def _node_triage(
-    spec: GraphSpec, backend: ModelBackend, alias: str, template: Template, ticket: Ticket
-) -> Triage:
+class _MissWatch:
+    """``backend`` as the triage node sees it, keeping the first :class:`ReplayMiss` it raised.
+
+    The node turns every model error into a failed triage, which is right in production;
+    the runner needs the miss itself, so it watches the backend rather than reading the
+    failed triage's text.
+    """
+
+    def __init__(self, backend: ModelBackend) -> None:
+        self._backend = backend
+        self.name = backend.name
+        self.model = backend.model
+        self.capabilities = backend.capabilities
+        self.miss: ReplayMiss | None = None
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        try:
+            return await self._backend.chat(request)
+        except ReplayMiss as exc:
+            self.miss = self.miss or exc
+            raise
+
+    async def classify(self, request: ClassifyRequest) -> Classification:
+        try:
+            return await self._backend.classify(request)
+        except ReplayMiss as exc:
+            self.miss = self.miss or exc
+            raise
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+
+def _runtime(spec: GraphSpec, alias: str, backend: ModelBackend, template: Template) -> Runtime[RunContext]:
     from langgraph.runtime import Runtime
 
-    from triagegate.nodes import triage_node
-    from triagegate.state import RunContext, TicketState
+    from triagegate.state import RunContext
 
     context = RunContext(
         spec=spec,
         graph_name=spec.name,
-        graph_hash="eval",
+        graph_hash="tuning",
         templates={"triage": template},
         backends={alias: backend},
     )
-    state: TicketState = {"run_id": "eval", "ticket": ticket, "images": []}
-    update = await triage_node(state, Runtime(context=context))
+    return Runtime(context=context)
+
+
+async def _triage_one(runtime: Runtime[RunContext], ticket: Ticket) -> Triage:
+    from triagegate.nodes import triage_node
+    from triagegate.state import TicketState
+
+    state: TicketState = {"run_id": "tuning", "ticket": ticket, "images": []}
+    update = await triage_node(state, runtime)
     triage: Triage = update["triage"]
     return triage
+
+
+async def _node_triage(
+    spec: GraphSpec, backend: ModelBackend, alias: str, template: Template, ticket: Ticket
+) -> Triage:
+    """One ticket through ``triage_node``, as :func:`triage_tickets` runs a chat model."""
+    return await _triage_one(_runtime(spec, alias, backend, template), ticket)
+
+
+async def triage_tickets(
+    loaded: LoadedSpec,
+    tickets: Sequence[Ticket],
+    backend: ModelBackend,
+    *,
+    concurrency: int = 8,
+    replay_misses: Literal["raise", "fail"] = "raise",
+) -> list[Triage]:
+    """Triage every ticket with ``backend`` as the graph's triage node does, in input order.
+
+    ``backend`` serves the triage node's alias of ``loaded`` (``flagship_view(loaded)`` for
+    the flagship). Model failures come back as failed triages. A replay miss raises
+    :class:`ReplayMiss` once the tickets in flight finish (no further ticket starts), unless
+    ``replay_misses`` is ``"fail"``: then it is a failed triage like any other error (for a
+    run whose recording may cover only some tickets).
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    spec = loaded.spec
+    if isinstance(backend, ClassifierBackend):
+        from triagegate.replies import classify_request
+
+        texts = [classify_request(spec, t).text for t in tickets]
+        return [
+            classifier_triage(spec, t, probs)
+            for t, probs in zip(tickets, await backend.classify_many(texts), strict=True)
+        ]
+    watch = _MissWatch(backend)
+    runtime = _runtime(spec, spec.nodes.triage.model, watch, triage_template(loaded))
+    out: list[Triage | None] = [None] * len(tickets)
+    queue = iter(range(len(tickets)))
+
+    async def worker() -> None:
+        for i in queue:
+            if watch.miss is not None and replay_misses == "raise":
+                return
+            out[i] = await _triage_one(runtime, tickets[i])
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(tickets))))))
+    if watch.miss is not None and replay_misses == "raise":
+        raise watch.miss
+    return [t for t in out if t is not None]
+
+
+@dataclass
+class ScoredRun:
+    """Per-ticket results of a triage run, in input order."""
+
+    scored: list[Scored] = field(default_factory=list)
+    gate_kept: list[bool] = field(default_factory=list)
+    gate_reasons: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    mean_text_chars: float = 0.0
+
+    @property
+    def ms_per_ticket(self) -> float:
+        return self.seconds * 1000 / len(self.scored) if self.scored else 0.0
 
 
 async def score_rows(
     loaded: LoadedSpec,
     rows: Sequence[LabeledText],
     backend: ModelBackend,
-    alias: str,
+    alias: str | None = None,
     *,
     concurrency: int = 8,
 ) -> ScoredRun:
-    """Triage every row with ``backend`` and apply the graph's gate; never raises for model failures."""
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
+    """Triage every row (:func:`triage_tickets`) and apply the graph's gate to each.
+
+    ``alias`` names the alias ``backend`` serves; it must be the triage node's (the default).
+    """
+    if alias is not None and alias != loaded.spec.nodes.triage.model:
+        raise ValueError(f"the backend must serve the triage alias {loaded.spec.nodes.triage.model!r}")
     spec = loaded.spec
-    tickets = [Ticket(id=f"row-{r.line}", text=r.text) for r in rows]
     started = time.perf_counter()
-    triages: list[Triage | None] = [None] * len(rows)
-    if isinstance(backend, ClassifierBackend):
-        from triagegate.replies import classify_request
-
-        texts = [classify_request(spec, t).text for t in tickets]
-        for i, probs in enumerate(await backend.classify_many(texts)):
-            triages[i] = classifier_triage(spec, tickets[i], probs)
-    else:
-        template = triage_template(loaded)
-        queue = iter(range(len(rows)))
-
-        async def worker() -> None:
-            for i in queue:
-                triages[i] = await _node_triage(spec, backend, alias, template, tickets[i])
-
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(rows))))))
+    triages = await triage_tickets(loaded, tickets_for(rows), backend, concurrency=concurrency)
     run = ScoredRun(seconds=time.perf_counter() - started)
     for row, triage in zip(rows, triages, strict=True):
-        assert triage is not None
         decision = decide(triage, spec.gate, mini_has_vision=backend.capabilities.vision)
         run.scored.append((row.label, triage.category, triage.confidence))
         run.gate_kept.append(not decision.escalate)
@@ -143,31 +252,57 @@ async def score_rows(
     return run
 
 
-def prompt_overhead_chars(loaded: LoadedSpec) -> dict[str, int]:
-    """Characters each node's prompt adds around a ticket (rendered with a one-character ticket)."""
-    from triagegate import replies
-    from triagegate.models.base import Capabilities
+def route_costs(loaded: LoadedSpec, backend: ModelBackend, mean_text_chars: float) -> CostEstimate:
+    """Estimated USD per kept and per escalated ticket (:mod:`triagegate.cost`), for this triage backend."""
+    from triagegate.cost import Estimator
 
-    spec = loaded.spec
-    templates = load_graph_templates(loaded)
-    ticket = Ticket(text="x")
-    first = spec.taxonomy.category_names[0]
-    triage = Triage(
-        category=first,
-        priority=spec.taxonomy.default_priority,
-        confidence=0.5,
-        confidence_method="classifier",
-    )
-    requests = {
-        "triage": replies.triage_request(
-            templates["triage"], spec, ticket, [], Capabilities(), spec.nodes.triage
-        ),
-        "answer": replies.answer_request(templates["answer"], spec, ticket, triage, []),
-        "escalate": replies.escalate_request(
-            templates["escalate"], spec, ticket, triage, [], spec.nodes.escalate
-        ),
-    }
-    return {n: sum(len(m.text) for m in r.messages) - 1 for n, r in requests.items()}
+    estimator = Estimator(loaded.spec, load_graph_templates(loaded), triage=backend.capabilities)
+    return estimator.routes(mean_text_chars)
+
+
+def load_graph(graph: str | Path, replay: Path | None, environ: Mapping[str, str]) -> LoadedSpec:
+    """The graph file, with every alias rebound to a recording when ``replay`` (or the env) names one."""
+    from triagegate.models.replay import replayed
+    from triagegate.spec import load_spec
+
+    return replayed(load_spec(graph, environ=environ), replay, environ)
+
+
+def check_labels(rows: Sequence[LabeledText], spec: GraphSpec, data: str | Path) -> None:
+    """Raise :class:`DatasetError` when a label is not one of the graph's categories."""
+    categories = spec.taxonomy.category_names
+    unknown = sorted({r.label for r in rows} - set(categories))
+    if unknown:
+        raise DatasetError(
+            f"labels not in the graph's taxonomy: {', '.join(unknown)} (the taxonomy has: {', '.join(categories)})",
+            file=data,
+        )
+
+
+def mini_backend(
+    loaded: LoadedSpec,
+    *,
+    graph: str | Path,
+    data: str | Path,
+    train_rows: Sequence[LabeledText] | None,
+    record: Path | None,
+    environ: Mapping[str, str],
+) -> tuple[str, ModelBackend, str | None]:
+    """The triage backend to measure: fitted on ``train_rows`` (``--train``) or built from the graph.
+
+    Wrapped to record its calls when ``record`` (or the env) names a file. Returns the
+    alias, the backend and a note for the report (how the classifier was fitted), if any.
+    """
+    from triagegate.models.recording import recorded
+    from triagegate.pipeline import default_cache_dir
+
+    note = None
+    backend: ModelBackend
+    if train_rows is not None:
+        alias, backend, note = fit_triage_classifier(loaded.spec, graph, data, train_rows)
+    else:
+        alias, backend = triage_backend(loaded, environ=environ, cache_dir=default_cache_dir(environ))
+    return alias, recorded(alias, backend, record, loaded.spec.models, environ), note
 
 
 def fit_triage_classifier(
@@ -179,7 +314,6 @@ def fit_triage_classifier(
     when the triage model is not a classifier or the training part lacks categories.
     """
     from triagegate.tuning import training
-    from triagegate.errors import ConfigError
 
     alias = spec.nodes.triage.model
     binding = spec.models[alias]
@@ -195,3 +329,87 @@ def fit_triage_classifier(
         raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
     note = f"classifier fitted on {len(train_rows)} training rows in {model.metadata.train_seconds:.2f} s"
     return alias, ClassifierBackend(alias, binding, model=model), note
+
+
+def split_summary(
+    fraction: float | None, seed: int, train_rows: int, test_rows: int
+) -> dict[str, float] | None:
+    """How a labeled file was split, for the JSON reports of eval and calibrate."""
+    if not fraction:
+        return None
+    return {"fraction": fraction, "seed": seed, "train_rows": train_rows, "test_rows": test_rows}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``triagegate eval`` was asked; see its ``--help`` for each option."""
+
+    graph: Path
+    data: Path
+    text_col: str | None = None
+    label_col: str | None = None
+    split_fraction: float | None = None
+    seed: int = 13
+    fit: bool = False
+    """Fit the graph's classifier on the training part of the split first (``--train``)."""
+    limit: int | None = None
+    concurrency: int = 8
+    record: Path | None = None
+    replay: Path | None = None
+
+
+def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) -> EvalReport:
+    """Triage the evaluated rows, apply the gate and build the report: ``triagegate eval`` without printing.
+
+    Raises :class:`InputError`, :class:`DatasetError` or :class:`ConfigError` for bad
+    options, data or graph, and :class:`ReplayMiss` when a replayed recording lacks a request.
+    """
+    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.evaluation import build_report
+
+    if options.fit and not options.split_fraction:
+        raise InputError("--train needs --split, or it would test on its own training rows")
+    env = dict(os.environ if environ is None else environ)
+    loaded = load_graph(options.graph, options.replay, env)
+    spec = loaded.spec
+    rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
+    check_labels(rows, spec, options.data)
+    fraction, seed = options.split_fraction, options.seed
+    train_rows, test_rows = split(rows, fraction, seed) if fraction else ([], rows)
+    if options.limit is not None:
+        test_rows = test_rows[: options.limit]
+    alias, backend, note = mini_backend(
+        loaded,
+        graph=options.graph,
+        data=options.data,
+        train_rows=train_rows if options.fit else None,
+        record=options.record,
+        environ=env,
+    )
+    notes = [note] if note else []
+
+    async def go() -> ScoredRun:
+        try:
+            return await score_rows(loaded, test_rows, backend, concurrency=options.concurrency)
+        finally:
+            await backend.aclose()
+
+    run = asyncio.run(go())
+    if run.errors:
+        notes.append(f"{len(run.errors)} triage call(s) failed, e.g. {run.errors[0]}")
+    return build_report(
+        run.scored,
+        graph=str(options.graph),
+        data=str(options.data),
+        triage_model=f"{alias}: {spec.models[alias].backend} {backend.model}",
+        threshold=spec.gate.threshold,
+        cost=route_costs(loaded, backend, run.mean_text_chars),
+        gate_kept=run.gate_kept,
+        gate_reasons=dict(run.gate_reasons.most_common()),
+        split=split_summary(fraction, seed, len(train_rows), len(test_rows)),
+        trained_on_split=options.fit,
+        triage_errors=len(run.errors),
+        seconds=round(run.seconds, 4),
+        triage_ms_per_ticket=round(run.ms_per_ticket, 4),
+        notes=notes,
+    )
