@@ -31,6 +31,7 @@ from tests.batch.support import (
     write_jsonl,
 )
 from tests.support.openai_server import OpenAIServer, Status
+from triagegate.inputs import open_input, read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +182,7 @@ def test_bad_rows_of_each_kind_get_one_outcome_and_the_batch_goes_on(
             by_line[int(o["errors"][0].split(":")[0].removeprefix("line "))] = o
     by_id = {o["ticket_id"]: o for o in outcomes if o["status"] != "skipped"}
     assert by_id["good-1"]["status"] == by_id["good-2"]["status"] == "ok"
-    assert "invalid JSON" in by_line[2]["errors"][0]
+    assert "not valid JSON" in by_line[2]["errors"][0]
     assert "not valid UTF-8" in by_line[3]["errors"][0]
     assert "expected a JSON object or string" in by_line[4]["errors"][0]
     assert "has no 'text'" in by_id["no-text"]["errors"][0]
@@ -418,3 +419,82 @@ def test_progress_lines_when_not_on_a_terminal(
     assert len(progress) >= 2
     assert progress[-1].startswith("progress: 120/120 rows")
     assert "escalated" in progress[-1] and "spent $" in progress[-1]
+
+
+def test_rows_without_ids_are_named_by_content_so_repeats_run_once(
+    server: OpenAIServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    source = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"text": "I was charged twice.", "customer": "c-1"},
+            {"text": "Where is my parcel?"},
+            {"text": "I was charged twice.", "customer": "c-1"},
+            {"text": "I was charged twice.", "customer": "c-2"},
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+    result = run_cli(source, "-o", output, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open_input(str(source)) as stream:
+        expected = [row.id for row in read_rows(stream, "jsonl")]
+    outcomes = read_outcomes(output)
+    assert sorted(o["ticket_id"] for o in outcomes) == sorted(expected)
+    skipped = next(o for o in outcomes if o["status"] == "skipped")
+    assert skipped["ticket_id"] == expected[0] == expected[2]
+    assert "line 3: the same ticket as line 1" in skipped["errors"][0]
+    assert sum(o["status"] == "ok" for o in outcomes) == 3
+    csv_source = write_csv(tmp_path / "in.csv", ["text", "customer"], [["Where is my parcel?", ""]])
+    csv_out = tmp_path / "csv.jsonl"
+    assert run_cli(csv_source, "-o", csv_out, env=env).returncode == 0
+    assert [o["ticket_id"] for o in read_outcomes(csv_out)] == [expected[1]], "the same id from CSV"
+    again = run_cli(source, "-o", output, "--report", tmp_path / "r.json", env=env)
+    assert again.returncode == 0
+    assert report_of(tmp_path / "r.json")["run"]["written"] == 0
+
+
+def test_a_binary_input_is_refused_in_one_clean_line_and_nothing_is_created(
+    server: OpenAIServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    source = tmp_path / "tickets.csv"
+    source.write_bytes(b"\x1b[2J\x1b]0;owned\x07" + bytes(range(256)) * 4)
+    output = tmp_path / "out" / "outcomes.jsonl"
+    result = run_cli(source, "-o", output, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {source}: ")
+    assert "not JSONL, CSV or TSV text" in lines[0]
+    assert lines[0].isprintable(), "no raw bytes or escape sequences reach the terminal"
+    assert not (tmp_path / "out").exists()
+    assert server.count == 0
+
+
+def test_a_configuration_error_before_writing_leaves_nothing_to_refuse_the_corrected_run(
+    server: OpenAIServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    wrong = write_csv(tmp_path / "in.csv", ["id", "body"], [["a", "charged twice"]])
+    output = tmp_path / "deep" / "er" / "out.jsonl"
+    failed = run_cli(wrong, "-o", output, env=env)
+    assert failed.returncode == 2
+    assert "the header has no 'text' column (columns: 'id', 'body')" in failed.stderr
+    assert not (tmp_path / "deep").exists(), "validation happens before any directory is made"
+    fixed = write_csv(tmp_path / "in.csv", ["id", "text"], [["a", "charged twice"]])
+    changed = {**env, "TRIAGEGATE_MINI_MODEL": "another-mini"}
+    result = run_cli(fixed, "-o", output, env=changed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_exactly_once(output, ["a"])
+
+
+def test_a_batch_where_no_ticket_succeeds_exits_4(
+    server: OpenAIServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": " "}, {"id": "b"}, "not json"])
+    output = tmp_path / "out.jsonl"
+    result = run_cli(source, "-o", output, env=env)
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "no ticket succeeded: all 3 ticket(s) run failed" in result.stderr
+    assert len(read_outcomes(output)) == 3
+    again = run_cli(source, "-o", output, env=env)
+    assert again.returncode == 0, "a resume that has nothing left to run is not a failure"
+    retried = run_cli(source, "-o", output, "--retry-failed", env=env)
+    assert retried.returncode == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -178,7 +179,9 @@ def test_an_existing_output_without_a_ledger_is_not_touched(tmp_path: Path) -> N
 
 def test_a_different_graph_hash_is_refused_unless_allowed(tmp_path: Path) -> None:
     options = BatchOptions(input="in.jsonl", output=tmp_path / "out.jsonl")
-    open_ledger(options, HASH).close()
+    sink = OutcomeSink(options.output, open_ledger(options, HASH), graph_hash=HASH)
+    sink.write(outcome("a"), 1)
+    close(sink)
     with pytest.raises(ConfigError, match="--allow-graph-change"):
         open_ledger(options, "fedcba9876543210")
     allowed = BatchOptions(input="in.jsonl", output=tmp_path / "out.jsonl", allow_graph_change=True)
@@ -193,3 +196,36 @@ def test_state_path_can_live_elsewhere(tmp_path: Path) -> None:
     open_ledger(options, HASH).close()
     assert state.exists()
     assert (tmp_path / "out").is_dir()
+
+
+def test_a_ledger_with_nothing_recorded_does_not_bind_the_graph_hash(tmp_path: Path) -> None:
+    """A run that stopped before writing (a configuration error) must not refuse the corrected one."""
+    options = BatchOptions(input="in.jsonl", output=tmp_path / "out.jsonl")
+    open_ledger(options, HASH).close()
+    ledger = open_ledger(options, "fedcba9876543210")
+    assert ledger.graph_hash == "fedcba9876543210"
+    ledger.close()
+
+
+def test_a_ledger_that_named_rows_by_line_number_is_refused(tmp_path: Path) -> None:
+    """Ledgers from before content ids: resuming one would run its id-less rows a second time."""
+    output = tmp_path / "out.jsonl"
+    sink = open_sink(output)
+    sink.write(outcome("line3-0123456789ab"), 3)
+    close(sink)
+    path = output.with_name(output.name + ".ledger.sqlite")
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE key = 'row_ids'")
+    with pytest.raises(LedgerError, match="older triagegate"):
+        Ledger(path)
+    fine = tmp_path / "fine.jsonl"
+    sink = open_sink(fine)
+    sink.write(outcome("T-1"), 1)
+    close(sink)
+    fine_path = fine.with_name(fine.name + ".ledger.sqlite")
+    with sqlite3.connect(fine_path) as db:
+        db.execute("DELETE FROM meta WHERE key = 'row_ids'")
+    Ledger(fine_path).close()
+    adopted = Ledger(fine_path, readonly=True)
+    assert adopted.meta("row_ids") == "content", "a ledger without line-named rows is adopted"
+    adopted.close()

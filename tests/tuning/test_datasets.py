@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from triagegate.tuning.datasets import DatasetError, LabeledText, iter_labeled, label_counts, load_labeled, split
 from triagegate.errors import InputError
+from triagegate.tuning.datasets import (
+    DatasetError,
+    LabeledText,
+    iter_labeled,
+    label_counts,
+    load_labeled,
+    load_unlabeled,
+    split,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -80,10 +88,10 @@ def test_empty_and_header_only_and_missing(tmp_path: Path) -> None:
 
 
 def test_unreadable_and_blank_values(tmp_path: Path) -> None:
-    binary = tmp_path / "b.csv"
-    binary.write_bytes(b"text,label\n\xff\xfe,A\n")
-    with pytest.raises(DatasetError, match="not UTF-8"):
-        load_labeled(binary)
+    latin1 = tmp_path / "b.csv"
+    latin1.write_bytes(b"text,label\nok,A\n\xff\xfe,A\n")
+    with pytest.raises(DatasetError, match=r"b\.csv:3: not valid UTF-8"):
+        load_labeled(latin1)
     blank = write(tmp_path / "blank.csv", "text,label\na,A\n  ,B\n")
     with pytest.raises(DatasetError, match=r"blank\.csv:3: empty 'text'"):
         load_labeled(blank)
@@ -120,3 +128,34 @@ def test_label_counts_most_frequent_first() -> None:
         LabeledText("d", "C", 5),
     ]
     assert list(label_counts(rows).items()) == [("B", 2), ("A", 1), ("C", 1)]
+
+
+def test_a_binary_file_is_refused_by_name_without_echoing_its_bytes(tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_bytes(b"PK\x03\x04\x14\x00\x1b[2J" + bytes(range(32)))
+    with pytest.raises(DatasetError) as err:
+        load_labeled(f)
+    assert str(err.value).startswith(f"{f}: this is a ZIP archive")
+    assert str(err.value).isprintable()
+
+
+def test_rows_follow_the_shared_reader_rules(tmp_path: Path) -> None:
+    """Multi-line records start where they start; trailing empty cells are ignored; a BOM is fine."""
+    f = tmp_path / "d.csv"
+    f.write_bytes(b'\xef\xbb\xbftext,label\n"two\nlines",A,,\nthree,B\n')
+    assert [(r.text, r.label, r.line) for r in load_labeled(f)] == [("two\nlines", "A", 2), ("three", "B", 4)]
+    extra = write(tmp_path / "x.csv", "text,label\na,A,surprise\n")
+    with pytest.raises(DatasetError, match=r"x\.csv:2: the row has 3 fields but the header has 2"):
+        load_labeled(extra)
+
+
+def test_load_unlabeled_reads_texts_without_a_label_column(tmp_path: Path) -> None:
+    f = write(tmp_path / "u.csv", "id,instruction,notes\n1,first,x\n2,second,y\n")
+    assert [(r.text, r.label, r.line) for r in load_unlabeled(f)] == [("first", "", 2), ("second", "", 3)]
+    j = write(tmp_path / "u.jsonl", '{"body": "one"}\n"a bare string has no body"\n')
+    with pytest.raises(DatasetError, match=r"u\.jsonl:2: missing 'body'"):
+        load_unlabeled(j, text_col="body")
+    with pytest.raises(DatasetError, match="no text column"):
+        load_unlabeled(write(tmp_path / "n.csv", "id,notes\n1,x\n"))
+    with pytest.raises(DatasetError, match="no rows"):
+        load_unlabeled(write(tmp_path / "h.csv", "text\n"))

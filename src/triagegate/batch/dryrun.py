@@ -14,12 +14,12 @@ from collections import Counter
 from typing import Any
 
 from triagegate.batch.ledger import Ledger
-from triagegate.batch.reader import Row, RowError, open_input, read_rows, resolve_format, to_ticket
 from triagegate.batch.report import MAX_EXAMPLES
 from triagegate.batch.runner import BatchOptions
 from triagegate.cost import EstimateTotals, Estimator
 from triagegate.errors import InputError
 from triagegate.images import check_attachment
+from triagegate.inputs import Row, RowError, open_input, read_rows, resolve_format, to_ticket
 from triagegate.pipeline import check_limits
 from triagegate.prompts import load_graph_templates
 from triagegate.spec import LoadedSpec
@@ -57,7 +57,7 @@ def dry_run(loaded: LoadedSpec, options: BatchOptions) -> dict[str, Any]:
     stream = open_input(options.input)
     try:
         fmt = resolve_format(options.input, options.format, stream)
-        for row in read_rows(stream, fmt):
+        for row in read_rows(stream, fmt, source=options.input):
             counts["read"] += 1
             verdict = _classify(row, seen, ledger, options.retry_failed)
             if verdict == "done":

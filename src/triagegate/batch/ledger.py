@@ -24,6 +24,9 @@ from typing import Any, NamedTuple
 from triagegate.errors import TriagegateError
 
 SCHEMA_VERSION = "1"
+ROW_IDS = "content"
+"""How rows without an id are named (:func:`triagegate.inputs.content_id`). Ledgers from
+before it named such rows ``line<N>-<hash>``; resuming one would run those rows again."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tickets(
@@ -89,12 +92,30 @@ class Ledger:
             self.close()
             raise LedgerError(f"cannot open the batch ledger {path}: {exc}") from None
         if version is None and not readonly:
-            self._set_meta({"schema": SCHEMA_VERSION, "committed_bytes": "0", "spent_usd": "0"})
+            self._set_meta(
+                {"schema": SCHEMA_VERSION, "committed_bytes": "0", "spent_usd": "0", "row_ids": ROW_IDS}
+            )
         elif version not in (None, SCHEMA_VERSION):
             self.close()
             raise LedgerError(
                 f"the batch ledger {path} has schema version {version}; this triagegate writes {SCHEMA_VERSION}"
             )
+        elif version is not None and self.meta("row_ids") != ROW_IDS:
+            self._check_row_ids()
+
+    def _check_row_ids(self) -> None:
+        """Refuse a ledger that named id-less rows by line number; adopt one that has none."""
+        named = self._db.execute("SELECT 1 FROM tickets WHERE id GLOB 'line[0-9]*-*' LIMIT 1").fetchone()
+        if named is not None:
+            path = self.path
+            self.close()
+            raise LedgerError(
+                f"the batch ledger {path} was written by an older triagegate, which named rows without an id by "
+                "their line number (this one names them by their content); finish that batch with the older "
+                "version, or write to a new output"
+            )
+        if not self.readonly:
+            self._set_meta({"row_ids": ROW_IDS})
 
     def _lock(self) -> None:
         self._lock_fd = os.open(self.path, os.O_RDWR)
@@ -136,6 +157,16 @@ class Ledger:
     def spent_usd(self) -> float:
         """Money recorded by every run of this batch, superseded lines included."""
         return float(self.meta("spent_usd") or 0.0)
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no outcome line has been recorded yet."""
+        if self.committed_bytes:
+            return False
+        return (
+            self._db.execute("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM duplicates LIMIT 1").fetchone()
+            is None
+        )
 
     @property
     def graph_hash(self) -> str | None:

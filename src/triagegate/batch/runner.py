@@ -1,11 +1,13 @@
 """Running a ticket file through a pipeline: admission, resume, budget, stop, and the report.
 
-Rows stream from the input; each is checked against what this batch already did (the
-ledger, plus lines written but not yet committed, plus tickets in flight):
+Rows stream from the input (read by :mod:`triagegate.inputs`, which names a row without
+an id by its content); each is checked against what this batch already did (the ledger,
+plus lines written but not yet committed, plus tickets in flight):
 
 * its id is recorded for this line: done in an earlier run, skipped silently (unless it
   failed and ``retry_failed`` is set, then it runs again and the old line is superseded);
-* its id belongs to another line: a duplicate, written as a ``skipped`` outcome;
+* its id belongs to another line: a duplicate (a repeated id, or an id-less row identical
+  to an earlier one), written as a ``skipped`` outcome;
 * the row is unusable (bad JSON, no text, ...): written as a ``failed`` outcome;
 * otherwise the ticket is handed to :meth:`Pipeline.run_many`, which keeps at most
   ``concurrency`` tickets in flight; per-model rate and concurrency limits are enforced by
@@ -29,20 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from triagegate.batch.ledger import Ledger
 from triagegate.batch.progress import Progress, Snapshot
-from triagegate.batch.reader import (
-    Row,
-    RowError,
-    count_rows,
-    open_input,
-    read_rows,
-    resolve_format,
-    stream_rows,
-    to_ticket,
-)
 from triagegate.batch.report import RunStats
 from triagegate.batch.sink import OutcomeSink, OutputStateError
 from triagegate.cost import Estimator
 from triagegate.errors import ConfigError
+from triagegate.inputs import Row, count_rows, open_input, read_rows, resolve_format, stream_rows
 from triagegate.pipeline import failed_outcome
 from triagegate.types import Ticket
 
@@ -87,7 +80,12 @@ class BatchResult:
 
 
 def open_ledger(options: BatchOptions, graph_hash: str) -> Ledger:
-    """Open (or create) the batch's ledger, refusing an output it did not write or a changed graph."""
+    """Open (or create) the batch's ledger, refusing an output it did not write or a changed graph.
+
+    The graph hash binds a batch only once it has recorded a row: a run that stopped before
+    writing anything (a configuration error, say) leaves nothing a corrected run must match.
+    Call this only after the input and options are validated, since it creates directories.
+    """
     output, path = options.output, options.ledger_path
     if not path.exists() and output.exists() and output.stat().st_size > 0:
         raise OutputStateError(
@@ -98,7 +96,12 @@ def open_ledger(options: BatchOptions, graph_hash: str) -> Ledger:
     path.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(path)
     recorded = ledger.graph_hash
-    if recorded is not None and recorded != graph_hash and not options.allow_graph_change:
+    if (
+        recorded is not None
+        and recorded != graph_hash
+        and not options.allow_graph_change
+        and not ledger.is_empty
+    ):
         ledger.close()
         raise ConfigError(
             f"{output} was produced with graph hash {recorded}, but this graph (with its prompts and environment "
@@ -169,6 +172,7 @@ class BatchRunner:
         stream = open_input(options.input)
         try:
             fmt = resolve_format(options.input, options.format, stream)
+            rows = read_rows(stream, fmt, source=options.input)
             self.total = await asyncio.to_thread(count_rows, options.input, fmt)
             ledger = open_ledger(options, self.pipeline.graph_hash)
             try:
@@ -186,7 +190,7 @@ class BatchRunner:
                             "commit; those tickets run again"
                         )
                     self._spent_before = ledger.spent_usd
-                    await self._run(read_rows(stream, fmt), ledger, sink)
+                    await self._run(rows, ledger, sink)
                 finally:
                     sink.close()
                 report = self._report(ledger)
@@ -254,13 +258,17 @@ class BatchRunner:
                 self._stop = "limit"
                 return
             if action == "duplicate":
-                reason = f"line {row.line}: duplicate id {row.id!r} (first seen on line {known_line}); not run again"
+                if row.derived:
+                    reason = f"line {row.line}: the same ticket as line {known_line} (no id, same content); not run again"
+                else:
+                    reason = f"line {row.line}: duplicate id {row.id!r} (first seen on line {known_line}); not run again"
                 self._write_rejected(sink, row, reason, "duplicate_id", status="skipped")
                 continue
-            try:
-                ticket = to_ticket(row)
-            except RowError as exc:
-                self._write_rejected(sink, row, str(exc), exc.kind, supersedes=supersedes)
+            ticket = row.ticket
+            if ticket is None:
+                self._write_rejected(
+                    sink, row, row.error or "", row.kind or "invalid_ticket", supersedes=supersedes
+                )
                 continue
             while not self._affordable(ticket):
                 if not self._in_flight:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from triagegate.pipeline import Pipeline
 
 EXIT_BUDGET = 3
+EXIT_NO_SUCCESS = 4
+"""This run wrote outcomes, at least one failed and none is ``ok``: a dead endpoint, a bad key, an unusable file."""
 EXIT_INTERRUPTED = 130
 
 
@@ -30,7 +32,7 @@ def batch(
         str,
         typer.Argument(
             metavar="INPUT",
-            help="Tickets: a .jsonl or .csv file, or - for standard input.",
+            help="Tickets: a JSONL, CSV or TSV file, or - for standard input.",
             show_default=False,
         ),
     ],
@@ -48,7 +50,7 @@ def batch(
         typer.Option("--state", help="Ledger file (default: OUTPUT.ledger.sqlite beside the output)."),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="auto (by suffix, else sniffed), jsonl or csv.")
+        str, typer.Option("--format", help="auto (by suffix, else sniffed), jsonl, csv or tsv.")
     ] = "auto",
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Most tickets in flight at once.")
@@ -115,10 +117,13 @@ def batch(
     Re-running the same command after a crash, kill or Ctrl-C resumes: rows already in the
     output are skipped and each input row ends up in the output exactly once. Ctrl-C stops
     taking new tickets and finishes those in flight; a second Ctrl-C abandons them.
-    Bad rows and duplicate ids get a failed or skipped outcome and the batch goes on.
+    Bad rows and duplicate ids get a failed or skipped outcome and the batch goes on. A row
+    without an id is named by its content, so identical rows are one ticket (the repeat is
+    skipped).
 
     Exit codes: 0 done (or --limit reached), 1 runtime failure, 2 usage or configuration
-    error, 3 stopped by --max-cost, 130 interrupted.
+    error (including an unreadable or binary INPUT), 3 stopped by --max-cost, 4 no ticket
+    succeeded (this run wrote outcomes and none is ok), 130 interrupted.
 
     Example: triagegate batch graphs/support.yaml tickets.jsonl -o outcomes.jsonl --concurrency 32
     """
@@ -215,3 +220,11 @@ def _exit_for(result: BatchResult) -> None:
             file=sys.stderr,
         )
         raise typer.Exit(EXIT_BUDGET)
+    status = result.report["run"]["by_status"]
+    if status.get("failed", 0) and not status.get("ok", 0):
+        print(
+            f"no ticket succeeded: all {status['failed']} ticket(s) run failed (see 'problems' above); "
+            "fix the cause and run the same command with --retry-failed",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_NO_SUCCESS)

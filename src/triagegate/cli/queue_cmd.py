@@ -92,8 +92,8 @@ def enqueue(
     redis_url: RedisOpt = DEFAULT_REDIS,
     stream: StreamOpt = "triagegate:tickets",
     fmt: Annotated[
-        str | None, typer.Option("--format", help="jsonl or csv (default: from the extension).")
-    ] = None,
+        str, typer.Option("--format", help="auto (by suffix, else sniffed), jsonl, csv or tsv.")
+    ] = "auto",
     poison: Annotated[
         bool,
         typer.Option(
@@ -106,12 +106,16 @@ def enqueue(
 ) -> None:
     """Validate tickets from INPUT against GRAPH's limits and push them onto the stream.
 
-    Tickets without an id get one now, so a redelivered entry always maps to the same row.
+    INPUT is read exactly as 'triagegate batch' reads it. A ticket without an id is named by
+    its content, the same id batch gives it, so enqueueing a file again updates the same
+    rows in PostgreSQL instead of adding new ones.
     """
     import asyncio
     import json
 
-    from triagegate.queue.inputs import BadRow, GoodRow, read_rows
+    from triagegate.errors import InputError
+    from triagegate.inputs import display_name, open_input, read_rows, resolve_format
+    from triagegate.pipeline import check_limits
     from triagegate.queue.redis_stream import TicketStream, connect
     from triagegate.spec import load_spec
     from triagegate.types import Ticket
@@ -119,6 +123,14 @@ def enqueue(
     setup_logging(log_level)
     _need_extra()
     limits = load_spec(graph).spec.limits
+    source = open_input(input_path)
+    where = display_name(input_path)
+    try:
+        rows = read_rows(source, resolve_format(input_path, fmt, source), source=input_path)
+    except InputError:
+        if input_path != "-":
+            source.close()
+        raise
 
     async def go() -> tuple[int, int, int]:
         client = connect(redis_url)
@@ -126,20 +138,25 @@ def enqueue(
         pushed = skipped = poisoned = 0
         chunk: list[Ticket] = []
         try:
-            for row in read_rows(input_path, fmt, limits):
-                if isinstance(row, GoodRow):
-                    chunk.append(row.ticket)
+            for row in rows:
+                reason = row.reason
+                if row.ticket is not None:
+                    try:
+                        check_limits(row.ticket, limits)
+                        chunk.append(row.ticket)
+                    except InputError as exc:
+                        reason = str(exc)
+                if reason is None:
                     if len(chunk) >= 500:
                         pushed += len(await target.add_tickets(chunk))
                         chunk = []
                     continue
-                assert isinstance(row, BadRow)
-                print(f"{input_path}:{row.line}: {row.reason}", file=sys.stderr)
+                print(f"{where}:{row.line}: {reason}", file=sys.stderr)
                 if poison:
                     if chunk:  # keep the stream in input order
                         pushed += len(await target.add_tickets(chunk))
                         chunk = []
-                    await target.add_poison(row.raw, row.reason)
+                    await target.add_poison(row.raw_text(), f"line {row.line}: {reason}")
                     poisoned += 1
                 else:
                     skipped += 1
@@ -149,8 +166,12 @@ def enqueue(
             await client.aclose()
         return pushed, skipped, poisoned
 
-    with _service_errors(redis_url):
-        pushed, skipped, poisoned = asyncio.run(go())
+    try:
+        with _service_errors(redis_url):
+            pushed, skipped, poisoned = asyncio.run(go())
+    finally:
+        if input_path != "-":
+            source.close()
     if as_json:
         typer.echo(json.dumps({"stream": stream, "pushed": pushed, "skipped": skipped, "poison": poisoned}))
     else:

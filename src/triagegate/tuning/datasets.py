@@ -1,7 +1,8 @@
-"""Labeled ticket text from CSV or JSONL files, and the seeded split that train and eval share.
+"""Labeled ticket text from CSV, TSV or JSONL files, and the seeded split that train and eval share.
 
-Rows stream from disk, so a large file is read once and never held twice. Every problem is
-reported as a :class:`DatasetError` that names the file and, where it applies, the line,
+Files are read by :mod:`triagegate.inputs`, the reader ``batch`` and ``enqueue`` use, so
+formats, encodings and line numbers follow the same rules. Rows stream from disk, so a
+large file is read once and never held twice. Every problem is reported as a :class:`DatasetError` that names the file and, where it applies, the line,
 so a user can open the file at the right place: a missing column lists the columns that
 are there, an empty file or a file with a single class says so before any training starts.
 
@@ -12,8 +13,6 @@ are there, an empty file or a file with a single class says so before any traini
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from triagegate.errors import InputError
+from triagegate.inputs import InputFileError, open_input, quoted, read_records, resolve_format
 
 TEXT_COLUMNS = ("text", "instruction")
 """Tried in order when no text column is named."""
@@ -49,27 +49,20 @@ class LabeledText:
     text: str
     label: str
     line: int
-    """1-based line in the source file where the row ends (for error messages and tracing)."""
-
-
-def _file_format(path: Path, first_char: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson"}:
-        return "jsonl"
-    if suffix == ".tsv":
-        return "tsv"
-    if suffix == ".csv":
-        return "csv"
-    return "jsonl" if first_char == "{" else "csv"
+    """1-based line in the source file where the row starts (for error messages and tracing)."""
 
 
 def _pick(
     kind: str, wanted: str | None, defaults: Sequence[str], available: Sequence[str], path: Path
 ) -> str:
-    shown = ", ".join(repr(c) for c in available) or "none"
+    shown = ", ".join(quoted(c) for c in available[:30]) or "none"
+    if len(available) > 30:
+        shown += f" and {len(available) - 30} more"
     if wanted is not None:
         if wanted not in available:
-            raise DatasetError(f"no {kind} column {wanted!r}; the file has: {shown}", file=path, line=1)
+            raise DatasetError(
+                f"no {kind} column {quoted(wanted)}; the file has: {shown}", file=path, line=1
+            )
         return wanted
     found = next((c for c in defaults if c in available), None)
     if found is None:
@@ -83,79 +76,73 @@ def _pick(
     return found
 
 
-def _row(path: Path, line: int, text: Any, label: Any, text_col: str, label_col: str) -> LabeledText:
+def _text(path: Path, line: int, text: Any, text_col: str) -> str:
     if text is None or (isinstance(text, str) and not text.strip()):
         raise DatasetError(f"empty {text_col!r}", file=path, line=line)
-    if label is None or (isinstance(label, str) and not label.strip()):
-        raise DatasetError(f"empty {label_col!r}", file=path, line=line)
     if not isinstance(text, str):
         raise DatasetError(f"{text_col!r} is not a string", file=path, line=line)
+    return text
+
+
+def _label(path: Path, line: int, label: Any, label_col: str) -> str:
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise DatasetError(f"empty {label_col!r}", file=path, line=line)
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise DatasetError(f"{label_col!r} must be a string or an integer", file=path, line=line)
-    return LabeledText(text=text, label=str(label).strip(), line=line)
+    return str(label).strip()
 
 
-def _csv_rows(
-    path: Path, handle: Any, delimiter: str, text_col: str | None, label_col: str | None
+def _records(
+    path: Path, text_col: str | None, label_col: str | None, *, labeled: bool
 ) -> Iterator[LabeledText]:
-    reader = csv.reader(handle, delimiter=delimiter)
+    """Rows of ``path`` through :mod:`triagegate.inputs`; the first bad row raises :class:`DatasetError`."""
     try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise DatasetError(f"not valid CSV: {exc}", file=path, line=reader.line_num) from None
-    if header is None:
-        raise DatasetError("the file is empty", file=path)
-    header = [h.strip() for h in header]
-    tcol = _pick("text", text_col, TEXT_COLUMNS, header, path)
-    lcol = _pick("label", label_col, LABEL_COLUMNS, header, path)
-    ti, li = header.index(tcol), header.index(lcol)
-    while True:
+        stream = open_input(str(path))
+    except InputFileError as exc:
+        raise DatasetError(exc.reason, file=path) from None
+    with stream:
         try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DatasetError(f"not valid CSV: {exc}", file=path, line=reader.line_num) from None
-        if not record or all(not field.strip() for field in record):
-            continue
-        if len(record) <= max(ti, li):
-            raise DatasetError(
-                f"row has {len(record)} fields, fewer than the header's {len(header)}",
-                file=path,
-                line=reader.line_num,
-            )
-        yield _row(path, reader.line_num, record[ti], record[li], tcol, lcol)
+            fmt = resolve_format(str(path), "auto", stream)
+            records = read_records(stream, fmt, source=str(path))
+        except InputFileError as exc:
+            raise DatasetError(exc.reason, file=path, line=exc.line) from None
+        columns: tuple[str, str | None] | None = None
+        if records.columns is not None:
+            columns = _columns(path, records.columns, text_col, label_col, labeled)
+        elif fmt != "jsonl":
+            raise DatasetError("the file is empty", file=path)
+        empty = True
+        for record in records:
+            empty = False
+            fields = record.fields
+            if fields is None:
+                raise DatasetError(record.problem or "unreadable row", file=path, line=record.line)
+            if columns is None:
+                columns = _columns(path, list(fields), text_col, label_col, labeled)
+            tcol, lcol = columns
+            missing = [c for c in (tcol, lcol) if c is not None and c not in fields]
+            if missing:
+                if records.columns is not None:
+                    problem = (
+                        f"the row has {len(fields)} fields, fewer than the header's {len(records.columns)}"
+                    )
+                else:
+                    shown = ", ".join(quoted(k) for k in list(fields)[:30]) or "none"
+                    problem = f"missing {', '.join(map(repr, missing))}; this row has: {shown}"
+                raise DatasetError(problem, file=path, line=record.line)
+            text = _text(path, record.line, fields[tcol], tcol)
+            label = "" if lcol is None else _label(path, record.line, fields[lcol], lcol)
+            yield LabeledText(text=text, label=label, line=record.line)
+        if empty and fmt == "jsonl":
+            raise DatasetError("the file is empty", file=path)
 
 
-def _jsonl_rows(
-    path: Path, handle: Any, text_col: str | None, label_col: str | None
-) -> Iterator[LabeledText]:
-    columns: tuple[str, str] | None = None
-    for line_no, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"not valid JSON ({exc.msg} at column {exc.colno})", file=path, line=line_no
-            ) from None
-        if not isinstance(obj, dict):
-            raise DatasetError("each line must be a JSON object", file=path, line=line_no)
-        if columns is None:
-            keys = list(obj)
-            columns = (
-                _pick("text", text_col, TEXT_COLUMNS, keys, path),
-                _pick("label", label_col, LABEL_COLUMNS, keys, path),
-            )
-        tcol, lcol = columns
-        missing = [c for c in (tcol, lcol) if c not in obj]
-        if missing:
-            shown = ", ".join(repr(k) for k in obj) or "none"
-            raise DatasetError(
-                f"missing {', '.join(map(repr, missing))}; this row has: {shown}", file=path, line=line_no
-            )
-        yield _row(path, line_no, obj[tcol], obj[lcol], tcol, lcol)
+def _columns(
+    path: Path, available: Sequence[str], text_col: str | None, label_col: str | None, labeled: bool
+) -> tuple[str, str | None]:
+    text = _pick("text", text_col, TEXT_COLUMNS, available, path)
+    label = _pick("label", label_col, LABEL_COLUMNS, available, path) if labeled else None
+    return text, label
 
 
 def iter_labeled(
@@ -163,31 +150,12 @@ def iter_labeled(
 ) -> Iterator[LabeledText]:
     """Stream ``(text, label)`` rows from a CSV, TSV or JSONL file.
 
-    The format comes from the suffix (``.csv``, ``.tsv``, ``.jsonl``/``.ndjson``); any other
-    suffix is read as JSONL when the file starts with ``{`` and as CSV otherwise. Without
-    ``text_col``/``label_col`` the first of :data:`TEXT_COLUMNS` / :data:`LABEL_COLUMNS`
-    present is used. Raises :class:`DatasetError` naming the file and line.
+    Formats and parsing are :mod:`triagegate.inputs`' (the suffix, else the first bytes;
+    binary files refused). Without ``text_col``/``label_col`` the first of
+    :data:`TEXT_COLUMNS` / :data:`LABEL_COLUMNS` present is used (for JSONL, among the first
+    row's keys). Raises :class:`DatasetError` naming the file and line of the first problem.
     """
-    path = Path(path)
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            first = handle.read(1)
-            if not first:
-                raise DatasetError("the file is empty", file=path)
-            handle.seek(0)
-            fmt = _file_format(path, first)
-            if fmt == "jsonl":
-                yield from _jsonl_rows(path, handle, text_col, label_col)
-            else:
-                yield from _csv_rows(path, handle, "\t" if fmt == "tsv" else ",", text_col, label_col)
-    except FileNotFoundError:
-        raise DatasetError("file not found", file=path) from None
-    except IsADirectoryError:
-        raise DatasetError("is a directory, not a data file", file=path) from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from None
-    except OSError as exc:
-        raise DatasetError(f"cannot read: {exc.strerror or exc}", file=path) from None
+    return _records(Path(path), text_col, label_col, labeled=True)
 
 
 def load_labeled(
@@ -204,6 +172,18 @@ def load_labeled(
             f"found {len(labels)} class ({only}) in {len(rows)} rows; a classifier needs at least {min_classes}",
             file=path,
         )
+    return rows
+
+
+def load_unlabeled(path: str | Path, text_col: str | None = None) -> list[LabeledText]:
+    """Ticket texts of a file that has no labels (each ``label`` is ``""``, for a reference to fill).
+
+    The text column is ``text_col`` or the first of :data:`TEXT_COLUMNS` present; a file
+    without rows is refused.
+    """
+    rows = list(_records(Path(path), text_col, None, labeled=False))
+    if not rows:
+        raise DatasetError("the file has a header but no rows", file=path)
     return rows
 
 
