@@ -10,9 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from triagegate.confidence import (
+    FALLBACK_REASONS,
     OPTION_CODES,
+    LogprobsUnusable,
     field_value_distribution,
     option_codes,
+    read_field_value_distribution,
     single_token_distribution,
 )
 from triagegate.models.base import MalformedLogprobs, RawAlternatives, RawTokenLogprobs, TokenLogprob
@@ -215,3 +218,28 @@ def test_openai_logprobs_are_checked_up_front_and_built_on_read() -> None:
     assert [t.token for t in tokens[-1:]] == ["B"]
     for bad in ([{"token": "A"}], [{"logprob": -1.0}], [{"token": "A", "logprob": "high"}], ["A"], None, {}):
         assert RawTokenLogprobs.from_openai(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        (None, "no_logprobs"),
+        ([], "no_logprobs"),
+        ([TokenLogprob('{"priority": "', -0.1), TokenLogprob("A", -0.1)], "field_not_found"),
+        ([TokenLogprob('{"category": "', -0.1)], "field_not_found"),
+        (
+            [TokenLogprob('{"category": "', -0.1), TokenLogprob("A", -0.1, RawAlternatives([7]))],
+            "malformed_alternatives",
+        ),
+        (
+            [TokenLogprob('{"category": "', -0.1), TokenLogprob("Acc", -0.1, {"Acc": -0.1, "Bill": -2.0})],
+            "no_option_code",
+        ),
+    ],
+)
+def test_unusable_logprobs_say_why(tokens: list[TokenLogprob] | None, reason: str) -> None:
+    with pytest.raises(LogprobsUnusable) as info:
+        read_field_value_distribution(tokens, "category", ["A", "B"])
+    assert info.value.reason == reason
+    assert reason in FALLBACK_REASONS
+    assert field_value_distribution(tokens or [], "category", ["A", "B"]) is None

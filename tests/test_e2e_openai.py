@@ -268,3 +268,106 @@ def test_unknown_response_format_is_a_config_error() -> None:
     with pytest.raises(triagegate.ConfigError) as info:
         triagegate.load(GRAPH, environ=env)
     assert info.value.key == "models.mini.options.response_format"
+
+
+def relaxed_graph(tmp_path: Path) -> Path:
+    """The e2e graph with ``gate.on_missing_logprobs: verbalized`` and its prompts by absolute path."""
+    text = GRAPH.read_text(encoding="utf-8")
+    text = text.replace("prompts: ../../prompts", f"prompts: {REPO / 'prompts'}")
+    text = text.replace("  threshold: 0.7\n", "  threshold: 0.7\n  on_missing_logprobs: verbalized\n")
+    path = tmp_path / "relaxed.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("omit", "no_logprobs"),
+        ("null", "no_logprobs"),
+        ("malformed", "malformed_alternatives"),
+        ("unaligned", "field_not_found"),
+    ],
+)
+async def test_unusable_logprobs_are_logged_counted_and_escalate(
+    openai_server: OpenAIServer, mode: str, reason: str
+) -> None:
+    openai_server.logprobs_mode = mode
+    with capture_logs() as logs:
+        outcome = await run(openai_server, "I was charged twice for my plan this month.")
+    assert openai_server.requests[0]["logprobs"] is True
+    assert (outcome.confidence_method, outcome.confidence_fallback) == ("verbalized", reason)
+    assert outcome.confidence == pytest.approx(0.9)
+    assert outcome.route == "flagship"
+    assert outcome.escalation_reasons == ["logprobs_missing"]
+    assert models_called(openai_server) == ["mini-model", "flagship-model"]
+    (warning,) = [e for e in logs if e["event"] == "logprobs_unusable"]
+    assert warning["log_level"] == "warning"
+    assert (warning["model"], warning["reason"], warning["action"]) == ("mini", reason, "escalate")
+
+
+async def test_unusable_logprobs_keep_the_stated_confidence_when_the_gate_says_so(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.logprobs_mode = "omit"
+    with capture_logs() as logs:
+        async with triagegate.load(relaxed_graph(tmp_path), environ=environ(openai_server)) as pipeline:
+            outcome = await pipeline.run("I was charged twice for my plan this month.")
+    assert outcome.route == "mini"
+    assert (outcome.confidence_method, outcome.confidence_fallback) == ("verbalized", "no_logprobs")
+    assert [e["action"] for e in logs if e["event"] == "logprobs_unusable"] == ["verbalized"]
+
+
+async def test_usable_logprobs_record_no_fallback(openai_server: OpenAIServer) -> None:
+    with capture_logs() as logs:
+        outcome = await run(openai_server, "I was charged twice for my plan this month.")
+    assert (outcome.confidence_method, outcome.confidence_fallback) == ("logprobs", None)
+    assert not [e for e in logs if e["event"] == "logprobs_unusable"]
+
+
+async def test_absurd_provider_token_counts_are_replaced_and_flagged(openai_server: OpenAIServer) -> None:
+    reply = {
+        "category": "A",
+        "priority": "normal",
+        "complexity": "low",
+        "needs_vision": False,
+        "answer": "We will refund it.",
+        "confidence": 0.9,
+    }
+    openai_server.script("mini-model", Reply(reply, usage=(10**30, 12)))
+    outcome = await run(openai_server, "I was charged twice for my plan this month.")
+    triage = outcome.nodes[0]
+    assert triage.warnings == ["usage_out_of_bounds:prompt_tokens"]
+    assert 0 < triage.input_tokens < 10_000
+    assert triage.output_tokens == 12
+    assert outcome.cost_usd < 0.01
+    assert all(node.warnings == [] for node in outcome.nodes[1:])
+
+
+def test_cli_says_which_confidence_method_is_in_use(openai_server: OpenAIServer) -> None:
+    """`graph check` says what the binding promises; `run` says what the ticket got, and why."""
+    openai_server.logprobs_mode = "omit"
+    env = {**os.environ, **environ(openai_server), "COLUMNS": "250"}
+    check = subprocess.run(
+        [sys.executable, "-m", "triagegate", "graph", "check", str(GRAPH)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr
+    assert (
+        "  confidence: triage model mini: logprobs; a reply without usable log-probabilities escalates "
+        "(gate.on_missing_logprobs: escalate)"
+    ) in check.stdout.splitlines()
+    ran = subprocess.run(
+        [sys.executable, "-m", "triagegate", "run", str(GRAPH), "I was charged twice"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "0.900 (verbalized, not logprobs: the reply carried no usable log-probabilities)" in ran.stdout
+    assert "logprobs_missing" in ran.stdout
+    assert "logprobs_unusable" in ran.stderr

@@ -31,21 +31,22 @@ def policies(draw: st.DrawFn) -> GatePolicy:
         never_escalate=NeverEscalate(
             categories=draw(st.lists(st.sampled_from(CATEGORIES), unique=True, max_size=2))
         ),
+        on_missing_logprobs=draw(st.sampled_from(["escalate", "verbalized"])),
     )
 
 
 @st.composite
 def triages(draw: st.DrawFn, *, failed: bool | None = None) -> Triage:
     is_failed = draw(st.booleans()) if failed is None else failed
+    method = "none" if is_failed else draw(st.sampled_from(["logprobs", "classifier", "verbalized"]))
     return Triage(
         category=draw(st.sampled_from(CATEGORIES)),
         priority=draw(st.sampled_from(PRIORITIES)),
         complexity=draw(st.sampled_from(COMPLEXITIES)),
         needs_vision=draw(st.booleans()),
         confidence=draw(probabilities),
-        confidence_method="none"
-        if is_failed
-        else draw(st.sampled_from(["logprobs", "classifier", "verbalized"])),
+        confidence_method=method,
+        confidence_fallback=draw(st.sampled_from([None, "no_logprobs"])) if method == "verbalized" else None,
         flags=draw(st.lists(st.sampled_from(["suspected_injection", "other_flag"]), unique=True)),
         error="triage failed: boom" if is_failed else None,
     )
@@ -56,6 +57,8 @@ def expected_hard(triage: Triage, policy: GatePolicy, mini_has_vision: bool) -> 
     hard = []
     if triage.confidence_method == "none" or triage.error is not None:
         hard.append("triage_failed")
+    elif triage.confidence_fallback is not None and policy.on_missing_logprobs == "escalate":
+        hard.append("logprobs_missing")
     if triage.needs_vision and not mini_has_vision and rules.needs_vision_without_vision_model:
         hard.append("needs_vision")
     if "suspected_injection" in triage.flags and rules.suspected_injection:
@@ -144,6 +147,7 @@ def test_each_hard_reason_overrides_never_escalate(reason: str, category: str, c
         category=category,
         confidence=confidence,
         confidence_method="none" if reason == "triage_failed" else "verbalized",
+        confidence_fallback="no_logprobs" if reason == "logprobs_missing" else None,
         needs_vision=reason == "needs_vision",
         flags=["suspected_injection"] if reason == "suspected_injection" else [],
     )
@@ -154,7 +158,7 @@ def test_each_hard_reason_overrides_never_escalate(reason: str, category: str, c
 
 @given(triages(failed=False), policies())
 def test_never_escalate_keeps_mini_without_hard_reasons(triage: Triage, policy: GatePolicy) -> None:
-    triage = triage.model_copy(update={"needs_vision": False, "flags": []})
+    triage = triage.model_copy(update={"needs_vision": False, "flags": [], "confidence_fallback": None})
     policy = policy.model_copy(update={"never_escalate": NeverEscalate(categories=[triage.category])})
     # Make every soft rule match: it must still not escalate.
     policy = policy.model_copy(
@@ -262,3 +266,19 @@ def test_decide_is_pure_and_deterministic(triage: Triage, policy: GatePolicy, vi
     assert first == second
     assert triage.model_dump() == triage_before
     assert policy.model_dump() == policy_before
+
+
+def test_unusable_logprobs_escalate_by_default_whatever_the_stated_confidence() -> None:
+    triage = confident(confidence=0.99, confidence_method="verbalized", confidence_fallback="no_logprobs")
+    decision = decide(triage, quiet_policy())
+    assert decision.route == "flagship"
+    assert decision.reasons == ("logprobs_missing",)
+    assert "logprobs_missing" in HARD_REASONS
+
+
+def test_on_missing_logprobs_verbalized_gates_the_stated_confidence() -> None:
+    policy = quiet_policy(on_missing_logprobs="verbalized")
+    kept = confident(confidence=0.99, confidence_method="verbalized", confidence_fallback="no_logprobs")
+    assert decide(kept, policy).route == "mini"
+    low = kept.model_copy(update={"confidence": 0.2})
+    assert decide(low, policy).reasons == ("low_confidence",)

@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from triagegate.errors import BadModelOutput
-from triagegate.models.base import Capabilities, ChatRequest, ChatResult, ImagePart, TokenLogprob
+from triagegate.models.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResult,
+    ImagePart,
+    RawAlternatives,
+    TokenLogprob,
+)
 from triagegate.prompts import Template, load_template
 from triagegate.replies import (
     TOP_LOGPROBS,
@@ -22,6 +29,7 @@ from triagegate.replies import (
     mini_triage_summary,
     parse_escalation,
     parse_triage,
+    triage_confidence_method,
     triage_request,
 )
 from triagegate.spec import GraphSpec, load_spec
@@ -244,6 +252,7 @@ def test_logprobs_ignored_when_not_requested() -> None:
     triage = parse_triage(result(text, tokens), SPEC, make_request(Capabilities(logprobs=False)))
     assert triage.confidence_method == "verbalized"
     assert triage.confidence == 0.42
+    assert triage.confidence_fallback is None
 
 
 @pytest.mark.parametrize("tokens", [None, ()])
@@ -251,6 +260,7 @@ def test_missing_logprobs_fall_back_to_verbalized(tokens: tuple[TokenLogprob, ..
     triage = parse_triage(result(triage_json(), tokens), SPEC, make_request(Capabilities(logprobs=True)))
     assert triage.confidence_method == "verbalized"
     assert triage.confidence == 0.42
+    assert triage.confidence_fallback == "no_logprobs"
 
 
 def test_logprobs_without_the_category_field_fall_back_to_verbalized() -> None:
@@ -259,6 +269,7 @@ def test_logprobs_without_the_category_field_fall_back_to_verbalized() -> None:
     triage = parse_triage(result(text, truncated), SPEC, make_request(Capabilities(logprobs=True)))
     assert triage.confidence_method == "verbalized"
     assert triage.confidence == 0.42
+    assert triage.confidence_fallback == "field_not_found"
 
 
 def test_logprobs_with_no_option_code_at_the_value_fall_back_to_verbalized() -> None:
@@ -266,6 +277,51 @@ def test_logprobs_with_no_option_code_at_the_value_fall_back_to_verbalized() -> 
     tokens = logprob_tokens(text.replace('"category": "A"', '"category": "x"'), {"x": -0.1, "{": -2.0})
     triage = parse_triage(result(text, tokens), SPEC, make_request(Capabilities(logprobs=True)))
     assert triage.confidence_method == "verbalized"
+    assert triage.confidence_fallback == "no_option_code"
+
+
+def test_malformed_alternatives_at_the_value_fall_back_with_their_reason() -> None:
+    text = triage_json(category="A")
+    tokens = logprob_tokens(text, {"A": -0.1})
+    bad = (tokens[0], TokenLogprob("A", -0.1, RawAlternatives(["not", "objects"])), tokens[2])
+    triage = parse_triage(result(text, bad), SPEC, make_request(Capabilities(logprobs=True)))
+    assert (triage.confidence_method, triage.confidence_fallback) == ("verbalized", "malformed_alternatives")
+
+
+def test_usable_logprobs_record_no_fallback() -> None:
+    text = triage_json(category="A")
+    tokens = logprob_tokens(text, {"A": math.log(0.9), "B": math.log(0.1)})
+    triage = parse_triage(result(text, tokens), SPEC, make_request(Capabilities(logprobs=True)))
+    assert (triage.confidence_method, triage.confidence_fallback) == ("logprobs", None)
+
+
+@pytest.mark.parametrize(
+    ("caps", "method"),
+    [
+        (Capabilities(logprobs=True), "logprobs"),
+        (Capabilities(logprobs=False), "verbalized"),
+        (Capabilities(chat=False, classify=True), "classifier"),
+    ],
+)
+def test_triage_confidence_method_is_what_the_request_asks_for(caps: Capabilities, method: str) -> None:
+    assert triage_confidence_method(caps, SPEC) == method
+    if caps.chat:
+        assert (make_request(caps).top_logprobs > 0) == (method == "logprobs")
+
+
+def test_a_taxonomy_too_large_for_option_codes_states_its_confidence() -> None:
+    many = SPEC.model_copy(
+        update={
+            "taxonomy": SPEC.taxonomy.model_copy(
+                update={
+                    "categories": [
+                        SPEC.taxonomy.categories[0].model_copy(update={"name": f"c{i}"}) for i in range(53)
+                    ]
+                }
+            )
+        }
+    )
+    assert triage_confidence_method(Capabilities(logprobs=True), many) == "verbalized"
 
 
 def test_sampled_code_counts_even_when_missing_from_top() -> None:

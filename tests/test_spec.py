@@ -317,3 +317,99 @@ def test_content_hash_changes_with_content() -> None:
     assert _loaded(edited("threshold: 0.7", "threshold: 0.71")).content_hash() != base
     assert _loaded().content_hash({"triage": "prompt v2"}) != _loaded().content_hash({"triage": "prompt v1"})
     assert _loaded(TRIAGEGATE_MINI_MODEL="other").content_hash() != base
+
+
+YAML11_WORDS = ["no", "yes", "on", "off", "true", "False", "NO"]
+
+
+@pytest.mark.parametrize("word", YAML11_WORDS)
+def test_a_yaml11_boolean_category_name_gets_a_hint_to_quote_it(word: str) -> None:
+    text = edited("{name: feedback,", f"{{name: {word},")
+    error = config_error(text)
+    assert (error.file, error.line, error.key) == (
+        "graphs/broken.yaml",
+        line_of(text, f"name: {word},"),
+        "taxonomy.categories[3].name",
+    )
+    boolean = "true" if word.lower() in ("yes", "on", "true") else "false"
+    assert f"YAML 1.1 reads the unquoted {word} as the boolean {boolean}" in error.reason
+    assert f'write it in quotes ("{word}")' in error.reason
+    assert "Input should be a valid string" not in error.reason
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "needle"),
+    [
+        (
+            "categories: [feedback]",
+            "categories: [feedback, off]",
+            "gate.never_escalate.categories[1]",
+            "[feedback, off]",
+        ),
+        (
+            "threshold: 0.7\n",
+            "threshold: 0.7\n  category_thresholds:\n    billing: 0.9\n    no: 0.8\n",
+            "gate.category_thresholds.no",
+            "no: 0.8",
+        ),
+        (
+            "taxonomy:\n",
+            "taxonomy:\n  priorities: [low, normal, yes]\n",
+            "taxonomy.priorities[2]",
+            "[low, normal, yes]",
+        ),
+        (
+            "categories: [security]",
+            "categories: [security]\n    priorities: [on]",
+            "gate.always_escalate.priorities[0]",
+            "priorities: [on]",
+        ),
+        ("models:\n", "models:\n  off: {backend: scripted}\n", "models.off", "off: {backend"),
+        (
+            "description: deliveries}",
+            "description: deliveries, priority: no}",
+            "taxonomy.categories[1].priority",
+            "priority: no}",
+        ),
+    ],
+)
+def test_yaml11_booleans_elsewhere_get_the_same_hint(old: str, new: str, key: str, needle: str) -> None:
+    text = edited(old, new)
+    error = config_error(text)
+    assert (error.line, error.key) == (line_of(text, needle), key)
+    assert "YAML 1.1 reads the unquoted" in error.reason and "write it in quotes" in error.reason
+
+
+def test_quoted_yaml11_words_are_names() -> None:
+    text = edited("{name: feedback,", '{name: "no",').replace("categories: [feedback]", 'categories: ["no"]')
+    spec = parse_spec(text, environ={}).spec
+    assert "no" in spec.taxonomy.category_names
+    assert spec.gate.never_escalate.categories == ["no"]
+
+
+def test_numbers_and_empty_values_where_text_is_expected_are_explained() -> None:
+    number = config_error(edited("{name: feedback,", "{name: 404,"))
+    assert number.key == "taxonomy.categories[3].name"
+    assert 'reads the unquoted 404 as a number; write it in quotes ("404")' in number.reason
+    empty = config_error(edited("{name: feedback,", "{name: ,"))
+    assert "the value is empty" in empty.reason
+
+
+def test_a_choice_gets_the_hint_only_when_the_quoted_word_is_a_choice() -> None:
+    error = config_error(edited("threshold: 0.7", "threshold: 0.7\n  on_missing_logprobs: no"))
+    assert error.key == "gate.on_missing_logprobs"
+    assert "'escalate' or 'verbalized'" in error.reason
+    assert "quotes" not in error.reason
+
+
+def test_a_boolean_alias_does_not_break_environment_overrides() -> None:
+    error = config_error(edited("models:\n", "models:\n  no: {backend: scripted}\n"))
+    assert error.key == "models.no"
+
+
+def test_on_missing_logprobs_defaults_to_escalate() -> None:
+    assert parse_spec(BASE, environ={}).spec.gate.on_missing_logprobs == "escalate"
+    relaxed = parse_spec(
+        edited("threshold: 0.7", "threshold: 0.7\n  on_missing_logprobs: verbalized"), environ={}
+    )
+    assert relaxed.spec.gate.on_missing_logprobs == "verbalized"

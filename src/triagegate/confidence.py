@@ -33,22 +33,42 @@ def option_codes(count: int) -> list[str]:
     return list(OPTION_CODES[:count])
 
 
-def field_value_distribution(
-    tokens: Sequence[TokenLogprob], field: str, codes: Sequence[str]
-) -> dict[str, float] | None:
+FALLBACK_REASONS = {
+    "no_logprobs": "the reply carried no usable log-probabilities",
+    "field_not_found": "the reply's tokens do not spell the category field",
+    "malformed_alternatives": "the reply's top_logprobs are not token/logprob entries",
+    "no_option_code": "no option code is among the top alternatives",
+}
+"""Why a reply's log-probabilities gave no confidence: the codes ``Outcome.confidence_fallback``
+holds, with what each means."""
+
+
+class LogprobsUnusable(ValueError):
+    """The log-probabilities of a reply cannot give a confidence; ``reason`` (a key of
+    :data:`FALLBACK_REASONS`) says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def read_field_value_distribution(
+    tokens: Sequence[TokenLogprob] | None, field: str, codes: Sequence[str]
+) -> dict[str, float]:
     """Probability of each code as the value of JSON string field ``field``.
 
     Read from the alternatives of the token where the value starts: an alternative counts
     for a code when the code stands alone there (``"A"``, not the start of ``"Account"``).
-
-    Returns ``None`` when the field cannot be located in the token stream or none of the
-    top alternatives at its position is an option code (the caller then falls back to a
-    verbalised confidence).
+    Raises :class:`LogprobsUnusable` naming the reason when there is no distribution to
+    read, so the caller can say why it fell back to a verbalised confidence.
     """
+    if not tokens:
+        raise LogprobsUnusable("no_logprobs", "the reply carried no usable log-probabilities")
     texts = tokens.texts() if isinstance(tokens, RawTokenLogprobs) else [t.token for t in tokens]
     match = re.search(r'"' + re.escape(field) + r'"\s*:\s*"', "".join(texts))
     if match is None:
-        return None
+        raise LogprobsUnusable("field_not_found", f"the tokens do not spell a {field!r} field")
     value_start = match.end()
     offset = 0
     for index, text in enumerate(texts):
@@ -57,12 +77,28 @@ def field_value_distribution(
             tok = tokens[index]
             try:
                 alternatives = {**tok.top, tok.token: tok.logprob}
-            except MalformedLogprobs:
-                return None
+            except MalformedLogprobs as exc:
+                raise LogprobsUnusable("malformed_alternatives", str(exc)) from None
             cut = value_start - offset
-            return _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
+            found = _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
+            if found is None:
+                raise LogprobsUnusable(
+                    "no_option_code",
+                    f"none of the {len(alternatives)} alternatives at the {field!r} value is an option code",
+                )
+            return found
         offset = end
-    return None
+    raise LogprobsUnusable("field_not_found", f"the {field!r} value is past the last token")
+
+
+def field_value_distribution(
+    tokens: Sequence[TokenLogprob], field: str, codes: Sequence[str]
+) -> dict[str, float] | None:
+    """:func:`read_field_value_distribution`, or ``None`` when there is nothing to read."""
+    try:
+        return read_field_value_distribution(tokens, field, codes)
+    except LogprobsUnusable:
+        return None
 
 
 def _distribution_at(

@@ -3,9 +3,11 @@
 Precedence, highest first:
 
 1. **Hard rules** escalate whatever else is configured, because the mini tier cannot be
-   trusted to answer at all: the triage failed (``triage_failed``), the ticket needs
-   vision and the mini model has none (``needs_vision``), or the ticket looks like it is
-   trying to steer the system (``suspected_injection``).
+   trusted to answer at all: the triage failed (``triage_failed``), the triage model was
+   bound for log-probabilities but its reply had none usable and the policy says
+   ``on_missing_logprobs: escalate`` (``logprobs_missing``), the ticket needs vision and
+   the mini model has none (``needs_vision``), or the ticket looks like it is trying to
+   steer the system (``suspected_injection``).
 2. **never_escalate** categories keep the mini answer, overriding the soft rules below.
 3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``, and
    ``low_confidence`` when confidence is under the category's threshold (or the global one).
@@ -21,7 +23,7 @@ from typing import Literal
 from triagegate.spec import GatePolicy
 from triagegate.types import Triage
 
-HARD_REASONS = ("triage_failed", "needs_vision", "suspected_injection")
+HARD_REASONS = ("triage_failed", "logprobs_missing", "needs_vision", "suspected_injection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ def decide(triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False)
     hard: list[str] = []
     if triage.confidence_method == "none" or triage.error is not None:
         hard.append("triage_failed")
+    elif triage.confidence_fallback is not None and policy.on_missing_logprobs == "escalate":
+        hard.append("logprobs_missing")
     if triage.needs_vision and not mini_has_vision and rules.needs_vision_without_vision_model:
         hard.append("needs_vision")
     if "suspected_injection" in triage.flags and rules.suspected_injection:

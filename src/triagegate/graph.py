@@ -71,6 +71,7 @@ def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
         answer=answer,
         confidence=triage.confidence if triage else None,
         confidence_method=triage.confidence_method if triage else None,
+        confidence_fallback=triage.confidence_fallback if triage else None,
         escalation_reasons=reasons,
         path=[r.node for r in runs],
         nodes=runs,

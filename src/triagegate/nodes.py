@@ -42,8 +42,15 @@ class _Meter:
         self.endpoint = backend.name if backend else None
         self.input_tokens = self.output_tokens = self.requests = 0
         self.cost_usd = 0.0
+        self.warnings: list[str] = []
 
-    def add(self, usage: Usage, endpoint: str | None = None, model: str | None = None) -> None:
+    def add(
+        self,
+        usage: Usage,
+        endpoint: str | None = None,
+        model: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cost_usd += usage.cost_usd
@@ -52,6 +59,9 @@ class _Meter:
             self.endpoint = endpoint
         if model:
             self.model = model
+        for warning in warnings:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
 
     def finish(self, error: str | None = None) -> NodeRun:
         """The node's NodeRun, logged as ``node_done`` at DEBUG or ``node_failed`` at WARNING.
@@ -81,6 +91,7 @@ class _Meter:
             cost_usd=self.cost_usd,
             latency_ms=latency_ms,
             error=error,
+            warnings=self.warnings,
         )
 
 
@@ -89,7 +100,7 @@ async def _chat_with_one_repair(
 ) -> tuple[Any, ChatResult]:
     """Ask once; if the reply does not parse, ask again once. Raises :class:`BadModelOutput`."""
     result = await backend.chat(request)
-    meter.add(result.usage, result.endpoint, result.model)
+    meter.add(result.usage, result.endpoint, result.model, result.warnings)
     try:
         return parse(result), result
     except BadModelOutput as first:
@@ -109,7 +120,7 @@ async def _chat_with_one_repair(
             top_logprobs=request.top_logprobs,
         )
         result = await backend.chat(retry)
-        meter.add(result.usage, result.endpoint, result.model)
+        meter.add(result.usage, result.endpoint, result.model, result.warnings)
         return parse(result), result
 
 
@@ -139,7 +150,9 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
             )
         else:
             classification = await backend.classify(replies.classify_request(ctx.spec, ticket))
-            meter.add(classification.usage, classification.endpoint, classification.model)
+            meter.add(
+                classification.usage, classification.endpoint, classification.model, classification.warnings
+            )
             category, confidence = classification.best
             ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
             triage = Triage(
@@ -154,6 +167,14 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
         triage = triage.model_copy(
             update={"needs_vision": triage.needs_vision or ticket.has_images, "flags": flags}
         )
+        if triage.confidence_fallback is not None:
+            log.warning(
+                "logprobs_unusable",
+                model=alias,
+                endpoint=meter.endpoint,
+                reason=triage.confidence_fallback,
+                action=ctx.spec.gate.on_missing_logprobs,
+            )
         run = meter.finish()
     except ModelError as exc:
         message = f"triage failed: {type(exc).__name__}: {exc}"
@@ -206,7 +227,7 @@ async def answer_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
             ctx.templates["answer"], ctx.spec, state["ticket"], triage, state.get("images", [])
         )
         result = await backend.chat(request)
-        meter.add(result.usage, result.endpoint, result.model)
+        meter.add(result.usage, result.endpoint, result.model, result.warnings)
         text = result.text.strip()
         if not text:
             raise BadModelOutput("the drafting model returned an empty answer")

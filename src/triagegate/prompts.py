@@ -12,8 +12,8 @@ Ticket text is untrusted. It is only ever placed in the user message, inside
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,12 @@ from triagegate.types import Ticket
 if TYPE_CHECKING:
     from triagegate.spec import LoadedSpec
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\}\}")
+"""The one placeholder form: a variable name in double braces, on one line."""
+_OPENERS = re.compile(r"\{\{|\{%|\{#")
+"""Where template syntax starts: a placeholder, or a Jinja tag or comment (not supported)."""
+_SYNTAX = "templates support only {{ name }} placeholders (no filters, expressions, tags or comments)"
+"""What the error for any other template syntax says."""
 USER_MARKER = "<!-- user -->"
 
 NODE_VARIABLES: dict[str, frozenset[str]] = {
@@ -56,11 +61,20 @@ class Template:
         return PLACEHOLDER.sub(sub, self.system).strip(), PLACEHOLDER.sub(sub, self.user).strip()
 
 
-def parse_template(text: str, *, node: str, path: str) -> Template:
-    """Check a template's placeholders against what ``node`` provides."""
+def _check_syntax(text: str, *, node: str, path: str) -> None:
+    """Refuse anything that looks like template syntax but is not a ``{{ name }}`` placeholder.
+
+    Without this, ``{{ ticket | upper }}``, ``{% for %}`` or an unclosed ``{{ ticket`` would
+    load and reach the model as literal text. Each ``{{`` must open a valid placeholder;
+    ``{%`` and ``{#`` (Jinja tags and comments) are refused outright.
+    """
     allowed = NODE_VARIABLES[node]
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        for match in PLACEHOLDER.finditer(line):
+    position = 0
+    while (opener := _OPENERS.search(text, position)) is not None:
+        start = opener.start()
+        lineno = text.count("\n", 0, start) + 1
+        match = PLACEHOLDER.match(text, start)
+        if match is not None:
             name = match.group(1)
             if name not in allowed:
                 raise ConfigError(
@@ -69,6 +83,37 @@ def parse_template(text: str, *, node: str, path: str) -> Template:
                     line=lineno,
                     key=name,
                 )
+            position = match.end()
+            continue
+        line_end = text.find("\n", start)
+        rest = text[start : len(text) if line_end < 0 else line_end]
+        where = f"in the {node!r} prompt"
+        names = ", ".join(sorted(allowed))
+        if opener.group() != "{{":
+            problem = f"unsupported template syntax {_excerpt(rest)} {where}: {_SYNTAX}"
+        elif (close := rest.find("}}")) < 0:
+            problem = f"unclosed placeholder {_excerpt(rest)} {where}: close it with '}}}}' on the same line"
+        elif not rest[2:close].strip():
+            problem = f"empty placeholder '{{{{ }}}}' {where}: put one of its variables inside ({names})"
+        else:
+            problem = (
+                f"unsupported placeholder {_excerpt(rest[: close + 2])} {where}: {_SYNTAX}, "
+                f"where name is one of {names}"
+            )
+        raise ConfigError(problem, file=path, line=lineno)
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def parse_template(text: str, *, node: str, path: str) -> Template:
+    """Check a template against what ``node`` provides; raises :class:`ConfigError` naming file and line.
+
+    The only syntax is ``{{ name }}`` with ``name`` one of the node's variables; anything else
+    that opens with ``{{``, ``{%`` or ``{#`` is an error rather than literal text for the model.
+    """
+    _check_syntax(text, node=node, path=path)
     system, marker, user = text.partition("\n" + USER_MARKER + "\n")
     if not marker:
         system, user = text, ""

@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from triagegate.confidence import OPTION_CODES, field_value_distribution, option_codes
+from triagegate.confidence import (
+    OPTION_CODES,
+    LogprobsUnusable,
+    option_codes,
+    read_field_value_distribution,
+)
 from triagegate.errors import BadModelOutput
 from triagegate.models.base import (
     Capabilities,
@@ -26,7 +31,7 @@ from triagegate.models.base import (
 )
 from triagegate.prompts import Template, delimit_ticket
 from triagegate.spec import GraphSpec, NodeSpec
-from triagegate.types import Ticket, Triage
+from triagegate.types import ConfidenceMethod, Ticket, Triage
 
 TOP_LOGPROBS = 20
 
@@ -103,6 +108,17 @@ def _schema(properties: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def triage_confidence_method(caps: Capabilities, spec: GraphSpec) -> ConfidenceMethod:
+    """Where a triage model bound with ``caps`` takes its confidence from, when its replies deliver.
+
+    ``logprobs`` needs the capability and a taxonomy small enough for one-token option codes;
+    a backend that cannot chat is a ``classifier``; anything else states its confidence.
+    """
+    if not caps.chat:
+        return "classifier"
+    return "logprobs" if caps.logprobs and category_codes(spec) else "verbalized"
+
+
 def triage_request(
     template: Template,
     spec: GraphSpec,
@@ -135,7 +151,7 @@ def triage_request(
         json_schema=JsonSchema("triage", schema),
         max_tokens=node.max_tokens,
         temperature=node.temperature,
-        top_logprobs=TOP_LOGPROBS if caps.logprobs and codes else 0,
+        top_logprobs=TOP_LOGPROBS if triage_confidence_method(caps, spec) == "logprobs" else 0,
     )
 
 
@@ -164,6 +180,9 @@ def _validate(model: type[BaseModel], data: Any, result: ChatResult) -> Any:
 
 
 def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> Triage:
+    """The triage in ``result``, with its confidence read from log-probabilities when the
+    request asked for them. When it did and the reply's are unusable, the confidence is the
+    model's stated one and ``confidence_fallback`` says why (the gate decides what that means)."""
     reply: TriageReply = _validate(TriageReply, _load_json(result), result)
     codes = category_codes(spec)
     names = spec.taxonomy.category_names
@@ -179,11 +198,13 @@ def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> T
         raise BadModelOutput(f"category {reply.category!r} is not in the taxonomy", model=result.model)
     if reply.priority not in spec.taxonomy.priorities:
         raise BadModelOutput(f"priority {reply.priority!r} is not in the taxonomy", model=result.model)
-    distribution = (
-        field_value_distribution(result.logprobs, "category", list(codes))
-        if codes and result.logprobs and request.top_logprobs
-        else None
-    )
+    distribution: dict[str, float] | None = None
+    fallback: str | None = None
+    if codes and request.top_logprobs:
+        try:
+            distribution = read_field_value_distribution(result.logprobs, "category", list(codes))
+        except LogprobsUnusable as exc:
+            fallback = exc.reason
     if distribution is not None and codes is not None:
         by_name = {codes[c]: p for c, p in distribution.items()}
         others = sorted(
@@ -207,6 +228,7 @@ def parse_triage(result: ChatResult, spec: GraphSpec, request: ChatRequest) -> T
         answer=reply.answer.strip() or None,
         confidence=reply.confidence,
         confidence_method="verbalized",
+        confidence_fallback=fallback,
     )
 
 

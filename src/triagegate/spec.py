@@ -174,6 +174,10 @@ class GatePolicy(_Strict):
     category_thresholds: dict[str, float] = Field(default_factory=dict)
     always_escalate: AlwaysEscalate = Field(default_factory=AlwaysEscalate)
     never_escalate: NeverEscalate = Field(default_factory=NeverEscalate)
+    on_missing_logprobs: Literal["escalate", "verbalized"] = "escalate"
+    """What a triage reply without usable log-probabilities means when its model is bound for
+    them: ``escalate`` (a hard rule, reason ``logprobs_missing``), or ``verbalized`` (gate the
+    model's stated confidence). Both log a warning and set ``Outcome.confidence_fallback``."""
 
     @field_validator("category_thresholds")
     @classmethod
@@ -277,8 +281,6 @@ class LoadedSpec(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-
-
 def parse_binding_override(value: str) -> dict[str, Any]:
     """Parse ``backend:model@base_url`` (model and URL optional) or a JSON object."""
     value = value.strip()
@@ -308,6 +310,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
         return []
     applied: list[str] = []
     for alias in list(models):
+        if not isinstance(alias, str):
+            continue
         binding = models[alias] if isinstance(models[alias], dict) else {}
         whole = environ.get(environment.binding_variable(alias))
         if whole:
@@ -344,28 +348,106 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
     return applied
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the composed YAML tree to a 1-based line."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
+_PLAIN_SCALAR_TAGS = {
+    "tag:yaml.org,2002:bool": "the boolean {value}",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:null": "null (no value)",
+}
+"""What YAML 1.1 turns an unquoted word into, for the hint to quote it (``no`` -> false)."""
+
+_TEXT_ERRORS = frozenset({"string_type", "literal_error"})
+"""Validation errors where a quoted value would have been read as the intended text."""
+
+
+_NOT_CONSTRUCTED = object()
+
+
+def _scalar_value(node: yaml.ScalarNode) -> Any:
+    """The value YAML gives a plain scalar (``no`` -> ``False``), or a sentinel if it has none."""
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except yaml.YAMLError:
+        return _NOT_CONSTRUCTED
+
+
+def _key_matches(key: yaml.Node, part: int | str) -> bool:
+    """Whether mapping key node ``key`` is the key a pydantic location names as ``part``.
+
+    Pydantic names a key that is not a string by its value as an int (``no:`` read as
+    ``False`` appears as ``0``), so such parts match keys YAML did not read as text.
+    """
+    if not isinstance(key, yaml.ScalarNode):
+        return False
+    if isinstance(part, str):
+        return bool(key.value == part)
+    if key.tag == "tag:yaml.org,2002:str":
+        return False
+    value = _scalar_value(key)
+    return value is not _NOT_CONSTRUCTED and value == part
+
+
+def _locate(tree: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, int | None, str]:
+    """Follow a pydantic error location through the composed YAML tree.
+
+    Returns the node it names (``None`` when the location leaves the file, e.g. a missing
+    key), the 1-based line of the deepest node reached, and the location spelled as the
+    file spells it: a key YAML read as ``False`` is shown as the ``no`` the user wrote.
+    """
+    node = tree
+    line = tree.start_mark.line + 1 if tree is not None else None
+    key = ""
+    rest = list(loc)
+    while rest:
+        part = rest.pop(0)
+        if part == "[key]":
+            continue
+        child: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-            if child is None:
-                break
-            node = child
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
+            pair = next(((k, v) for k, v in node.value if _key_matches(k, part)), None)
+            if pair is not None:
+                name = pair[0].value
+                key += f".{name}" if key else name
+                child = pair[0] if rest[:1] == ["[key]"] else pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            key += f"[{part}]"
+            child = node.value[part]
+        if child is None:
+            return None, line, key + _format_loc((part, *rest), start=bool(key))
+        node = child
         line = node.start_mark.line + 1
-    return line
+    return node, line, key
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def _format_loc(loc: tuple[int | str, ...], *, start: bool = False) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out or start else str(part))
     return out
+
+
+def _quoting_hint(node: yaml.Node | None, error: Mapping[str, Any]) -> str | None:
+    """Why an unquoted word such as ``no`` failed where text was expected, and the fix.
+
+    For a choice (``literal_error``) the hint is given only when the quoted word is one of
+    the choices, so it never suggests a fix that fails next.
+    """
+    if error["type"] not in _TEXT_ERRORS or not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return None
+    if error["type"] == "literal_error" and f"'{node.value}'" not in str(error.get("msg", "")):
+        return None
+    became = _PLAIN_SCALAR_TAGS.get(node.tag)
+    if became is None:
+        return None
+    if not node.value:
+        return "the value is empty (YAML reads it as null); write the text you mean"
+    value = str(_scalar_value(node)).lower()
+    return (
+        f"YAML 1.1 reads the unquoted {node.value} as {became.format(value=value)}; "
+        f'write it in quotes ("{node.value}") to mean the text'
+    )
 
 
 def parse_spec(
@@ -398,18 +480,24 @@ def parse_spec(
         cause = (first.get("ctx") or {}).get("error")
         if isinstance(cause, _RefError):
             loc = cause.loc
-        key = _format_loc(loc) or None
+        node, line, where = _locate(tree, loc)
+        key = where or None
         message = first["msg"].removeprefix("Value error, ")
+        hint = _quoting_hint(node, first)
         if first["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and indentation)"
         elif first["type"] == "missing":
             message = "required key is missing"
+        elif hint and first["type"] == "string_type":
+            message = f"expected text, but {hint}"
+        elif hint:
+            message = f"{message}; {hint}"
         if key and key.startswith("models.") and applied:
             message += f" (environment overrides applied: {', '.join(applied)})"
         more = len(exc.errors()) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise ConfigError(message, file=source, line=_line_of(tree, loc), key=key) from None
+        raise ConfigError(message, file=source, line=line, key=key) from None
     root = base_dir if base_dir is not None else Path.cwd()
     return LoadedSpec(spec=spec, path=None, prompts_dir=(root / spec.prompts).resolve())
 

@@ -99,6 +99,10 @@ class Triage(BaseModel):
     answer: str | None = None
     confidence: float = Field(ge=0.0, le=1.0)
     confidence_method: ConfidenceMethod
+    confidence_fallback: str | None = None
+    """Set when the model was asked for log-probabilities and its reply gave none usable, so
+    ``confidence`` is its stated one: why (``no_logprobs``, ``field_not_found``,
+    ``malformed_alternatives``, ``no_option_code``)."""
     alternatives: dict[str, float] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list)
     error: str | None = None
@@ -136,6 +140,9 @@ class NodeRun(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    """Replies the node used but did not trust in full, as codes: ``usage_out_of_bounds:prompt_tokens``
+    (a reported token count past what the request could cost, replaced by an estimate), ``usage_missing``."""
 
 
 Route = Literal["mini", "flagship", "none"]
@@ -157,6 +164,8 @@ class Outcome(BaseModel):
     answer: str | None = None
     confidence: float | None = None
     confidence_method: ConfidenceMethod | None = None
+    confidence_fallback: str | None = None
+    """Why log-probabilities the triage model was bound for could not be used (see :class:`Triage`)."""
     escalation_reasons: list[str] = Field(default_factory=list)
     path: list[str] = Field(default_factory=list)
     nodes: list[NodeRun] = Field(default_factory=list)

@@ -81,6 +81,17 @@ def test_console_script_help_lists_commands() -> None:
     assert "graph" in done.stdout
 
 
+def test_console_script_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"triagegate {version('triagegate')}\n"
+    assert done.stderr == ""
+
+
 def test_graph_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", "--help"]) == 0
     out = capsys.readouterr().out
@@ -95,6 +106,67 @@ def test_graph_check_accepts_a_valid_graph(capsys: pytest.CaptureFixture[str], t
     assert out[0] == f"ok: {path} (scripted): 4 categories, threshold 0.7"
     assert "  mini: scripted mini-model" in out
     assert "  flagship: scripted flagship-model" in out
+    assert "  confidence: triage model mini: verbalized (the model's stated confidence)" in out
+
+
+MINI_PRICE = "price: {input: 1.0, output: 2.0}"
+MINI_WITH_LOGPROBS = MINI_PRICE + "\n    capabilities: {logprobs: true}"
+PROMISES_LOGPROBS = "  confidence: triage model mini: logprobs; a reply without usable log-probabilities "
+
+
+@pytest.mark.parametrize(
+    ("edits", "line"),
+    [
+        (
+            [(MINI_PRICE, MINI_WITH_LOGPROBS)],
+            PROMISES_LOGPROBS + "escalates (gate.on_missing_logprobs: escalate)",
+        ),
+        (
+            [
+                (MINI_PRICE, MINI_WITH_LOGPROBS),
+                ("threshold: 0.7", "threshold: 0.7\n  on_missing_logprobs: verbalized"),
+            ],
+            PROMISES_LOGPROBS + "keeps the model's stated confidence (gate.on_missing_logprobs: verbalized)",
+        ),
+        (
+            [(MINI_PRICE, MINI_WITH_LOGPROBS + "\n    fallbacks: [flagship]")],
+            "  confidence: triage model mini: verbalized (logprobs declared, but fallback flagship has none)",
+        ),
+        (
+            [("  mini:\n    backend: scripted\n", "  mini:\n    backend: llamacpp\n")],
+            PROMISES_LOGPROBS + "escalates (gate.on_missing_logprobs: escalate)",
+        ),
+    ],
+)
+def test_graph_check_says_which_confidence_the_triage_binding_gives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, edits: list[tuple[str, str]], line: str
+) -> None:
+    path, text = graph_file(tmp_path)
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    assert main(["graph", "check", str(path)]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+
+
+def test_graph_check_says_when_the_taxonomy_is_too_large_for_logprobs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    many = "\n".join(f"    - {{name: extra{i}}}" for i in range(50))
+    path, _ = graph_file(
+        tmp_path,
+        "    - {name: billing, description: charges and invoices}",
+        "    - {name: billing, description: charges and invoices}\n" + many,
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(MINI_PRICE, MINI_WITH_LOGPROBS), encoding="utf-8"
+    )
+    assert main(["graph", "check", str(path)]) == 0
+    assert (
+        "  confidence: triage model mini: verbalized (logprobs declared, but 54 categories exceed the 52 "
+        "one-token option codes)"
+    ) in capsys.readouterr().out.splitlines()
 
 
 def test_graph_check_on_a_broken_graph_prints_one_line_with_file_and_line(
@@ -123,6 +195,23 @@ def test_graph_check_reports_a_bad_prompt_by_file_and_line(
     assert main(["graph", "check", str(path)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {prompts / 'answer.md'}:2 [customer]:")
+
+
+def test_graph_check_refuses_a_filter_in_a_prompt(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for name in ("triage.md", "answer.md", "escalate.md"):
+        (prompts / name).write_text((PROMPTS / name).read_text(encoding="utf-8"), encoding="utf-8")
+    (prompts / "answer.md").write_text(
+        "Be nice.\n<!-- user -->\n{{ ticket | upper }}\n{{ticket}}\n", encoding="utf-8"
+    )
+    path, _ = graph_file(tmp_path, f"prompts: {PROMPTS}", "prompts: prompts")
+    assert main(["graph", "check", str(path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: {prompts / 'answer.md'}:3: unsupported placeholder '{{{{ ticket | upper }}}}'"
+    )
+    assert "templates support only {{ name }}" in line
 
 
 def test_graph_show_prints_mermaid(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -554,3 +554,89 @@ async def test_standalone_server_process(build: Build) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+
+
+def chars_of(request: ChatRequest) -> int:
+    return sum(len(m.text) for m in request.messages)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected", "warnings"),
+    [
+        ((10**30, 5), (len("Be brief.Hello there") // 4, 5), ["usage_out_of_bounds:prompt_tokens"]),
+        ((7, 10**12), (7, len("recovered") // 4 + 1), ["usage_out_of_bounds:completion_tokens"]),
+        (
+            (-3, "12"),
+            (len("Be brief.Hello there") // 4, len("recovered") // 4 + 1),
+            ["usage_out_of_bounds:prompt_tokens", "usage_out_of_bounds:completion_tokens"],
+        ),
+        ((True, 4), (len("Be brief.Hello there") // 4, 4), ["usage_out_of_bounds:prompt_tokens"]),
+        ((None, 4), (len("Be brief.Hello there") // 4, 4), ["usage_missing"]),
+        ((9.0, 4), (9, 4), []),
+        ((20 + 64 * 3, 20 + 64), (20 + 64 * 3, 20 + 64), []),
+    ],
+)
+async def test_provider_token_counts_are_bounded_by_the_request(
+    server: OpenAIServer,
+    build: Build,
+    usage: tuple[Any, Any],
+    expected: tuple[int, int],
+    warnings: list[str],
+) -> None:
+    server.script("gpt-mini", Reply("recovered", usage=usage))
+    backend = build({"mini": binding(server, price={"input": 1.0, "output": 4.0})})
+    with capture_logs() as logs:
+        result = await backend.chat(HELLO)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == expected
+    assert result.usage.cost_usd == pytest.approx((expected[0] * 1.0 + expected[1] * 4.0) / 1e6)
+    assert list(result.warnings) == warnings
+    flagged = [e for e in logs if e["event"] in ("usage_out_of_bounds", "usage_missing")]
+    assert bool(flagged) == bool(warnings)
+    assert all(e["log_level"] == "warning" and e["endpoint"] == backend.name for e in flagged)
+    assert all(len(str(e.get("reported", ""))) <= 40 for e in flagged)
+
+
+async def test_a_reply_without_usage_is_estimated_and_flagged(server: OpenAIServer, build: Build) -> None:
+    server.script("gpt-mini", Reply("recovered", omit_usage=True))
+    backend = build({"mini": binding(server)})
+    result = await backend.chat(HELLO)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (
+        chars_of(HELLO) // 4,
+        len("recovered") // 4 + 1,
+    )
+    assert result.warnings == ("usage_missing",)
+
+
+async def test_the_bound_counts_bytes_images_and_the_schema(server: OpenAIServer, build: Build) -> None:
+    text = "é" * 100
+    request = ChatRequest(
+        messages=(Message("system", "x"), Message("user", text, (ImagePart("https://example.com/a.png"),))),
+        json_schema=SCHEMA,
+        max_tokens=20,
+    )
+    plausible = len(text.encode()) + 30_000
+    server.script(
+        "gpt-mini", Reply({"category": "A", "answer": "ok", "confidence": 0.5}, usage=(plausible, 5))
+    )
+    backend = build({"mini": binding(server, capabilities={"vision": True})})
+    result = await backend.chat(request)
+    assert result.usage.input_tokens == plausible
+    assert result.warnings == ()
+
+
+async def test_a_huge_count_is_logged_briefly(server: OpenAIServer, build: Build) -> None:
+    server.script("gpt-mini", Reply("recovered", usage=(10**300, 2)))
+    backend = build({"mini": binding(server)})
+    with capture_logs() as logs:
+        result = await backend.chat(HELLO)
+    assert result.usage.input_tokens == chars_of(HELLO) // 4
+    (event,) = [e for e in logs if e["event"] == "usage_out_of_bounds"]
+    assert event["reported"] == "an integer of 997 bits"
+    assert event["field"] == "prompt_tokens" and event["estimate"] == chars_of(HELLO) // 4
+
+
+async def test_classify_carries_usage_warnings(server: OpenAIServer, build: Build) -> None:
+    server.script(None, Reply({"label": "A", "confidence": 0.6}, usage=(10**30, 3)))
+    backend = build({"mini": binding(server)})
+    result = await backend.classify(ClassifyRequest(text="hi", labels=("billing", "technical")))
+    assert result.warnings == ("usage_out_of_bounds:prompt_tokens",)

@@ -42,6 +42,7 @@ from typing import Any
 import uvicorn
 
 __all__ = [
+    "LOGPROBS_MODES",
     "Behaviour",
     "Delay",
     "Garbage",
@@ -70,14 +71,17 @@ class Reply:
     """A 200 completion. ``dict`` content is ``json.dumps``'ed.
 
     ``logprobs`` is the raw ``choices[0].logprobs.content`` list; when it is ``None`` and
-    the request asked for log-probabilities, they are generated from the content.
-    ``usage`` is ``(prompt_tokens, completion_tokens)``; ``None`` estimates them.
+    the request asked for log-probabilities, they are generated from the content (as the
+    server's ``logprobs_mode`` says).
+    ``usage`` is ``(prompt_tokens, completion_tokens)``, sent as given (absurd or malformed
+    counts included); ``None`` estimates them; ``omit_usage`` sends no ``usage`` object.
     """
 
     content: str | dict[str, Any]
     logprobs: list[dict[str, Any]] | None = None
-    usage: tuple[int, int] | None = None
+    usage: tuple[Any, Any] | None = None
     finish_reason: str = "stop"
+    omit_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,12 @@ class Delay:
 
 
 Behaviour = Reply | Status | Hang | Garbage | Delay
+
+LOGPROBS_MODES = ("auto", "omit", "null", "malformed", "unaligned")
+"""What a reply carries when log-probabilities are asked for and not scripted: ``auto``
+(generated from the content), ``omit`` (no ``logprobs`` key), ``null`` (``"logprobs": null``),
+``malformed`` (``top_logprobs`` entries that are not objects) or ``unaligned`` (tokens that do
+not spell the content), as independent servers have been seen to do."""
 
 _TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
 _OPTION_LINE = re.compile(r"^\s*([A-Za-z])\s*[:).]\s+\S", re.MULTILINE)
@@ -325,8 +335,9 @@ class OpenAIServer:
     ``faults`` (``"429"``/``"500"``/any status code, ``"timeout"`` = hang ``hang_seconds``,
     ``"garbage"``), drawn from an RNG seeded with ``seed``; ``fault_retry_after`` sent with
     injected 429/503; ``code_confidence`` (a float or ``f(body) -> float``) for option-code
-    tokens; ``choose(field, enum_values, body) -> value`` picks enum values; ``record``
-    (keep request bodies and headers; turn off for long benchmarks).
+    tokens; ``choose(field, enum_values, body) -> value`` picks enum values; ``logprobs_mode``
+    (one of :data:`LOGPROBS_MODES`); ``record`` (keep request bodies and headers; turn off
+    for long benchmarks).
 
     Counters: ``count`` requests received, ``status_counts`` per status sent,
     ``max_concurrency_seen`` most chat requests in flight at once.
@@ -346,6 +357,7 @@ class OpenAIServer:
         code_confidence: float | Callable[[dict[str, Any]], float] = 0.9,
         choose: Chooser | None = None,
         record: bool = True,
+        logprobs_mode: str = "auto",
     ) -> None:
         self.host = host
         self.port = port
@@ -361,6 +373,11 @@ class OpenAIServer:
         self.code_confidence = code_confidence
         self.choose: Chooser = choose or _first_choice
         self.record = record
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(
+                f"unknown logprobs_mode {logprobs_mode!r}: use one of {', '.join(LOGPROBS_MODES)}"
+            )
+        self.logprobs_mode = logprobs_mode
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.count = 0
@@ -548,34 +565,47 @@ class OpenAIServer:
                 spots = code_spots(content, fields, bare)
             logprobs = reply.logprobs
             finish = reply.finish_reason
+        mode = self.logprobs_mode if wants_logprobs and logprobs is None else "auto"
         if wants_logprobs and logprobs is None:
             confidence = self.code_confidence
             value = confidence(body) if callable(confidence) else confidence
             logprobs = make_logprobs(content, spots, value, int(body.get("top_logprobs") or 1))
+            if mode == "malformed":
+                logprobs = [{**entry, "top_logprobs": ["not", "objects"]} for entry in logprobs]
+            elif mode == "unaligned":
+                logprobs = [_entry(" x", CODE_TOKEN_LOGPROB, [(" x", CODE_TOKEN_LOGPROB)]) for _ in logprobs]
         if reply is not None and reply.usage is not None:
             prompt_tokens, completion_tokens = reply.usage
         else:
             chars = sum(len(_message_text(m)) for m in body.get("messages") or () if isinstance(m, dict))
             prompt_tokens, completion_tokens = chars // 4, len(content) // 4 + 1
-        return {
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": {"content": logprobs} if logprobs is not None and mode != "null" else None,
+            "finish_reason": finish,
+        }
+        if mode == "omit":
+            del choice["logprobs"]
+        completion: dict[str, Any] = {
             "id": f"chatcmpl-{self.count}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or "auto",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "logprobs": {"content": logprobs} if logprobs is not None else None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": {
+            "choices": [choice],
+        }
+        if reply is None or not reply.omit_usage:
+            total = (
+                prompt_tokens + completion_tokens
+                if all(isinstance(n, int) for n in (prompt_tokens, completion_tokens))
+                else None
+            )
+            completion["usage"] = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+                "total_tokens": total,
+            }
+        return completion
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -634,6 +664,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--retry-after", type=float, default=None, help="Retry-After sent with injected 429/503"
     )
     parser.add_argument("--code-confidence", type=float, default=0.9)
+    parser.add_argument(
+        "--logprobs",
+        choices=LOGPROBS_MODES,
+        default="auto",
+        help="what replies carry when log-probabilities are asked for (to try the fallback)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -655,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         code_confidence=args.code_confidence,
         record=False,
+        logprobs_mode=args.logprobs,
     )
     with server:
         print(f"READY {server.base_url}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
 
@@ -22,6 +23,32 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 graph_app = typer.Typer(help="Inspect and validate graph files.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("triagegate")
+        except PackageNotFoundError:
+            installed = "unknown (not installed as a package)"
+        typer.echo(f"triagegate {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 app.add_typer(graph_app, name="graph")
 
 COMMAND_MODULES = [

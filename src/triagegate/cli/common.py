@@ -48,7 +48,13 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
         "category", f"{outcome.category} (priority {outcome.priority}, complexity {outcome.complexity})"
     )
     if outcome.confidence is not None:
-        table.add_row("confidence", f"{outcome.confidence:.3f} ({outcome.confidence_method})")
+        how = str(outcome.confidence_method)
+        if outcome.confidence_fallback:
+            from triagegate.confidence import FALLBACK_REASONS
+
+            why = FALLBACK_REASONS.get(outcome.confidence_fallback, outcome.confidence_fallback)
+            how = f"{how}, not logprobs: {why}"
+        table.add_row("confidence", f"{outcome.confidence:.3f} ({how})")
     if outcome.escalation_reasons:
         table.add_row("escalated because", ", ".join(outcome.escalation_reasons))
     for run in outcome.nodes:
@@ -68,4 +74,3 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
 def percent(value: float | None) -> str:
     """A share as ``12.3%``, or ``-`` when there is none (no ticket kept, say)."""
     return "-" if value is None else f"{100 * value:.1f}%"
-

@@ -10,7 +10,8 @@ from triagegate.cli import graph_app
 from triagegate.cli.common import GraphArg
 
 if TYPE_CHECKING:
-    from triagegate.spec import LoadedSpec
+    from triagegate.models.base import Capabilities
+    from triagegate.spec import GraphSpec, LoadedSpec, ModelBinding
 
 
 def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
@@ -25,7 +26,57 @@ def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
         backend_class(binding.backend)
         where = f" @ {binding.base_url}" if binding.base_url else ""
         lines.append(f"{alias}: {binding.backend} {binding.model}{where}")
+    lines.append(f"confidence: {_confidence_line(loaded.spec)}")
     return loaded, lines
+
+
+def _declared_capabilities(binding: ModelBinding) -> Capabilities:
+    """What a binding's backend will offer, read from the graph file without building it."""
+    from triagegate.models.base import Capabilities
+
+    if binding.backend == "classifier":
+        return Capabilities(chat=False, classify=True)
+    if binding.backend == "llamacpp":
+        from triagegate.models.llamacpp import DEFAULT_LOGPROBS
+
+        return Capabilities(logprobs=binding.options.get("logprobs", DEFAULT_LOGPROBS) is True)
+    return Capabilities(logprobs=binding.capabilities.logprobs)
+
+
+def _confidence_line(spec: GraphSpec) -> str:
+    """Which confidence the triage model's binding promises, and what a missing one means.
+
+    A fallback chain offers log-probabilities only when every endpoint in it does, as
+    :class:`~triagegate.models.fallback.FallbackChain` does at run time.
+    """
+    from triagegate.confidence import OPTION_CODES
+    from triagegate.replies import triage_confidence_method
+
+    alias = spec.nodes.triage.model
+    chain = [alias, *spec.models[alias].fallbacks]
+    caps = [_declared_capabilities(spec.models[a]) for a in chain]
+    if not all(c.chat for c in caps):
+        return f"triage model {alias}: classifier (the trained model's class probability)"
+    from triagegate.models.base import Capabilities
+
+    method = triage_confidence_method(Capabilities(logprobs=all(c.logprobs for c in caps)), spec)
+    if method == "logprobs":
+        policy = spec.gate.on_missing_logprobs
+        then = "escalates" if policy == "escalate" else "keeps the model's stated confidence"
+        return (
+            f"triage model {alias}: logprobs; a reply without usable log-probabilities {then} "
+            f"(gate.on_missing_logprobs: {policy})"
+        )
+    why = "the model's stated confidence"
+    if caps[0].logprobs and not all(c.logprobs for c in caps):
+        lacking = ", ".join(a for a, c in zip(chain, caps, strict=True) if not c.logprobs)
+        why = f"logprobs declared, but fallback {lacking} has none"
+    elif caps[0].logprobs:
+        why = (
+            f"logprobs declared, but {len(spec.taxonomy.categories)} categories exceed the "
+            f"{len(OPTION_CODES)} one-token option codes"
+        )
+    return f"triage model {alias}: verbalized ({why})"
 
 
 @graph_app.command("check")

@@ -178,6 +178,9 @@ class ChatResult:
     latency_ms: float
     logprobs: Sequence[TokenLogprob] | None = None
     finish_reason: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What the backend did not take from the reply as given, as short codes for the node's
+    NodeRun (``usage_out_of_bounds:prompt_tokens``: the reported count was replaced by an estimate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,8 @@ class Classification:
     endpoint: str
     usage: Usage
     latency_ms: float
+    warnings: tuple[str, ...] = ()
+    """As :attr:`ChatResult.warnings`, for the chat calls a backend made to classify."""
 
     @property
     def best(self) -> tuple[str, float]:

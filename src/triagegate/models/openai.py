@@ -63,6 +63,14 @@ DEFAULT_POOL = 100
 MAX_RETRY_AFTER = 60.0
 MAX_TOP_LOGPROBS = 20
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+CHARS_PER_TOKEN = 4
+"""For estimates: the rate-limit reservation, and token counts a reply leaves out or gets wrong."""
+PROMPT_OVERHEAD_TOKENS = 64
+"""Chat-template tokens allowed per message and per request beyond the text's own bytes."""
+IMAGE_TOKENS_BOUND = 32_768
+"""Most prompt tokens one image may plausibly cost (generous: large images on tiling models)."""
+COMPLETION_MARGIN_TOKENS = 64
+"""Tokens a completion may report beyond ``max_tokens`` (end-of-text and template tokens)."""
 _OPTIONS = {"retry_base": 0.25, "retry_cap": 8.0}
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
 """How structured output is requested (option ``response_format``): OpenAI's ``json_schema``
@@ -282,7 +290,8 @@ class OpenAIBackend:
         """One chat completion, retried on transient failures; ``usage.requests`` counts attempts."""
         started = time.perf_counter()
         body = self._chat_body(request)
-        estimate = sum(len(m.text) for m in request.messages) // 4 + request.max_tokens
+        prompt_chars = sum(len(m.text) for m in request.messages)
+        estimate = prompt_chars // CHARS_PER_TOKEN + request.max_tokens
         data, attempts = await self._post(body, estimate)
         choice = data["choices"][0]
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -293,10 +302,9 @@ class OpenAIBackend:
             self._bad_output("the model refused the request")
         if content is not None and not isinstance(content, str):
             self._bad_output("choices[0].message.content is not a string")
-        raw_usage = data.get("usage")
-        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
-        input_tokens = _as_int(usage.get("prompt_tokens"))
-        output_tokens = _as_int(usage.get("completion_tokens"))
+        input_tokens, output_tokens, warnings = self._checked_usage(
+            data.get("usage"), request, prompt_chars, content or ""
+        )
         finish = choice.get("finish_reason")
         return ChatResult(
             text=content or "",
@@ -311,7 +319,65 @@ class OpenAIBackend:
             latency_ms=(time.perf_counter() - started) * 1000,
             logprobs=_parse_logprobs(choice.get("logprobs")) if "logprobs" in body else None,
             finish_reason=finish if isinstance(finish, str) else None,
+            warnings=warnings,
         )
+
+    def _checked_usage(
+        self, raw: Any, request: ChatRequest, prompt_chars: int, content: str
+    ) -> tuple[int, int, tuple[str, ...]]:
+        """The reply's ``(prompt_tokens, completion_tokens)``, each checked against what the
+        request could have cost, and the warnings for the NodeRun.
+
+        Costs and budgets (``--max-cost``, ``tokens_per_minute``) are computed from these
+        counts, so a server that reports nonsense (10^30 prompt tokens, a negative count, no
+        usage at all) must not be believed. No tokenizer emits more than one token per byte,
+        so a prompt is bounded by its bytes plus chat-template overhead and an allowance per
+        image, and a completion by ``max_tokens`` (or, from a server that ignores it, the
+        bytes it returned) plus a margin. A count that is missing, not a whole number or out
+        of bounds is replaced by the estimate (:data:`CHARS_PER_TOKEN`), logged and flagged.
+        """
+        usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        prompt = _whole(usage.get("prompt_tokens"))
+        completion = _whole(usage.get("completion_tokens"))
+        if (
+            prompt is not None
+            and completion is not None
+            and prompt <= prompt_chars + PROMPT_OVERHEAD_TOKENS * (1 + len(request.messages))
+            and completion <= request.max_tokens + COMPLETION_MARGIN_TOKENS
+        ):
+            return prompt, completion, ()
+        warnings: list[str] = []
+        checked: list[int] = []
+        for field, count, estimate, bound in (
+            ("prompt_tokens", prompt, prompt_chars // CHARS_PER_TOKEN, _prompt_bound(request)),
+            (
+                "completion_tokens",
+                completion,
+                len(content) // CHARS_PER_TOKEN + 1,
+                max(request.max_tokens, len(content.encode())) + COMPLETION_MARGIN_TOKENS,
+            ),
+        ):
+            if count is not None and count <= bound:
+                checked.append(count)
+                continue
+            checked.append(estimate)
+            reported = usage.get(field)
+            if reported is None:
+                if "usage_missing" not in warnings:
+                    warnings.append("usage_missing")
+                continue
+            warnings.append(f"usage_out_of_bounds:{field}")
+            log.warning(
+                "usage_out_of_bounds",
+                endpoint=self.name,
+                field=field,
+                reported=_describe(reported),
+                bound=bound,
+                estimate=estimate,
+            )
+        if "usage_missing" in warnings:
+            log.warning("usage_missing", endpoint=self.name, estimate=checked)
+        return checked[0], checked[1], tuple(warnings)
 
     async def classify(self, request: ClassifyRequest) -> Classification:
         """Score ``request.labels`` by asking for a one-letter option code.
@@ -335,6 +401,7 @@ class OpenAIBackend:
             ) from None
         started = time.perf_counter()
         usage = Usage()
+        warnings: tuple[str, ...] = ()
         if self.capabilities.logprobs:
             result = await self.chat(
                 ChatRequest(
@@ -345,12 +412,14 @@ class OpenAIBackend:
                 )
             )
             usage = usage + result.usage
+            warnings = result.warnings
             dist = single_token_distribution(result.logprobs or (), codes)
             if dist is not None:
                 return self._classification(
                     {label: dist[code] for label, code in zip(request.labels, codes, strict=True)},
                     usage,
                     started,
+                    warnings,
                 )
         result = await self.chat(
             ChatRequest(
@@ -361,15 +430,16 @@ class OpenAIBackend:
             )
         )
         usage = usage + result.usage
+        warnings += tuple(w for w in result.warnings if w not in warnings)
         label, confidence = self._parse_verbalised(result.text, request.labels, codes)
         rest = (1.0 - confidence) / (len(request.labels) - 1) if len(request.labels) > 1 else 0.0
         probabilities = {name: (confidence if name == label else rest) for name in request.labels}
         if len(request.labels) == 1:
             probabilities[label] = 1.0
-        return self._classification(probabilities, usage, started)
+        return self._classification(probabilities, usage, started, warnings)
 
     def _classification(
-        self, probabilities: dict[str, float], usage: Usage, started: float
+        self, probabilities: dict[str, float], usage: Usage, started: float, warnings: tuple[str, ...]
     ) -> Classification:
         return Classification(
             probabilities=probabilities,
@@ -377,6 +447,7 @@ class OpenAIBackend:
             endpoint=self.name,
             usage=usage,
             latency_ms=(time.perf_counter() - started) * 1000,
+            warnings=warnings,
         )
 
     def _parse_verbalised(self, text: str, labels: tuple[str, ...], codes: list[str]) -> tuple[str, float]:
@@ -482,7 +553,7 @@ class OpenAIBackend:
         if status == 200:
             try:
                 data = response.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except ValueError:
                 raise _Transient("garbage", "the reply body is not JSON", status) from None
             if not isinstance(data, dict):
                 raise _Transient("garbage", "the reply is not a JSON object", status)
@@ -596,8 +667,28 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
-def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _whole(value: Any) -> int | None:
+    """A reported token count as a non-negative int, or ``None`` if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def _describe(value: Any) -> str:
+    """A reported value for a log line, short whatever it is (a 10^5000 count included)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)[:40]
+
+
+def _prompt_bound(request: ChatRequest) -> int:
+    """Most prompt tokens ``request`` can cost: its bytes, template overhead, an allowance per image."""
+    total = sum(len(m.text.encode()) + IMAGE_TOKENS_BOUND * len(m.images) for m in request.messages)
+    if request.json_schema is not None:
+        total += len(json.dumps(request.json_schema.schema).encode())
+    return total + PROMPT_OVERHEAD_TOKENS * (1 + len(request.messages))
 
 
 def _scoring_messages(request: ClassifyRequest, codes: list[str], *, json_reply: bool) -> tuple[Message, ...]:
