@@ -184,24 +184,40 @@ def test_write_patches_a_copy_of_the_graph_keeping_comments(
     assert all(line in after.splitlines() for line in untouched)
 
 
-def test_write_refuses_what_it_cannot_patch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+BLOCK_GATE = (
+    "gate:\n  # tuned by hand last spring\n  threshold: 0.5   # too low?\n  category_thresholds:\n"
+    "    billing: 0.99  # stale\n  never_escalate:\n    categories: []\n"
+)
+
+
+def test_write_patches_a_flow_gate_and_refuses_what_it_cannot_keep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flow-style gate is patched in flow style; a file whose round trip would reformat other lines is refused."""
     from triagegate.tuning.gate_patch import GatePatchError, patch_file
 
     data = noisy_tickets(tmp_path / "tickets.csv", copies=2)
     text = commented_graph(tmp_path / "graph.yaml").read_text(encoding="utf-8")
     flow = tmp_path / "flow.yaml"
-    flow.write_text(
-        text.replace(
-            "gate:\n  # tuned by hand last spring\n  threshold: 0.5   # too low?\n  category_thresholds:\n"
-            "    billing: 0.99  # stale\n  never_escalate:\n    categories: []\n",
-            "gate: {threshold: 0.5}\n",
-        ),
-        encoding="utf-8",
+    flow.write_text(text.replace(BLOCK_GATE, "gate: {threshold: 0.5}\n"), encoding="utf-8")
+    before = flow.read_text(encoding="utf-8").splitlines()
+    assert main(["calibrate", str(flow), str(data), "--target-accuracy", "0.8", "--write"]) == 0
+    capsys.readouterr()
+    after = flow.read_text(encoding="utf-8").splitlines()
+    at = before.index("gate: {threshold: 0.5}")
+    assert after[at].startswith("gate: {threshold: ") and after[at] != before[at]
+    assert after[:at] + after[at + 1 :] == before[:at] + before[at + 1 :]
+
+    ragged = tmp_path / "ragged.yaml"
+    indented = "  mini:\n     backend: classifier\n     options:"
+    ragged.write_text(
+        text.replace("  mini:\n    backend: classifier\n    options:", indented), encoding="utf-8"
     )
-    assert main(["calibrate", str(flow), str(data), "--target-accuracy", "0.8", "--write"]) == 2
+    unchanged = ragged.read_text(encoding="utf-8")
+    assert main(["calibrate", str(ragged), str(data), "--target-accuracy", "0.8", "--write"]) == 2
     err = capsys.readouterr().err
-    assert "not a block mapping" in err and "set these keys by hand instead" in err and "threshold:" in err
-    assert flow.read_text(encoding="utf-8").count("gate: {threshold: 0.5}") == 1
+    assert "outside 'gate'" in err and "set these keys by hand instead" in err and "threshold:" in err
+    assert ragged.read_text(encoding="utf-8") == unchanged
     graph = tmp_path / "graph.yaml"
     with pytest.raises(GatePatchError, match=r"would not validate .*unknown categories: no_such_category"):
         patch_file(graph, 0.7, {"billing": 0.8, "no_such_category": 0.5})

@@ -1,19 +1,24 @@
 """Writing fitted thresholds into a graph file, leaving the rest of its text alone.
 
-Graph files are edited by people and carry comments, ordering and layout that a YAML
-round trip would lose, so the patch edits the text: it finds ``gate``, ``gate.threshold``
-and ``gate.category_thresholds`` through PyYAML's node positions and rewrites only the
-lines (or, for the threshold, only the number) it must. Comments on those lines and
-full-line comments inside the replaced ``category_thresholds`` block are kept.
+Graph files are edited by people and carry comments, ordering, quoting, anchors and flow
+style. The patch is a ruamel.yaml round trip: the file is loaded as a comment-preserving
+tree, ``gate.threshold`` and ``gate.category_thresholds`` are set in place (keys kept in
+their order, new ones appended sorted, comments on kept keys kept) and the tree is written
+back with the file's own indentation.
 
-The result must parse to the same graph except for those two keys
-(:func:`triagegate.spec.parse_spec`, compared field by field); anything this cannot
-guarantee (flow-style mappings spanning lines, anchors, tags, several documents) is
-refused with :class:`GatePatchError`, which says what to paste by hand instead.
+Two checks guard the result, and a failed one leaves the file untouched and raises
+:class:`GatePatchError` with the snippet to paste by hand instead:
+
+* every line outside the ``gate`` block must come back byte for byte (a round trip that
+  would re-indent or re-quote the rest of a file is refused rather than written);
+* the result must parse (:func:`triagegate.spec.parse_spec`, the graph loader itself) to
+  the same graph except for the two keys, compared field by field.
 """
 
 from __future__ import annotations
 
+import difflib
+import io
 import os
 import tempfile
 from collections.abc import Mapping
@@ -21,169 +26,155 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedBase, CommentedMap
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.util import load_yaml_guess_indent
 
 from triagegate.errors import ConfigError
 from triagegate.spec import parse_spec
-
-Edit = tuple[int, int, list[str]]
-"""Replace lines ``[start, end)`` of the original text with new lines."""
 
 
 class GatePatchError(ConfigError):
     """The graph file cannot be patched safely; the message includes the snippet to apply by hand."""
 
 
-def _number(value: float) -> str:
-    return repr(float(value))
-
-
 def _key(name: str) -> str:
+    """``name`` as a mapping key the graph loader (YAML 1.1) reads back as the same string."""
     try:
         plain = yaml.safe_load(f"{name}: 0") == {name: 0}
     except yaml.YAMLError:
         plain = False
-    return name if plain else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _entries(thresholds: Mapping[str, float], indent: str) -> list[str]:
-    return [f"{indent}{_key(k)}: {_number(v)}\n" for k, v in sorted(thresholds.items())]
+    return name if plain else DoubleQuotedScalarString(name)
 
 
 def snippet(threshold: float, category_thresholds: Mapping[str, float]) -> str:
     """The ``gate`` keys to set, as YAML to paste into a graph file."""
-    lines = ["gate:\n", f"  threshold: {_number(threshold)}\n"]
-    if category_thresholds:
-        lines += ["  category_thresholds:\n", *_entries(category_thresholds, "    ")]
-    else:
-        lines.append("  category_thresholds: {}\n")
-    return "".join(lines)
-
-
-def _child(mapping: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | None:
-    for k, v in mapping.value:
-        if isinstance(k, yaml.ScalarNode) and k.value == key:
-            return k, v
-    return None
-
-
-def _last_line(node: yaml.Node) -> int:
-    """0-based line of the last character of a block node."""
-    end = node.end_mark
-    return end.line if end.column > 0 else end.line - 1
-
-
-def _empty(node: yaml.Node) -> bool:
-    return (
-        isinstance(node, yaml.ScalarNode)
-        and node.tag.endswith(":null")
-        and node.start_mark.index == node.end_mark.index
+    gate: dict[str, Any] = {"threshold": float(threshold)}
+    gate["category_thresholds"] = CommentedMap(
+        (_key(k), float(v)) for k, v in sorted(category_thresholds.items())
     )
+    if not category_thresholds:
+        gate["category_thresholds"].fa.set_flow_style()
+    return _dump({"gate": gate}, mapping=2, sequence=4, offset=2)
 
 
-def _edits(
-    lines: list[str], root: yaml.MappingNode, threshold: float, thresholds: Mapping[str, float]
-) -> list[Edit]:
-    gate = _child(root, "gate")
-    if gate is None:
-        indent = " " * _indent_of(root)
-        block = ["gate:\n", f"{indent}threshold: {_number(threshold)}\n"]
-        if thresholds:
-            block += [f"{indent}category_thresholds:\n", *_entries(thresholds, indent * 2)]
-        tail = [] if not lines or lines[-1].endswith("\n") else ["\n"]
-        return [(len(lines), len(lines), tail + block)]
-    gate_key, gate_value = gate
-    if _empty(gate_value):
-        indent = " " * _indent_of(root)
-        line = gate_key.start_mark.line
-        block = [f"{indent}threshold: {_number(threshold)}\n"]
-        if thresholds:
-            block += [f"{indent}category_thresholds:\n", *_entries(thresholds, indent * 2)]
-        return [(line + 1, line + 1, block)]
-    if not isinstance(gate_value, yaml.MappingNode) or gate_value.flow_style:
-        raise ValueError("'gate' is not a block mapping")
-    first_key = gate_value.value[0][0] if gate_value.value else None
-    if first_key is None:
-        raise ValueError("'gate' is an empty mapping")
-    column = first_key.start_mark.column
-    indent = " " * column
-    step = " " * max(2, column - gate_key.start_mark.column)
-    edits: list[Edit] = []
-    found = _child(gate_value, "threshold")
-    if found is not None:
-        _, value = found
-        if not isinstance(value, yaml.ScalarNode) or value.start_mark.line != value.end_mark.line:
-            raise ValueError("gate.threshold is not a plain number on one line")
-        n = value.start_mark.line
-        text = lines[n]
-        lines_edit = text[: value.start_mark.column] + _number(threshold) + text[value.end_mark.column :]
-        edits.append((n, n + 1, [lines_edit]))
-        after = n + 1
-    else:
-        n = first_key.start_mark.line
-        edits.append((n, n, [f"{indent}threshold: {_number(threshold)}\n"]))
-        after = n
-    found = _child(gate_value, "category_thresholds")
-    if found is None:
-        if thresholds:
-            block = [f"{indent}category_thresholds:\n", *_entries(thresholds, indent + step)]
-            if edits[-1][0] == after:
-                edits[-1][2].extend(block)
-            else:
-                edits.append((after, after, block))
-        return edits
-    key, value = found
-    start = key.start_mark.line
-    if isinstance(value, yaml.MappingNode) and not value.flow_style and value.value:
-        end = _last_line(value.value[-1][1]) + 1
-        nested = value.value[0][0].start_mark.column
-        keep = [ln for ln in lines[start + 1 : end] if ln.lstrip().startswith("#")]
-        entries = _entries(thresholds, " " * nested)
-    elif _empty(value) or (
-        isinstance(value, yaml.MappingNode) and value.start_mark.line == value.end_mark.line == start
-    ):
-        end = start + 1
-        keep = []
-        entries = _entries(thresholds, indent + step)
-    else:
-        raise ValueError("gate.category_thresholds is neither a block mapping nor a one-line flow mapping")
-    if not thresholds:
-        return [*edits, (start, end, [])]
-    head = lines[start]
-    if isinstance(value, yaml.MappingNode) and value.flow_style:
-        rest = head[value.end_mark.column :].rstrip("\n")
-        head = (
-            head[: value.start_mark.column].rstrip() + (rest if rest.strip().startswith("#") else "") + "\n"
-        )
-    return [*edits, (start, end, [head, *keep, *entries])]
+def _dump(data: Any, *, mapping: int, sequence: int, offset: int) -> str:
+    out = io.StringIO()
+    _yaml(mapping, sequence, offset).dump(data, out)
+    return out.getvalue()
 
 
-def _indent_of(root: yaml.MappingNode) -> int:
-    for _, value in root.value:
-        if isinstance(value, yaml.MappingNode) and not value.flow_style and value.value:
-            column: int = value.value[0][0].start_mark.column
-            return max(2, column)
+def _yaml(mapping: int = 2, sequence: int = 4, offset: int = 2) -> YAML:
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.width = 1 << 20
+    rt.indent(mapping=mapping, sequence=sequence, offset=offset)
+    return rt
+
+
+def _keep_anchors(node: Any) -> None:
+    """Mark every anchor to be written even when nothing refers to it (ruamel drops unused ones)."""
+    if isinstance(node, CommentedBase) and node.anchor.value:
+        node.yaml_set_anchor(node.anchor.value, always_dump=True)
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        _keep_anchors(child)
+
+
+def _mapping_indent(root: CommentedMap) -> int:
+    for key in root:
+        value = root[key]
+        if isinstance(value, CommentedMap) and value and not value.fa.flow_style():
+            return max(1, int(value.lc.col) - int(root.lc.key(key)[1]))
     return 2
+
+
+def _set_thresholds(root: CommentedMap, threshold: float, thresholds: Mapping[str, float]) -> None:
+    gate = root.get("gate")
+    if gate is None:
+        gate = root["gate"] = CommentedMap()
+    if not isinstance(gate, CommentedMap):
+        raise ValueError("'gate' is not a mapping")
+    gate["threshold"] = float(threshold)
+    current = gate.get("category_thresholds")
+    if not thresholds:
+        if "category_thresholds" in gate:
+            del gate["category_thresholds"]
+        return
+    if not isinstance(current, CommentedMap):
+        current = gate["category_thresholds"] = CommentedMap()
+    wanted = {str(k): float(v) for k, v in thresholds.items()}
+    for name in [k for k in current if str(k) not in wanted]:
+        del current[name]
+    for name in sorted(wanted):
+        key = next((k for k in current if str(k) == name), None)
+        current[key if key is not None else _key(name)] = wanted[name]
+
+
+def _editable(root: CommentedMap, lines: int) -> tuple[range, set[int]]:
+    """The original lines the ``gate`` block spans, and those of them the patch may rewrite.
+
+    Lines may be inserted anywhere in the block; rewritten or removed only where they hold
+    ``threshold`` or ``category_thresholds`` (or the whole block, for a flow-style or empty
+    gate, which ruamel writes on one line).
+    """
+    keys = list(root)
+    if "gate" not in keys:
+        return range(lines, lines), set()
+    start = int(root.lc.key("gate")[0])
+    later = [int(root.lc.key(k)[0]) for k in keys[keys.index("gate") + 1 :]]
+    block = range(start, min(later) if later else lines)
+    gate = root["gate"]
+    if not isinstance(gate, CommentedMap) or gate.fa.flow_style() or not gate:
+        return block, set(block)
+    rows = [int(gate.lc.key(k)[0]) for k in gate] + [block.stop]
+    editable: set[int] = set()
+    for i, key in enumerate(gate):
+        if key in ("threshold", "category_thresholds"):
+            editable.update(range(rows[i], max(rows[i] + 1, rows[i + 1])))
+    return block, editable
 
 
 def patch_text(
     text: str, threshold: float, category_thresholds: Mapping[str, float], *, source: str = "<graph>"
 ) -> str:
-    """``text`` with ``gate.threshold`` and ``gate.category_thresholds`` set; raises :class:`GatePatchError`."""
+    """``text`` with ``gate.threshold`` and ``gate.category_thresholds`` set; raises :class:`GatePatchError`.
+
+    Setting no category thresholds removes the key (the gate then uses the global one).
+    """
     manual = f"set these keys by hand instead:\n{snippet(threshold, category_thresholds)}"
     try:
-        documents = list(yaml.compose_all(text))
-    except yaml.YAMLError as exc:
+        _, sequence, offset = load_yaml_guess_indent(text)
+        probe = _yaml().load(text)
+        if not isinstance(probe, CommentedMap) or probe.fa.flow_style():
+            raise GatePatchError(f"the graph file is not one block-style YAML mapping; {manual}", file=source)
+        mapping = _mapping_indent(probe)
+        rt = _yaml(mapping, sequence or mapping + 2, offset or 0)
+        root = rt.load(text)
+        block, editable = _editable(root, len(text.splitlines()))
+        _keep_anchors(root)
+        _set_thresholds(root, threshold, category_thresholds)
+        out = io.StringIO()
+        rt.dump(root, out)
+    except YAMLError as exc:
         raise GatePatchError(f"not valid YAML ({exc}); {manual}", file=source) from None
-    if len(documents) != 1 or not isinstance(documents[0], yaml.MappingNode) or documents[0].flow_style:
-        raise GatePatchError(f"the graph file is not one block-style YAML mapping; {manual}", file=source)
-    lines = text.splitlines(keepends=True)
-    try:
-        edits = _edits(lines, documents[0], threshold, category_thresholds)
     except ValueError as exc:
-        raise GatePatchError(f"cannot patch the file's text: {exc}; {manual}", file=source) from None
-    for start, end, new in sorted(edits, key=lambda e: e[0], reverse=True):
-        lines[start:end] = new
-    return "".join(lines)
+        raise GatePatchError(f"cannot patch the file: {exc}; {manual}", file=source) from None
+    new = out.getvalue()
+    old_lines = (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
+    new_lines = new.splitlines(keepends=True)
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False).get_opcodes():
+        if tag == "equal" or (tag == "insert" and block.start <= i1 <= max(block.stop, block.start + 1)):
+            continue
+        kept = next((i for i in range(i1, i2) if i not in editable), None)
+        if kept is not None:
+            where = "outside 'gate'" if kept not in block else "in 'gate' besides the thresholds"
+            raise GatePatchError(
+                f"writing the file back would change line {kept + 1}, {where}; {manual}", file=source
+            )
+    return new
 
 
 def _without_thresholds(spec: Any) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""``calibrate --write``: the gate patched through a ruamel.yaml round trip, everything else left as written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from triagegate.spec import load_spec
+from triagegate.tuning.gate_patch import GatePatchError, patch_file, patch_text, snippet
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def changed(before: str, after: str) -> list[tuple[str, str]]:
+    """Pairs of differing lines (the texts must have the same number of lines)."""
+    a, b = before.splitlines(), after.splitlines()
+    assert len(a) == len(b), (a, b)
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+
+
+def test_comments_and_four_space_indentation_are_kept() -> None:
+    text = (
+        "# graph: tuned by hand\n"
+        "models:\n"
+        "    mini: {backend: scripted}    # a flow mapping\n"
+        "gate:\n"
+        "    # the global cut-off\n"
+        "    threshold: 0.70   # keep an eye on it\n"
+        "    category_thresholds:\n"
+        "        # refunds are risky\n"
+        "        refund: 0.9    # from March\n"
+        "        billing: 0.85\n"
+        "taxonomy:\n"
+        "    categories:\n"
+        "        -   name: billing\n"
+        "        -   name: refund   # money back\n"
+    )
+    after = patch_text(text, 0.8, {"refund": 0.95, "billing": 0.85})
+    assert changed(text, after) == [
+        ("    threshold: 0.70   # keep an eye on it", "    threshold: 0.8    # keep an eye on it"),
+        ("        refund: 0.9    # from March", "        refund: 0.95   # from March"),
+    ]
+
+
+def test_flow_style_gate_stays_flow_style() -> None:
+    text = "version: 1\ngate: {threshold: 0.5, category_thresholds: {billing: 0.9}}   # flow\nname: g\n"
+    after = patch_text(text, 0.75, {"billing": 0.8, "refund": 0.6})
+    assert after.splitlines()[1].startswith(
+        "gate: {threshold: 0.75, category_thresholds: {billing: 0.8, refund: 0.6}}"
+    )
+    assert after.splitlines()[1].endswith("# flow")
+    assert [after.splitlines()[0], after.splitlines()[2]] == ["version: 1", "name: g"]
+    assert yaml.safe_load(after)["gate"] == {
+        "threshold": 0.75,
+        "category_thresholds": {"billing": 0.8, "refund": 0.6},
+    }
+
+
+def test_anchors_and_aliases_are_kept() -> None:
+    text = (
+        "prices: &cheap {input: 1.0, output: 2.0}\n"
+        "models:\n"
+        "  mini: {backend: scripted, price: *cheap}\n"
+        "  flagship:\n"
+        "    backend: scripted\n"
+        "    price: *cheap\n"
+        "gate:\n"
+        "  threshold: 0.5\n"
+        "  always_escalate: &rules\n"
+        "    categories: [security]\n"
+        "  never_escalate: {categories: []}\n"
+    )
+    after = patch_text(text, 0.6, {})
+    assert changed(text, after) == [("  threshold: 0.5", "  threshold: 0.6")]
+    assert "&rules" in after and after.count("*cheap") == 2  # kept, though nothing refers to it
+
+
+def test_a_round_trip_that_would_reformat_a_line_is_refused() -> None:
+    """ruamel normalises some spacing; the patch refuses rather than rewrite those lines."""
+    for text, where in (
+        ("models:\n  mini:   {backend: scripted}\ngate:\n  threshold: 0.5\n", "line 2, outside 'gate'"),
+        (
+            "gate:\n  threshold: 0.5\n  never_escalate: &n   # why\n    categories: []\n",
+            "line 3, in 'gate' besides",
+        ),
+    ):
+        with pytest.raises(GatePatchError, match=where):
+            patch_text(text, 0.7, {})
+
+
+def test_block_entries_are_updated_in_place_removed_and_added_sorted() -> None:
+    text = "gate:\n  threshold: 0.5\n  category_thresholds:\n    zeta: 0.9  # z\n    alpha: 0.8\n  never_escalate: {}\n"
+    after = patch_text(text, 0.5, {"zeta": 0.7, "mid": 0.6})
+    assert after == (
+        "gate:\n  threshold: 0.5\n  category_thresholds:\n    zeta: 0.7  # z\n    mid: 0.6\n  never_escalate: {}\n"
+    )
+    cleared = patch_text(text, 0.5, {})
+    assert cleared == "gate:\n  threshold: 0.5\n  never_escalate: {}\n"
+
+
+def test_a_missing_or_empty_gate_is_written_with_the_file_indentation() -> None:
+    assert patch_text("version: 1\nname: g\n", 0.7, {"billing": 0.9}) == (
+        "version: 1\nname: g\ngate:\n  threshold: 0.7\n  category_thresholds:\n    billing: 0.9\n"
+    )
+    four = "models:\n    mini: {backend: scripted}\ngate:\nname: g\n"
+    assert (
+        patch_text(four, 0.7, {})
+        == "models:\n    mini: {backend: scripted}\ngate:\n    threshold: 0.7\nname: g\n"
+    )
+    assert patch_text("name: g", 0.7, {}) == "name: g\ngate:\n  threshold: 0.7\n"
+
+
+def test_a_category_named_like_a_yaml_11_boolean_is_quoted() -> None:
+    after = patch_text("gate:\n  threshold: 0.5\n", 0.5, {"no": 0.9, "on call": 0.8})
+    assert '"no": 0.9' in after and "on call: 0.8" in after
+    assert yaml.safe_load(after)["gate"]["category_thresholds"] == {"no": 0.9, "on call": 0.8}
+    assert '"no": 0.9' in snippet(0.5, {"no": 0.9})
+
+
+def test_what_cannot_be_kept_is_refused_with_the_snippet() -> None:
+    for text, problem in (
+        ("gate: [1, 2]\n", "'gate' is not a mapping"),
+        ("- a\n- b\n", "not one block-style YAML mapping"),
+        ("{gate: {threshold: 0.5}}\n", "not one block-style YAML mapping"),
+        ("a: 1\n---\nb: 2\n", "not valid YAML"),
+        ("models:\n  mini:\n     backend: x\ngate:\n  threshold: 0.5\n", "outside 'gate'"),
+    ):
+        with pytest.raises(GatePatchError, match=problem) as caught:
+            patch_text(text, 0.7, {"billing": 0.9})
+        assert "set these keys by hand instead:\ngate:\n  threshold: 0.7\n" in str(caught.value)
+
+
+def test_the_reference_graph_changes_only_in_its_gate(tmp_path: Path) -> None:
+    graph = tmp_path / "support.yaml"
+    shutil.copy(REPO / "graphs" / "support.yaml", graph)
+    (tmp_path / "prompts").symlink_to(REPO / "prompts")
+    text = graph.read_text(encoding="utf-8")
+    categories = load_spec(graph).spec.taxonomy.category_names
+    patched = patch_file(graph, 0.61, {categories[0]: 0.9})
+    assert graph.read_text(encoding="utf-8") == patched
+    spec = load_spec(graph).spec
+    assert spec.gate.threshold == 0.61 and spec.gate.category_thresholds == {categories[0]: 0.9}
+    start = text.splitlines().index("gate:")
+    end = next(i for i, line in enumerate(text.splitlines()) if i > start and line and not line[0].isspace())
+    old, new = text.splitlines(), patched.splitlines()
+    grown = len(new) - len(old)
+    assert new[:start] == old[:start] and new[end + grown :] == old[end:]
