@@ -96,7 +96,9 @@ def test_eval_stops_on_a_replay_miss_naming_the_request(
     assert replayed["curve"] == live["curve"] and replayed["triage_errors"] == 0
 
     more = tmp_path / "more.csv"
-    more.write_text(data.read_text(encoding="utf-8") + '"a ticket nobody recorded",billing\n', encoding="utf-8")
+    more.write_text(
+        data.read_text(encoding="utf-8") + '"a ticket nobody recorded",billing\n', encoding="utf-8"
+    )
     assert main(["eval", str(LOOPBACK), str(more), "--json", "--replay", str(recording)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
