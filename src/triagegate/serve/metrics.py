@@ -74,6 +74,18 @@ class ServiceMetrics:
             ["node", "model"],
             registry=r,
         )
+        self.confidence_fallbacks = Counter(
+            "triagegate_confidence_fallbacks",
+            "Triage replies without the log-probabilities their model is bound for, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.reply_warnings = Counter(
+            "triagegate_model_reply_warnings",
+            "Model replies not taken as given (token counts replaced by estimates), by alias and code.",
+            ["model", "warning"],
+            registry=r,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -86,6 +98,8 @@ class ServiceMetrics:
         self.tickets.labels(outcome.route, outcome.status, category).inc()
         for reason in outcome.escalation_reasons:
             self.escalations.labels(self._bounded_reason(reason)).inc()
+        if outcome.confidence_fallback:
+            self.confidence_fallbacks.labels(outcome.confidence_fallback[:64]).inc()
         for run in outcome.nodes:
             self.node_seconds.labels(run.node).observe(run.latency_ms / 1000)
             if run.model_alias is None:
@@ -98,6 +112,8 @@ class ServiceMetrics:
                 self.cost.labels(run.model_alias).inc(run.cost_usd)
             if run.error:
                 self.provider_errors.labels(run.node, run.model_alias).inc()
+            for warning in run.warnings:
+                self.reply_warnings.labels(run.model_alias, warning[:64]).inc()
 
     def _bounded_reason(self, reason: str) -> str:
         """``category:<name>`` keeps only taxonomy names; other reasons come from a fixed vocabulary."""
