@@ -3,14 +3,16 @@
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """Each test starts from structlog's defaults, whatever an earlier test or CLI call configured."""
-    structlog.reset_defaults()
+    """Each test starts from structlog's defaults and a root logger without triagegate's handler,
+    whatever an earlier test or CLI call configured."""
+    from triagegate import log
+
+    log.reset()
     yield
-    structlog.reset_defaults()
+    log.reset()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -28,10 +31,11 @@ def fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def structlog_config() -> Iterator[None]:
-    """Let a test reconfigure structlog, and put the previous configuration back afterwards."""
+    """Let a test reconfigure logging, and put structlog's and the root logger's state back afterwards."""
     saved = structlog.get_config()
     saved["processors"] = list(saved["processors"])
     yield
+    log.reset()
     structlog.configure(**saved)
 
 
@@ -178,3 +182,164 @@ async def test_a_failed_node_logs_a_warning_and_the_ticket_line_stays_at_info(st
     assert [(e["event"], e["level"]) for e in events] == [("node_failed", "warning"), ("ticket_done", "info")]
     assert events[0]["node"] == "triage" and "mini is down" in events[0]["error"]
     assert events[1]["path"] == outcome.path == ["triage", "gate", "escalate"]
+
+
+LIBRARY_USER = """
+import json, logging, sys
+import structlog
+import triagegate
+from triagegate.types import Ticket
+
+root = logging.getLogger()
+before = (structlog.is_configured(), list(root.handlers), root.level)
+
+def broken(_request):
+    raise triagegate.ModelUnavailable("mini is down")
+
+reply = json.dumps({"category": "billing", "priority": "normal", "answer": "x"})
+pipeline = triagegate.load(
+    sys.argv[1], environ={},
+    extras={"scripted": {"mini": {"chat": broken}, "flagship": {"chat": lambda _r: reply}}},
+)
+outcome = pipeline.run_sync(Ticket(id="tk-9", text="I was charged twice."))
+after = (structlog.is_configured(), list(root.handlers), root.level)
+print(json.dumps({"unchanged": before == after, "configured": after[0], "route": outcome.route}))
+"""
+
+
+def test_the_library_configures_nothing_and_its_user_sees_warnings_but_not_info() -> None:
+    """Loading and running a pipeline leaves structlog unconfigured and the root logger as it was;
+    with nothing configured, the node failure (WARNING) reaches stderr and ticket_done (INFO) does not."""
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USER, str(SCRIPTED)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"unchanged": True, "configured": False, "route": "flagship"}
+    assert "node_failed" in done.stderr and "mini is down" in done.stderr
+    assert "ticket_done" not in done.stderr
+
+
+def test_a_library_user_who_configures_stdlib_logging_gets_triagegate_events_through_it(
+    structlog_config: None,
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger("triagegate").addHandler(keep)
+    logging.getLogger("triagegate").setLevel(logging.INFO)
+    try:
+        register_secret("lib-user-secret-1")
+        log.get_logger("triagegate.test").info("hello", detail="has lib-user-secret-1 in it")
+        log.get_logger("triagegate.test").debug("too quiet")
+    finally:
+        logging.getLogger("triagegate").removeHandler(keep)
+        logging.getLogger("triagegate").setLevel(logging.NOTSET)
+    assert [(r.name, r.levelno, r.getMessage()) for r in records] == [
+        ("triagegate.test", logging.INFO, "hello detail='has [REDACTED] in it'")
+    ]
+
+
+def explode(_request: object) -> str:
+    raise RuntimeError("boom inside the scripted model")
+
+
+async def test_a_node_crash_in_json_mode_logs_its_traceback_as_frames(structlog_config: None) -> None:
+    stream = io.StringIO()
+    log.configure("INFO", json=True, stream=stream)
+    pipeline = triagegate.load(
+        SCRIPTED, environ={}, extras={"scripted": {"mini": {"chat": explode}, "flagship": {"chat": explode}}}
+    )
+    outcomes = [o async for o in pipeline.run_many([Ticket(id="tk-crash", text="I was charged twice.")])]
+    assert outcomes[0].status == "failed" and outcomes[0].ticket_id == "tk-crash"
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (crash,) = [e for e in events if e["event"] == "ticket_crashed"]
+    assert crash["level"] == "error" and crash["ticket_id"] == "tk-crash"
+    assert "exc_info" not in crash
+    (error,) = crash["exception"]
+    assert error["exc_type"] == "RuntimeError"
+    assert error["exc_value"] == "boom inside the scripted model"
+    frames = error["frames"]
+    assert all({"filename", "lineno", "name"} <= set(f) for f in frames)
+    assert frames[-1]["name"] == "explode" and frames[-1]["filename"].endswith("test_log.py")
+    assert any(f["filename"].endswith("pipeline.py") for f in frames)
+    assert not any("locals" in f for f in frames), "locals could hold keys; they are never logged"
+
+
+def test_stdlib_records_share_the_json_shape_and_the_redaction(structlog_config: None) -> None:
+    """httpx's own request line (a real request over loopback) and a uvicorn error with a
+    traceback come out as the same JSON lines as triagegate's events, secrets removed."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stream = io.StringIO()
+    log.configure("DEBUG", json=True, stream=stream)
+    register_secret("registered-secret-42")
+    try:
+        url = f"http://user:pa55word-in-url@127.0.0.1:{server.server_address[1]}/v1/models"
+        with structlog.contextvars.bound_contextvars(ticket_id="tk-http"):
+            response = httpx.get(
+                url,
+                params={"api_key": "query-secret-123"},
+                headers={"Authorization": "Bearer sk-header-secret"},
+            )
+        assert response.status_code == 200
+        try:
+            raise ValueError("bad frame with registered-secret-42")
+        except ValueError:
+            logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=True)
+        log.get_logger("triagegate.test").warning("ours")
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = stream.getvalue()
+    for secret in ("query-secret-123", "pa55word-in-url", "sk-header-secret", "registered-secret-42"):
+        assert secret not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    (request,) = [e for e in events if e["logger"] == "httpx"]
+    assert request["event"].startswith("HTTP Request: GET http://user:[REDACTED]@127.0.0.1:")
+    assert "api_key=[REDACTED]" in request["event"]
+    assert request["level"] == "info" and request["ticket_id"] == "tk-http"
+    (crash,) = [e for e in events if e["logger"] == "uvicorn.error"]
+    assert crash["level"] == "error"
+    assert crash["exception"][0]["exc_type"] == "ValueError"
+    assert crash["exception"][0]["exc_value"] == "bad frame with [REDACTED]"
+    assert (
+        crash["exception"][0]["frames"][-1]["name"]
+        == "test_stdlib_records_share_the_json_shape_and_the_redaction"
+    )
+    (ours,) = [e for e in events if e["event"] == "ours"]
+    shape = {"event", "level", "logger", "timestamp"}
+    assert shape <= set(ours) and shape <= set(request) and shape <= set(crash)
+
+
+def test_httpx_request_lines_only_show_at_debug(structlog_config: None) -> None:
+    stream = io.StringIO()
+    log.configure("INFO", json=True, stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: GET http://example.invalid/")
+    logging.getLogger("other.library").info("visible")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["visible"]
+
+
+def test_configuring_twice_keeps_one_handler(structlog_config: None) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    log.configure("INFO", json=True, stream=first)
+    log.configure("INFO", json=False, stream=second)
+    logging.getLogger("some.library").warning("once")
+    assert first.getvalue() == ""
+    assert second.getvalue().count("once") == 1
+    assert "[warning  ]" in second.getvalue()

@@ -345,6 +345,24 @@ async def test_run_many_survives_items_that_are_not_tickets() -> None:
     assert sorted(o.status for o in outcomes) == ["failed", "failed", "ok", "ok"]
 
 
+async def test_run_many_gives_every_outcome_of_plain_text_a_ticket_id() -> None:
+    """Regression: plain strings that failed (too long, or crashing) came back with ticket_id ''."""
+
+    def mini(request: ChatRequest) -> str:
+        if "boom" in request.messages[-1].text:
+            raise RuntimeError("handler bug")
+        return triage_reply("A", confidence=0.9)
+
+    pipeline = make_pipeline(mini)
+    too_long = "x" * (pipeline.spec.limits.max_text_chars + 1)
+    items: list[Any] = ["fine", "boom", too_long, "   ", {"id": "", "text": "no id"}, None]
+    outcomes = [o async for o in pipeline.run_many(items, concurrency=2)]
+    assert sorted(o.status for o in outcomes) == ["failed"] * 5 + ["ok"]
+    ids = [o.ticket_id for o in outcomes]
+    assert all(ids), ids
+    assert len(set(ids)) == len(ids), "each item has its own id"
+
+
 async def test_run_many_turns_an_unexpected_error_into_a_failed_outcome() -> None:
     def mini(request: ChatRequest) -> str:
         if "boom" in request.messages[-1].text:

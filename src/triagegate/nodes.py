@@ -12,19 +12,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import structlog
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from triagegate import replies
 from triagegate.errors import BadModelOutput, ModelError
 from triagegate.gate import Decision, decide
+from triagegate.log import get_logger
 from triagegate.models.base import ChatRequest, ChatResult, Message, ModelBackend
 from triagegate.screening import estimate_complexity, flags_for
 from triagegate.state import Reply, RunContext, TicketState, Trail
 from triagegate.types import NodeRun, Triage, Usage
 
-log = structlog.get_logger("triagegate.nodes")
+log = get_logger("triagegate.nodes")
 
 
 class _Meter:

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from triagegate import environment
 from triagegate.errors import InputError, TriagegateError
+from triagegate.log import get_logger
 from triagegate.models import BuildContext, build_backends
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template, load_graph_templates
 from triagegate.spec import Limits, LoadedSpec, load_spec
-from triagegate.types import Outcome, Ticket
+from triagegate.types import Outcome, Ticket, new_ticket_id
 
-log = structlog.get_logger("triagegate.pipeline")
+log = get_logger("triagegate.pipeline")
 
 TicketLike = Ticket | str | Mapping[str, Any]
 
@@ -80,9 +81,7 @@ class Pipeline:
         record: str | Path | None = None,
     ) -> None:
         from triagegate.graph import build_graph
-        from triagegate.log import ensure_configured
 
-        ensure_configured()
         self.loaded = loaded
         self.spec = loaded.spec
         env = dict(os.environ if environ is None else environ)
@@ -159,7 +158,9 @@ class Pipeline:
         """Run tickets with at most ``concurrency`` in flight, yielding Outcomes as they complete.
 
         A ticket with bad input yields a ``failed`` Outcome naming the problem, and so does
-        one that hits an unexpected error (logged with its traceback); the rest go on.
+        one that hits an unexpected error (logged with its traceback); the rest go on. Every
+        item is given its ticket id before it runs (plain text gets a new one, as
+        :class:`Ticket` would), so each Outcome, failed or not, names its ticket.
         Input is consumed lazily and only when a slot is free, and a ticket keeps its slot
         until its Outcome has been taken, so a slow consumer slows intake instead of
         buffering outcomes: memory stays flat for long streams. Closing the iterator early
@@ -172,13 +173,18 @@ class Pipeline:
 
         async def one(item: TicketLike) -> None:
             try:
-                outcome = await self.run(item)
+                ticket = as_ticket(item)
             except InputError as exc:
-                outcome = failed_outcome(_ticket_id_of(item), str(exc), self)
+                done.put_nowait(failed_outcome(ticket_id_of(item), str(exc), self))
+                return
+            try:
+                outcome = await self.run(ticket)
+            except InputError as exc:
+                outcome = failed_outcome(ticket.id, str(exc), self)
             except Exception as exc:
-                log.exception("ticket_crashed", ticket_id=_ticket_id_of(item))
+                log.exception("ticket_crashed", ticket_id=ticket.id)
                 reason = f"internal error: {type(exc).__name__}: {exc}"
-                outcome = failed_outcome(_ticket_id_of(item), reason, self)
+                outcome = failed_outcome(ticket.id, reason, self)
             done.put_nowait(outcome)
 
         async def feed() -> None:
@@ -264,12 +270,16 @@ def failed_outcome(
     )
 
 
-def _ticket_id_of(item: TicketLike) -> str:
+def ticket_id_of(item: TicketLike) -> str:
+    """The id of an item that is not a valid ticket: its own when it has a usable one, else a new one,
+    so every Outcome can be matched to its input."""
     if isinstance(item, Ticket):
         return item.id
     if isinstance(item, Mapping):
-        return str(item.get("id") or "")
-    return ""
+        given = item.get("id")
+        if isinstance(given, str) and 0 < len(given) <= 200:
+            return given
+    return new_ticket_id()
 
 
 async def _aiter(items: Iterable[TicketLike]) -> AsyncIterator[TicketLike]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.queue.conftest import QueueEnv, scripted_pipeline, triage_reply
+from tests.queue.conftest import LOOPBACK, QueueEnv, scripted_pipeline, triage_reply
 from triagegate.models.base import ChatRequest
 from triagegate.queue.status import queue_status, render
 from triagegate.queue.store import OutcomeStore
@@ -229,3 +234,84 @@ async def test_keep_alive_never_takes_back_an_entry_another_worker_reclaimed(que
         queue_env.stream.stream, queue_env.stream.group, "-", "+", 10
     )
     assert [(p["consumer"], p["times_delivered"]) for p in owner] == [("rescuer", 2)], "JUSTID is no delivery"
+
+
+CLI = str(Path(sys.executable).with_name("triagegate"))
+
+
+def test_a_worker_that_cannot_reach_postgresql_says_so_in_one_line_and_quickly() -> None:
+    """Regression: this took 31 s and printed the pool's retry warnings before its error."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            CLI,
+            "worker",
+            str(LOOPBACK),
+            "--results",
+            "postgresql://postgres:hunter2secret@127.0.0.1:1/x",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: cannot use PostgreSQL at postgresql://postgres:***@127.0.0.1:1/x: ")
+    assert "hunter2secret" not in done.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+async def test_a_server_that_never_answers_fails_within_the_connect_timeout() -> None:
+    """A port that accepts connections but never speaks PostgreSQL: open() gives up after
+    connect_timeout, not after the pool's 30 s wait."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dsn = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/x"
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError):
+            await OutcomeStore(dsn, connect_timeout=2).open()
+        elapsed = time.monotonic() - started
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+async def test_a_crashing_ticket_is_logged_with_its_traceback(queue_env: QueueEnv) -> None:
+    import io
+
+    from triagegate import log
+
+    def explode(_request: ChatRequest) -> str:
+        raise RuntimeError("worker-side crash")
+
+    stream = io.StringIO()
+    log.configure("WARNING", json=True, stream=stream)
+    try:
+        await queue_env.stream.add_tickets([Ticket(id="crash-1", text="hello")])
+        await Worker(
+            scripted_pipeline(explode), queue_env.stream, queue_env.store, settings(max_deliveries=1)
+        ).run()
+    finally:
+        log.reset()
+    failed = [json.loads(x) for x in stream.getvalue().splitlines() if '"entry_failed"' in x]
+    assert failed, stream.getvalue()
+    assert failed[0]["exception"][0]["exc_value"] == "worker-side crash"
+    assert failed[0]["exception"][0]["frames"][-1]["name"] == "explode"
+
+
+async def test_an_entry_is_dead_lettered_once_even_when_two_workers_hold_it(queue_env: QueueEnv) -> None:
+    """Regression: a worker stalled past claim_idle and the one that reclaimed its poison entry
+    both added a dead letter (the crash test saw 11 for 10 poison rows under load)."""
+    await queue_env.stream.add_poison('{"txt": "typo"}', "line 1: no text")
+    await queue_env.stream.ensure_group()
+    (entry,) = await queue_env.stream.read("w1", 1, 100)
+    _, claimed = await queue_env.stream.claim("w2", 0, 1, "0-0")
+    assert [e.id for e in claimed] == [entry.id]
+    first = await queue_env.stream.dead_letter(entry, "poison", "w1")
+    second = await queue_env.stream.dead_letter(claimed[0], "poison", "w2")
+    assert (first, second) == (True, False)
+    assert await queue_env.redis.xlen(queue_env.stream.dead) == 1
+    assert await pending(queue_env) == 0

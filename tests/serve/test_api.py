@@ -149,12 +149,23 @@ def test_batch_answers_in_order_with_bad_items_failed(serve: Serve) -> None:
     assert "tickets[1].text" in outcomes[1]["errors"][0]
 
 
+def test_failed_batch_items_without_an_id_still_get_one(serve: Serve) -> None:
+    """Regression: an invalid item without an id came back with ticket_id ''."""
+    response = serve().client.post("/v1/tickets:batch", json={"tickets": [{"txt": "a"}, {"txt": "b"}]})
+    ids = [o["ticket_id"] for o in response.json()["outcomes"]]
+    assert all(ids) and len(set(ids)) == 2, ids
+
+
 def test_batch_limits_and_shape(serve: Serve) -> None:
     client = serve(max_batch=2).client
     too_many = client.post("/v1/tickets:batch", json={"tickets": [{"text": "a"}] * 3})
-    assert (too_many.status_code, error_code(too_many)) == (413, "batch_too_large")
+    # 422, not 413: more items than the document's maxItems is a validation failure like any other.
+    assert (too_many.status_code, error_code(too_many)) == (422, "batch_too_large")
     not_a_batch = client.post("/v1/tickets:batch", json=[{"text": "a"}])
     assert (not_a_batch.status_code, error_code(not_a_batch)) == (422, "invalid_ticket")
+    not_objects = client.post("/v1/tickets:batch", json={"tickets": [{"text": "a"}, [None, None]]})
+    assert (not_objects.status_code, error_code(not_objects)) == (422, "invalid_ticket")
+    assert "tickets[1]" in not_objects.json()["error"]["message"]
     empty = client.post("/v1/tickets:batch", json={"tickets": []})
     assert empty.status_code == 200 and empty.json() == {"outcomes": []}
 

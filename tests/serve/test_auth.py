@@ -16,6 +16,7 @@ from triagegate.serve import auth
 from triagegate.serve.auth import KeyRing, is_loopback, key_id, load_keys
 
 Serve = Callable[..., Service]
+METRICS_TOKEN = "metrics-0123456789abcdef"
 
 
 def test_requests_without_a_valid_key_get_401(serve: Serve) -> None:
@@ -40,8 +41,47 @@ def test_every_configured_key_works_and_probes_need_none(serve: Serve) -> None:
         assert response.status_code == 200
     lower = client.post("/v1/tickets", json={"text": "hi"}, headers={"Authorization": f"bearer {KEY_B}"})
     assert lower.status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/openapi.json"):
         assert client.get(path).status_code == 200, path
+
+
+def test_metrics_need_an_api_key_when_the_service_has_keys(serve: Serve) -> None:
+    """Regression: /metrics used to be open to anyone even with API keys configured."""
+    client = serve(api_keys=(KEY_A,)).client
+    refused = client.get("/metrics")
+    assert refused.status_code == 401 and error_code(refused) == "unauthorized"
+    assert "triagegate_http_requests" not in refused.text
+    allowed = client.get("/metrics", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert allowed.status_code == 200 and "triagegate_http_requests" in allowed.text
+
+
+def test_a_metrics_token_opens_metrics_and_nothing_else(serve: Serve) -> None:
+    client = serve(api_keys=(KEY_A,), metrics_token=METRICS_TOKEN).client
+    scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    assert client.get("/metrics", headers=scraper).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 401
+    assert client.get("/metrics").status_code == 401
+    assert client.post("/v1/tickets", json={"text": "hi"}, headers=scraper).status_code == 401
+    doc = client.get("/openapi.json").json()
+    assert doc["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_a_metrics_token_protects_metrics_without_api_keys(serve: Serve) -> None:
+    client = serve(metrics_token=METRICS_TOKEN).client
+    assert client.post("/v1/tickets", json={"text": "hi"}).status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
+
+
+def test_metrics_are_open_without_keys_or_token(serve: Serve) -> None:
+    assert serve().client.get("/metrics").status_code == 200
+
+
+def test_metrics_token_comes_from_the_environment() -> None:
+    assert auth.load_metrics_token({}) is None
+    assert auth.load_metrics_token({"TRIAGEGATE_METRICS_TOKEN": f" {METRICS_TOKEN}\n"}) == METRICS_TOKEN
+    with pytest.raises(ConfigError, match="TRIAGEGATE_METRICS_TOKEN is shorter than 16"):
+        auth.load_metrics_token({"TRIAGEGATE_METRICS_TOKEN": "short"})
 
 
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:

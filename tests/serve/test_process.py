@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -119,3 +120,47 @@ def test_sigterm_lets_the_request_in_flight_finish(openai_server: OpenAIServer) 
             httpx.get(f"{service.url}/healthz", timeout=2)
     finally:
         service.stop()
+
+
+def test_a_port_in_use_is_one_line_and_exit_1() -> None:
+    """Regression: serving on a port another process holds printed a 41-line traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        env = {**os.environ, "TRIAGEGATE_API_KEYS": ""}
+        done = subprocess.run(
+            [CLI, "serve", str(LOOPBACK), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the port is in use by another process; stop it, "
+        "or pick another port with --port (0 picks a free one)"
+    ]
+    assert done.stdout == ""
+
+
+def test_uvicorn_and_triagegate_lines_share_one_json_shape(openai_server: OpenAIServer) -> None:
+    """With --log-level INFO off a terminal, uvicorn's own records and triagegate's events are JSON
+    lines of one shape on stderr (uvicorn no longer installs its own handlers)."""
+    service = ServeProcess(openai_server.base_url, "--log-level", "INFO")
+    try:
+        assert (
+            httpx.post(f"{service.url}/v1/tickets", json={"text": "charged twice"}, timeout=30).status_code
+            == 200
+        )
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(timeout=30) == 0
+        assert service.proc.stderr is not None
+        lines = service.proc.stderr.read().splitlines()
+    finally:
+        service.stop()
+    events = [json.loads(line) for line in lines]
+    by_logger = {e["logger"] for e in events}
+    assert {"uvicorn.error", "triagegate.pipeline", "triagegate.serve"} <= by_logger
+    for event in events:
+        assert {"event", "level", "logger", "timestamp"} <= set(event), event

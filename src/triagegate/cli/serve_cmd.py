@@ -53,15 +53,19 @@ def serve(
 ) -> None:
     """Serve GRAPH over HTTP: POST /v1/tickets, POST /v1/tickets:batch, /healthz, /readyz, /metrics.
 
+    /v1/ routes need an API key when keys are configured; /metrics needs
+    TRIAGEGATE_METRICS_TOKEN when it is set, else an API key when there are keys.
+
     Prints 'READY http://HOST:PORT' on stdout once it accepts connections. SIGTERM stops
-    accepting, lets in-flight requests finish (up to --shutdown-timeout) and exits 0.
+    accepting, lets in-flight requests finish (up to --shutdown-timeout) and exits 0. A port
+    already in use is one line on stderr and exit code 1, before the graph is loaded.
     """
     import os
 
+    from triagegate import environment
     from triagegate.errors import ConfigError
     from triagegate.log import register_secret
-    from triagegate import environment
-    from triagegate.serve.auth import is_loopback, load_keys
+    from triagegate.serve.auth import is_loopback, load_keys, load_metrics_token
 
     setup_logging(log_level)
     try:
@@ -72,7 +76,8 @@ def serve(
             f"the HTTP service needs the 'serve' extra ({exc}); pip install 'triagegate[serve]'"
         ) from None
     keys = load_keys(os.environ, api_keys_file)
-    for key in keys:
+    metrics_token = load_metrics_token(os.environ)
+    for key in (*keys, *([metrics_token] if metrics_token else [])):
         register_secret(key)
     if not keys and not is_loopback(host) and not insecure:
         raise ConfigError(
@@ -82,6 +87,7 @@ def serve(
     try:
         settings = ServeSettings(
             api_keys=keys,
+            metrics_token=metrics_token,
             max_body_bytes=max_body_bytes,
             max_image_bytes=max_image_bytes,
             max_batch=max_batch,

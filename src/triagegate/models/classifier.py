@@ -33,17 +33,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import structlog
 from pydantic import ValidationError
 
 from triagegate.tuning import training
 from triagegate.errors import ConfigError, ModelUnavailable, UnsupportedOperation
+from triagegate.log import get_logger
 from triagegate.models import BuildContext
 from triagegate.models.base import Capabilities, ChatRequest, ChatResult, Classification, ClassifyRequest
 from triagegate.spec import ModelBinding, Taxonomy
 from triagegate.types import Usage
 
-log = structlog.get_logger("triagegate.models")
+log = get_logger("triagegate.models")
 
 OPTIONS = ("model_path", "train_from", "text_col", "label_col", "training")
 ModelSource = Literal["file", "cache", "trained", "given"]

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
-
 from triagegate.errors import ModelError, UnsupportedOperation
+from triagegate.log import get_logger
 from triagegate.models.base import (
     Capabilities,
     ChatRequest,
@@ -23,7 +22,7 @@ from triagegate.models.base import (
     ModelBackend,
 )
 
-log = structlog.get_logger("triagegate.models")
+log = get_logger("triagegate.models")
 T = TypeVar("T")
 
 

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
-import structlog
 from aiolimiter import AsyncLimiter
 
 from triagegate.confidence import option_codes, single_token_distribution
@@ -40,6 +39,7 @@ from triagegate.errors import (
     RateLimited,
     UnsupportedOperation,
 )
+from triagegate.log import get_logger
 from triagegate.models import BuildContext
 from triagegate.models._pool import transport_for
 from triagegate.models.base import (
@@ -55,7 +55,7 @@ from triagegate.models.base import (
 from triagegate.spec import ModelBinding, Price
 from triagegate.types import Usage
 
-log = structlog.get_logger("triagegate.models")
+log = get_logger("triagegate.models")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_POOL = 100

@@ -23,6 +23,13 @@ TICKET_FIELD = "ticket"
 POISON_FIELD = "poison"
 REASON_FIELD = "reason"
 ENQUEUE_CHUNK = 500
+DEAD_LETTER_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+"""
+"""Ack an entry and, only if that ack took effect, add its dead letter (KEYS: stream, dead, errors)."""
 
 
 class PoisonEntry(Exception):
@@ -178,8 +185,13 @@ class TicketStream:
         value = await self.redis.hget(self.errors, entry_id)
         return str(value) if value is not None else None
 
-    async def dead_letter(self, entry: Entry, error: str, consumer: str) -> None:
-        """Move ``entry`` to the dead-letter stream with ``error``, atomically with its ack."""
+    async def dead_letter(self, entry: Entry, error: str, consumer: str) -> bool:
+        """Move ``entry`` to the dead-letter stream with ``error``, atomically with its ack.
+
+        Exactly once: two workers can hold the same entry (one stalled past ``claim_idle``,
+        the other reclaimed it), and only the one whose XACK acknowledges it adds the dead
+        letter. Returns whether this call did.
+        """
         fields = {
             **entry.fields,
             "source_id": entry.id,
@@ -188,11 +200,11 @@ class TicketStream:
             "group": self.group,
             "consumer": consumer,
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead, fields)  # type: ignore[arg-type]
-            pipe.xack(self.stream, self.group, entry.id)
-            pipe.hdel(self.errors, entry.id)
-            await pipe.execute()
+        flat = [part for pair in fields.items() for part in pair]
+        moved = await self.redis.eval(
+            DEAD_LETTER_SCRIPT, 3, self.stream, self.dead, self.errors, self.group, entry.id, *flat
+        )
+        return bool(moved)
 
     async def publish_stats(self, consumer: str, payload: str, ttl_s: int = 86_400) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -10,6 +10,7 @@ several workers starting at once apply each exactly once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -20,6 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from triagegate.types import Outcome
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long one connection attempt may take before the server counts as unreachable."""
 MIGRATION_LOCK = 0x7472_6961_6765  # "triage": one lock id for every triagegate migration
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -83,9 +86,14 @@ async def migrate(conn: AsyncConnection[TupleRow]) -> list[int]:
     return applied
 
 
-async def migrate_dsn(dsn: str) -> list[int]:
-    async with await AsyncConnection.connect(dsn) as conn:
+async def migrate_dsn(dsn: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> list[int]:
+    async with await AsyncConnection.connect(dsn, connect_timeout=_libpq_timeout(connect_timeout)) as conn:
         return await migrate(conn)
+
+
+def _libpq_timeout(seconds: float) -> int:
+    """libpq's ``connect_timeout`` is whole seconds, and it treats values under 2 as 2."""
+    return max(2, math.ceil(seconds))
 
 
 def outcome_row(outcome: Outcome) -> dict[str, object]:
@@ -107,22 +115,35 @@ def outcome_row(outcome: Outcome) -> dict[str, object]:
 
 
 class OutcomeStore:
-    """A small autocommit connection pool writing outcomes. Use ``async with`` or :meth:`open`/:meth:`close`."""
+    """A small autocommit connection pool writing outcomes. Use ``async with`` or :meth:`open`/:meth:`close`.
 
-    def __init__(self, dsn: str, *, max_connections: int = 4) -> None:
+    Every connection attempt is bounded by ``connect_timeout`` seconds. :meth:`open` first
+    makes one direct connection, so an unreachable or misconfigured server fails at once
+    with the driver's reason (an :class:`psycopg.OperationalError`) instead of after the
+    pool's background retries and their warnings.
+    """
+
+    def __init__(
+        self, dsn: str, *, max_connections: int = 4, connect_timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
         self.dsn = dsn
+        self.connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=max(1, max_connections),
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": _libpq_timeout(connect_timeout)},
             timeout=30.0,
             name="triagegate-outcomes",
         )
 
     async def open(self) -> OutcomeStore:
-        await self._pool.open(wait=True, timeout=30.0)
+        probe = await AsyncConnection.connect(
+            self.dsn, autocommit=True, connect_timeout=_libpq_timeout(self.connect_timeout)
+        )
+        await probe.close()
+        await self._pool.open(wait=True, timeout=max(10.0, 2 * self.connect_timeout))
         return self
 
     async def close(self) -> None:

@@ -26,17 +26,23 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import psycopg
 import structlog
+from redis.exceptions import RedisError
 
 from triagegate.errors import InputError
+from triagegate.log import get_logger
 from triagegate.pipeline import Pipeline, failed_outcome
 from triagegate.queue.redis_stream import Entry, PoisonEntry, TicketStream
 from triagegate.queue.store import OutcomeStore
 from triagegate.types import Outcome
 
-log = structlog.get_logger("triagegate.queue")
+log = get_logger("triagegate.queue")
 
 RATE_WINDOW_S = 60.0
+OUTAGES = (psycopg.Error, RedisError, OSError)
+"""Failures of the services around the worker: logged by their message; anything else (a bug)
+is logged with its traceback."""
 MAX_STORE_PAUSE_S = 30.0
 
 
@@ -163,7 +169,12 @@ class Worker:
                 await self._process(entry)
             except Exception as exc:  # a bug or an outage: keep the entry pending for a retry
                 self.stats.errors += 1
-                log.warning("entry_failed", error=f"{type(exc).__name__}: {exc}", consumer=self.consumer)
+                log.warning(
+                    "entry_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    consumer=self.consumer,
+                    exc_info=None if isinstance(exc, OUTAGES) else exc,
+                )
                 try:
                     await self.stream.record_error(entry.id, f"{type(exc).__name__}: {exc}")
                 except Exception as record_exc:
@@ -205,9 +216,9 @@ class Worker:
         self._store_failures = 0
 
     async def _dead(self, entry: Entry, error: str) -> None:
-        await self.stream.dead_letter(entry, error, self.consumer)
-        self.stats.dead += 1
-        log.warning("dead_lettered", error=error, consumer=self.consumer)
+        if await self.stream.dead_letter(entry, error, self.consumer):
+            self.stats.dead += 1
+            log.warning("dead_lettered", error=error, consumer=self.consumer)
 
     async def _publish(self, now: float) -> None:
         st = self.stats

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -28,7 +27,8 @@ from starlette.types import ASGIApp
 
 import triagegate
 from triagegate.errors import InputError
-from triagegate.pipeline import Pipeline, failed_outcome
+from triagegate.log import get_logger
+from triagegate.pipeline import Pipeline, failed_outcome, ticket_id_of
 from triagegate.serve import readiness
 from triagegate.serve.auth import KeyRing
 from triagegate.serve.errors import ApiError, error_json, error_responses
@@ -46,7 +46,7 @@ from triagegate.serve.middleware import Gate
 from triagegate.serve.settings import ServeSettings
 from triagegate.types import Outcome, Ticket
 
-log = structlog.get_logger("triagegate.serve")
+log = get_logger("triagegate.serve")
 ROUTES = frozenset({"/v1/tickets", "/v1/tickets:batch", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 JSON = "application/json"
 
@@ -65,6 +65,7 @@ def _ref(name: str) -> dict[str, str]:
 
 UPLOAD_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["text"],
     "properties": {
         "text": {"type": "string", "minLength": 1},
@@ -108,7 +109,39 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
+def _describe_http_limits(schemas: dict[str, Any], settings: ServeSettings, max_images: int) -> None:
+    """Make the document say what this server accepts, so generated clients and fuzzers agree with it.
+
+    Over HTTP an attachment is a URL (server paths are refused), a ticket carries at most
+    the graph's ``max_images``, and a batch at most ``max_batch`` items. A batch item that
+    is an object but not a valid ticket is answered with a ``failed`` outcome rather than
+    failing the batch, so the items are documented as any object, a Ticket being the one
+    that runs.
+    """
+    attachment = schemas["Attachment"]
+    attachment["properties"]["url"] = {
+        "type": "string",
+        "pattern": "^(https?://|data:)",
+        "description": "An http(s) URL or a data: URL of the image.",
+    }
+    attachment["properties"]["path"] = {
+        "type": "null",
+        "description": "Server file paths are not accepted over HTTP.",
+    }
+    attachment["required"] = ["url"]
+    schemas["Ticket"]["properties"]["attachments"]["maxItems"] = max_images
+    schemas["TicketUpload"]["properties"]["images"]["maxItems"] = max_images
+    tickets = schemas["BatchRequest"]["properties"]["tickets"]
+    tickets["maxItems"] = settings.max_batch
+    tickets["items"] = {
+        "anyOf": [
+            {"$ref": "#/components/schemas/Ticket"},
+            {"type": "object", "description": "Any other object is answered with a failed outcome."},
+        ]
+    }
+
+
+def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str, Any]:
     """FastAPI's document plus the request schemas our hand-parsed bodies accept, and bearer auth."""
     if app.openapi_schema is not None:
         return app.openapi_schema
@@ -123,11 +156,11 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
         **UPLOAD_SCHEMA,
         "properties": {k: v for k, v in UPLOAD_SCHEMA["properties"].items() if k != "images"},
     }
-    schemas["BatchRequest"]["properties"]["tickets"]["maxItems"] = settings.max_batch
-    if settings.api_keys:
+    _describe_http_limits(schemas, settings, max_images)
+    if settings.api_keys or settings.metrics_token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in doc["paths"].items():
-            if path.startswith("/v1/"):
+            if (path.startswith("/v1/") and settings.api_keys) or path == "/metrics":
                 for operation in item.values():
                     operation["security"] = [{"bearer": []}]
     app.openapi_schema = doc
@@ -239,7 +272,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         """Run up to the configured maximum of tickets; outcomes come back in request order.
 
         A ticket that cannot be run (invalid, image too large) gets a ``failed`` Outcome
-        naming the problem instead of failing the whole batch.
+        naming the problem instead of failing the whole batch; an item that is not a JSON
+        object, or more items than the limit, fails the batch with 422.
         """
         if not is_json(media_type(request)):
             raise ApiError("unsupported_media_type", "send the batch as application/json")
@@ -251,17 +285,20 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
             raise ApiError(
                 "batch_too_large", f"{len(items)} tickets, over the limit of {settings.max_batch} per batch"
             )
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ApiError("invalid_ticket", f"tickets[{index}]: a ticket is a JSON object")
         slots = asyncio.Semaphore(settings.batch_concurrency)
 
-        async def one(index: int, item: Any) -> Outcome:
-            ticket_id = str(item.get("id") or "") if isinstance(item, dict) else ""
+        async def one(index: int, item: dict[str, Any]) -> Outcome:
+            ticket_id = ticket_id_of(item)
             async with slots:
                 try:
                     ticket = ticket_from_value(item, index)
                     check_ticket_for_http(ticket, max_image_bytes)
                     return await run_one(ticket)
                 except ApiError as exc:
-                    outcome = failed_outcome(ticket_id[:200], exc.message, pipeline)
+                    outcome = failed_outcome(ticket_id, exc.message, pipeline)
                     metrics.observe_outcome(outcome)
                     return outcome
 
@@ -292,14 +329,18 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         summary="Prometheus metrics",
         response_class=Response,
         responses={
-            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"},
+            **error_responses("unauthorized"),
         },
     )
     async def get_metrics() -> Response:
-        """Requests, routes, escalation reasons, node latencies, tokens, cost and provider errors."""
+        """Requests, routes, escalation reasons, node latencies, tokens, cost and provider errors.
+
+        Needs the metrics token when the service has one, else an API key when it has keys.
+        """
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings, limits.max_images)  # type: ignore[method-assign]
     keys = KeyRing(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     cors = settings.cors_origins
@@ -312,6 +353,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
             max_body_bytes=settings.max_body_bytes,
             metrics=metrics,
             routes=ROUTES,
+            metrics_token=settings.metrics_token,
         )
         if cors:
             outer = CORSMiddleware(

@@ -50,6 +50,19 @@ def load_keys(environ: Mapping[str, str], keys_file: Path | None = None) -> tupl
     return tuple(dict.fromkeys(keys))
 
 
+def load_metrics_token(environ: Mapping[str, str]) -> str | None:
+    """``TRIAGEGATE_METRICS_TOKEN``, the bearer token ``/metrics`` asks for, or ``None`` when unset."""
+    token = environ.get(environment.METRICS_TOKEN, "").strip()
+    if not token:
+        return None
+    if len(token) < 16:
+        raise ConfigError(
+            f"{environment.METRICS_TOKEN} is shorter than 16 characters; use a long random token "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
 def key_id(key: str) -> str:
     """A log-safe name for ``key``."""
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]

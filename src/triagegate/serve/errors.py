@@ -20,7 +20,7 @@ CODES: dict[str, int] = {
     "method_not_allowed": 405,
     "body_too_large": 413,
     "image_too_large": 413,
-    "batch_too_large": 413,
+    "batch_too_large": 422,
     "unsupported_media_type": 415,
     "malformed_request": 400,
     "invalid_ticket": 422,

@@ -2,8 +2,9 @@
 
 It is plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` so it adds no task hop
 per request and so the request id bound with :mod:`structlog.contextvars` here is seen
-by every log line the pipeline writes while answering. Only ``/v1/`` paths need a key;
-probes, metrics and the OpenAPI document are open so orchestrators can read them.
+by every log line the pipeline writes while answering. ``/v1/`` paths need an API key;
+``/metrics`` needs the metrics token when one is set, else an API key when there are keys;
+probes and the OpenAPI document are open so orchestrators can read them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triagegate.log import get_logger
 from triagegate.serve.auth import KeyRing
 from triagegate.serve.errors import ApiError, send_error
 from triagegate.serve.limits import RateLimiter, body_too_large, capped_receive, rate_limited
@@ -23,8 +25,9 @@ from triagegate.serve.metrics import ServiceMetrics
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 PROTECTED_PREFIX = "/v1/"
+METRICS_PATH = "/metrics"
 
-log = structlog.get_logger("triagegate.serve")
+log = get_logger("triagegate.serve")
 
 
 def request_id_from(incoming: bytes | None) -> str:
@@ -46,9 +49,12 @@ class Gate:
         max_body_bytes: int,
         metrics: ServiceMetrics,
         routes: frozenset[str],
+        metrics_token: str | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
+        self.metrics_keys = KeyRing([metrics_token]) if metrics_token else keys
+        self.metrics_what = "metrics token" if metrics_token else "API key"
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
@@ -81,6 +87,8 @@ class Gate:
                     if path.startswith(PROTECTED_PREFIX):
                         identity = self._admit(scope, headers)
                         receive = capped_receive(receive, self.max_body_bytes)
+                    elif path == METRICS_PATH and self.metrics_keys.enabled:
+                        identity = self._authenticate(self.metrics_keys, headers, self.metrics_what)
                     await self.app(scope, receive, send_with_id)
                 except ApiError as exc:
                     await send_error(send_with_id, exc.code, exc.message, exc.headers.items())
@@ -100,13 +108,7 @@ class Gate:
     def _admit(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
         """Authenticate, rate-limit and size-check a protected request; returns who it is."""
         if self.keys.enabled:
-            identity = self.keys.identify(headers.get(b"authorization"))
-            if identity is None:
-                raise ApiError(
-                    "unauthorized",
-                    "missing or invalid API key; send 'Authorization: Bearer <key>'",
-                    headers={"WWW-Authenticate": 'Bearer realm="triagegate"'},
-                )
+            identity = self._authenticate(self.keys, headers)
         else:
             client = scope.get("client")
             identity = f"addr-{client[0]}" if client else "addr-unknown"
@@ -116,4 +118,15 @@ class Gate:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise body_too_large(self.max_body_bytes)
+        return identity
+
+    @staticmethod
+    def _authenticate(keys: KeyRing, headers: dict[bytes, bytes], what: str = "API key") -> str:
+        identity = keys.identify(headers.get(b"authorization"))
+        if identity is None:
+            raise ApiError(
+                "unauthorized",
+                f"missing or invalid {what}; send 'Authorization: Bearer <{what.split()[-1]}>'",
+                headers={"WWW-Authenticate": 'Bearer realm="triagegate"'},
+            )
         return identity

@@ -13,9 +13,13 @@ class ServeSettings:
     with ``--insecure``). ``rate_limit`` is requests per second per API key (per client
     address without keys), refilled continuously up to ``rate_burst``; 0 turns it off.
     ``max_image_bytes`` ``None`` uses the graph's ``limits.max_image_bytes``.
+    ``/metrics`` is open only when the service has no keys at all; with ``metrics_token``
+    it takes that bearer token (and no API key), otherwise any API key.
     """
 
     api_keys: tuple[str, ...] = ()
+    metrics_token: str | None = None
+    """A separate bearer token for ``/metrics``, so a scraper holds no key that can run tickets."""
     max_body_bytes: int = 10 * 1024 * 1024
     max_image_bytes: int | None = None
     max_batch: int = 32
@@ -36,5 +40,7 @@ class ServeSettings:
             raise ValueError("batch_concurrency must be at least 1")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ValueError("rate_limit must be >= 0 and rate_burst >= 1")
+        if self.metrics_token is not None and len(self.metrics_token) < 16:
+            raise ValueError("the metrics token must be at least 16 characters")
         if self.max_image_bytes is not None and self.max_image_bytes < 1:
             raise ValueError("max_image_bytes must be at least 1")
