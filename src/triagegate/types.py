@@ -141,8 +141,9 @@ class NodeRun(BaseModel):
     latency_ms: float = 0.0
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
-    """Replies the node used but did not trust in full, as codes: ``usage_out_of_bounds:prompt_tokens``
-    (a reported token count past what the request could cost, replaced by an estimate), ``usage_missing``."""
+    """Replies the node used but did not take as given, as codes: ``usage_out_of_bounds:prompt_tokens``
+    (a reported token count past what the request could cost, replaced by an estimate), ``usage_missing``,
+    ``logprobs_unusable:<reason>`` (label scoring fell back to a stated confidence)."""
 
 
 Route = Literal["mini", "flagship", "none"]

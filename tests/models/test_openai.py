@@ -429,9 +429,26 @@ async def test_classify_falls_back_to_stated_confidence_when_no_code_in_top(
     no_codes = [{"token": "Sure", "logprob": -0.1, "top_logprobs": [{"token": "Sure", "logprob": -0.1}]}]
     server.script(None, Reply("Sure", logprobs=no_codes), Reply({"label": "A", "confidence": 0.6}))
     backend = build({"mini": binding(server, capabilities={"logprobs": True})})
-    result = await backend.classify(ClassifyRequest(text="hi", labels=("billing", "technical")))
+    with capture_logs() as logs:
+        result = await backend.classify(ClassifyRequest(text="hi", labels=("billing", "technical")))
     assert result.probabilities == pytest.approx({"billing": 0.6, "technical": 0.4})
     assert result.usage.requests == 2
+    assert result.warnings == ("logprobs_unusable:no_option_code",)
+    (event,) = [e for e in logs if e["event"] == "logprobs_unusable"]
+    assert (event["log_level"], event["reason"], event["endpoint"]) == (
+        "warning",
+        "no_option_code",
+        backend.name,
+    )
+
+
+async def test_classify_without_any_logprobs_says_so(server: OpenAIServer, build: Build) -> None:
+    server.logprobs_mode = "omit"
+    server.script(None, Reply("A"), Reply({"label": "B", "confidence": 0.7}))
+    backend = build({"mini": binding(server, capabilities={"logprobs": True})})
+    result = await backend.classify(ClassifyRequest(text="hi", labels=("billing", "technical")))
+    assert result.best == ("technical", pytest.approx(0.7))
+    assert result.warnings == ("logprobs_unusable:no_logprobs",)
 
 
 async def test_classify_rejects_unusable_replies_and_too_many_labels(

@@ -421,6 +421,9 @@ class OpenAIBackend:
                     started,
                     warnings,
                 )
+            reason = "no_option_code" if result.logprobs else "no_logprobs"
+            log.warning("logprobs_unusable", endpoint=self.name, reason=reason, action="verbalized")
+            warnings += (f"logprobs_unusable:{reason}",)
         result = await self.chat(
             ChatRequest(
                 messages=_scoring_messages(request, codes, json_reply=True),
