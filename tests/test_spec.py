@@ -367,6 +367,12 @@ def test_a_yaml11_boolean_category_name_gets_a_hint_to_quote_it(word: str) -> No
         ("models:\n", "models:\n  off: {backend: scripted}\n", "models.off", "off: {backend"),
         (
             "description: deliveries}",
+            "description: deliveries, examples: [Where is my parcel, yes]}",
+            "taxonomy.categories[1].examples[1]",
+            "examples: [Where is my parcel, yes]",
+        ),
+        (
+            "description: deliveries}",
             "description: deliveries, priority: no}",
             "taxonomy.categories[1].priority",
             "priority: no}",

@@ -432,9 +432,13 @@ def _quoting_hint(node: yaml.Node | None, error: Mapping[str, Any]) -> str | Non
     """Why an unquoted word such as ``no`` failed where text was expected, and the fix.
 
     For a choice (``literal_error``) the hint is given only when the quoted word is one of
-    the choices, so it never suggests a fix that fails next.
+    the choices, so it never suggests a fix that fails next; an example ticket may be plain
+    text, so an unquoted ``yes`` in ``examples`` gets it too.
     """
-    if error["type"] not in _TEXT_ERRORS or not isinstance(node, yaml.ScalarNode) or node.style is not None:
+    text_expected = error["type"] in _TEXT_ERRORS or (
+        error["type"] == "model_type" and tuple(error["loc"])[-2:-1] == ("examples",)
+    )
+    if not text_expected or not isinstance(node, yaml.ScalarNode) or node.style is not None:
         return None
     if error["type"] == "literal_error" and f"'{node.value}'" not in str(error.get("msg", "")):
         return None
@@ -488,7 +492,7 @@ def parse_spec(
             message = "unknown key (check its spelling and indentation)"
         elif first["type"] == "missing":
             message = "required key is missing"
-        elif hint and first["type"] == "string_type":
+        elif hint and first["type"] in ("string_type", "model_type"):
             message = f"expected text, but {hint}"
         elif hint:
             message = f"{message}; {hint}"
