@@ -40,13 +40,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import unicodedata
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Literal, NamedTuple, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -67,7 +67,9 @@ SUFFIXES: dict[str, Format] = {
     ".tab": "tsv",
 }
 TICKET_FIELDS = ("id", "text", "subject", "attachments", "metadata")
-DEPRECATED_NAMES = {"images": "attachments"}
+_FIELD_SET = frozenset(TICKET_FIELDS)
+DEPRECATED_NAMES = frozenset({"images"})
+"""Old names of ``attachments`` (``enqueue`` read an ``images`` column), still read, with a warning."""
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 """Largest CSV cell accepted (a data-URL attachment can be several megabytes)."""
 SNIFF_BYTES = 8192
@@ -75,22 +77,23 @@ MAX_ID_CHARS = 200
 CONTENT_ID_PREFIX = "auto-"
 _BOM = b"\xef\xbb\xbf"
 _SIGNATURES = (
-    (b"\x1f\x8b", "a gzip file; decompress it first"),
-    (b"PK\x03\x04", "a ZIP archive (an .xlsx workbook is one); export the sheet as CSV"),
-    (b"\xd0\xcf\x11\xe0", "an Office document (.xls); export the sheet as CSV"),
-    (b"%PDF", "a PDF document"),
-    (b"SQLite format 3\x00", "an SQLite database"),
-    (b"PAR1", "a Parquet file; export it as CSV or JSONL"),
-    (b"BZh", "a bzip2 file; decompress it first"),
-    (b"\xfd7zXZ\x00", "an xz file; decompress it first"),
-    (b"\x28\xb5\x2f\xfd", "a zstd file; decompress it first"),
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"),
-    (b"\xff\xfe", "UTF-16 text; save it as UTF-8"),
-    (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
+    (b"\x1f\x8b", "a gzip file", "decompress it first"),
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx workbook is one)", "export the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0", "an Office document (.xls)", "export the sheet as CSV"),
+    (b"%PDF-", "a PDF document", ""),
+    (b"SQLite format 3\x00", "an SQLite database", ""),
+    (b"\xfd7zXZ\x00", "an xz file", "decompress it first"),
+    (b"\x28\xb5\x2f\xfd", "a zstd file", "decompress it first"),
+    (b"\x89PNG", "a PNG image", ""),
+    (b"\xff\xd8\xff", "a JPEG image", ""),
+    (b"GIF87a", "a GIF image", ""),
+    (b"GIF89a", "a GIF image", ""),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8"),
 )
+"""Signatures named in the refusal; other binary data is caught by its NUL or control bytes."""
 _TEXT_CONTROLS = frozenset(b"\t\n\r\f\v\x1b")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 T = TypeVar("T")
 
@@ -136,8 +139,7 @@ class RowError(InputError):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One parsed row before it means anything: its fields, or the ``problem`` that stopped parsing.
 
     ``raw`` is the row as read (a JSONL line; a CSV record as a JSON object), for derived ids
@@ -146,13 +148,18 @@ class Record:
 
     line: int
     fields: dict[str, Any] | None
-    raw: bytes
+    raw: bytes | None
+    """``None`` for a CSV record with fields: made from them only when needed, see :meth:`raw_bytes`."""
     problem: str | None = None
     kind: str | None = None
 
+    def raw_bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return json.dumps(self.fields, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
-@dataclass(frozen=True, slots=True)
-class Row:
+
+class Row(NamedTuple):
     """One input row as a ticket, or the reason it cannot be one.
 
     ``id`` is always set: the row's own, its :func:`content_id` (``derived``), or for a row
@@ -175,6 +182,9 @@ class Row:
         return None if self.reason is None else f"line {self.line}: {self.reason}"
 
     def raw_text(self) -> str:
+        """The row as read, for ``enqueue --poison`` (a good row's ticket as JSON when its bytes were not kept)."""
+        if not self.raw and self.ticket is not None:
+            return self.ticket.model_dump_json()
         return self.raw.decode("utf-8", "backslashreplace")
 
 
@@ -228,9 +238,10 @@ def _peek(stream: IO[bytes], size: int) -> bytes:
 def check_text(source: str, head: bytes) -> None:
     """Refuse input whose first bytes show it is not UTF-8 text (:class:`InputFileError`)."""
     head = head.removeprefix(_BOM)
-    for signature, what in _SIGNATURES:
+    for signature, what, advice in _SIGNATURES:
         if head.startswith(signature):
-            raise InputFileError(f"this is {what}, not JSONL, CSV or TSV text", source=source)
+            advice = f"; {advice}" if advice else ""
+            raise InputFileError(f"this is {what}, not JSONL, CSV or TSV text{advice}", source=source)
     nul = head.find(b"\x00")
     if nul >= 0:
         raise InputFileError(
@@ -368,7 +379,8 @@ def _csv_records(reader: Any, columns: list[str]) -> Iterator[Record]:
             yield Record(start, None, str(exc).encode(), f"unreadable CSV row: {exc}", "bad_csv_row")
             continue
         last = reader.line_num
-        if not cells or all(not c.strip() for c in cells):
+        joined = "".join(cells)
+        if not joined.strip():
             continue
         if len(cells) > width:
             if any(c.strip() for c in cells[width:]):
@@ -378,11 +390,11 @@ def _csv_records(reader: Any, columns: list[str]) -> Iterator[Record]:
                 continue
             cells = cells[:width]
         fields = dict(zip(columns, cells, strict=False))
-        raw = json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogateescape")
-        if any(_undecodable(c) for c in cells):
+        if _SURROGATE.search(joined):
+            raw = json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogateescape")
             yield Record(start, None, raw, "not valid UTF-8; save the file as UTF-8", "invalid_utf8")
             continue
-        yield Record(start, fields, raw)
+        yield Record(start, fields, None)
 
 
 def read_records(stream: IO[bytes], fmt: Format, *, source: str = "-") -> Records:
@@ -436,74 +448,88 @@ def _warn_deprecated(source: str, line: int) -> None:
     )
 
 
-def _ticket_keys(fields: dict[str, Any]) -> dict[str, str]:
-    """``{ticket field: key in fields}``, case-insensitive, an exact-case key winning."""
+def _split(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(ticket fields, the rest)`` of a row, empty values dropped from the rest.
+
+    Ticket field names match case-insensitively, an exact lower-case name winning over a
+    variant (which then counts as the rest); ``images`` stands for ``attachments`` when
+    there is no ``attachments``.
+    """
+    named: dict[str, Any] = {}
     keys: dict[str, str] = {}
-    for key in fields:
-        name = key.strip().lower()
-        if name in TICKET_FIELDS and (name not in keys or key == name):
+    other: dict[str, Any] = {}
+    alias: tuple[str, Any] | None = None
+    for key, value in fields.items():
+        name = key if key in _FIELD_SET else key.strip().lower()
+        if name in _FIELD_SET and (name not in keys or key == name):
+            if name in keys and _present(named[name]):
+                other[keys[name]] = named[name]
             keys[name] = key
-    if "attachments" not in keys:
-        for key in fields:
-            if DEPRECATED_NAMES.get(key.strip().lower()) == "attachments":
-                keys["attachments"] = key
-                break
-    return keys
+            named[name] = value
+        elif name in DEPRECATED_NAMES and alias is None:
+            alias = (key, value)
+        elif _present(value):
+            other[key] = value
+    if alias is not None:
+        if "attachments" not in named:
+            named["attachments"] = alias[1]
+        elif _present(alias[1]):
+            other[alias[0]] = alias[1]
+    return named, other
 
 
 def _present(value: Any) -> bool:
     return value is not None and value != ""
 
 
+def _id_problem(given: Any) -> str | None:
+    if isinstance(given, bool) or not isinstance(given, str | int):
+        return "'id' must be a string or an integer"
+    if len(str(given)) > MAX_ID_CHARS:
+        return f"'id' is longer than {MAX_ID_CHARS} characters"
+    if not str(given).isprintable():
+        return "'id' contains control or unprintable characters"
+    return None
+
+
+def _unusable(record: Record, ticket_id: str | None, reason: str | None, kind: str | None) -> Row:
+    raw = record.raw_bytes()
+    return Row(record.line, ticket_id or line_id(record.line, raw), None, reason, kind, raw)
+
+
 def to_row(record: Record) -> Row:
     """The :class:`Row` for ``record``: a validated ticket, or the reason there is none."""
-    line, raw = record.line, record.raw
     if record.fields is None:
-        return Row(line, line_id(line, raw), None, record.problem, record.kind, raw)
-    fields = record.fields
-    keys = _ticket_keys(fields)
-    given = fields.get(keys["id"]) if "id" in keys else None
+        return _unusable(record, None, record.problem, record.kind)
+    named, other = _split(record.fields)
+    given = named.get("id")
     ticket_id: str | None = None
     if _present(given) and not (isinstance(given, str) and not given.strip()):
-        if isinstance(given, bool) or not isinstance(given, str | int):
-            return Row(line, line_id(line, raw), None, "'id' must be a string or an integer", "bad_id", raw)
+        problem = _id_problem(given)
+        if problem is not None:
+            return _unusable(record, None, problem, "bad_id")
         ticket_id = str(given)
-        if len(ticket_id) > MAX_ID_CHARS:
-            reason = f"'id' is longer than {MAX_ID_CHARS} characters"
-            return Row(line, line_id(line, raw), None, reason, "bad_id", raw)
-        if not ticket_id.isprintable():
-            reason = "'id' contains control or unprintable characters"
-            return Row(line, line_id(line, raw), None, reason, "bad_id", raw)
-
-    def bad(reason: str, kind: str) -> Row:
-        return Row(line, ticket_id or line_id(line, raw), None, reason, kind, raw)
-
-    text = fields.get(keys["text"]) if "text" in keys else None
+    text = named.get("text")
     if not _present(text):
-        return bad("the ticket has no 'text'", "missing_text")
+        return _unusable(record, ticket_id, "the ticket has no 'text'", "missing_text")
     if not isinstance(text, str) or not text.strip():
-        return bad("the ticket has a blank or non-string 'text'", "missing_text")
-    values: dict[str, Any] = {"text": text}
-    subject = fields.get(keys["subject"]) if "subject" in keys else None
-    if _present(subject):
-        values["subject"] = subject
+        return _unusable(record, ticket_id, "the ticket has a blank or non-string 'text'", "missing_text")
+    values: dict[str, Any] = {"id": ticket_id or "-", "text": text}
+    if _present(named.get("subject")):
+        values["subject"] = named["subject"]
     try:
-        metadata = _metadata(fields.get(keys["metadata"]) if "metadata" in keys else None)
-        used = set(keys.values())
-        extra = {k: v for k, v in fields.items() if k not in used and _present(v)}
-        if extra or metadata:
-            values["metadata"] = {**extra, **metadata}
-        values["attachments"] = parse_attachments(
-            fields.get(keys["attachments"]) if "attachments" in keys else None
-        )
+        metadata = _metadata(named.get("metadata"))
+        if other or metadata:
+            values["metadata"] = {**other, **metadata}
+        values["attachments"] = parse_attachments(named.get("attachments"))
         ticket = Ticket.model_validate(values)
     except (ValidationError, ValueError) as exc:
-        return bad(f"invalid ticket: {_first_error(exc)}", "invalid_ticket")
+        return _unusable(record, ticket_id, f"invalid ticket: {_first_error(exc)}", "invalid_ticket")
+    raw = record.raw or b""
     if ticket_id is not None:
-        ticket.id = ticket_id
-        return Row(line, ticket_id, ticket, raw=raw)
+        return Row(record.line, ticket_id, ticket, raw=raw)
     ticket.id = content_id(ticket)
-    return Row(line, ticket.id, ticket, raw=raw, derived=True)
+    return Row(record.line, ticket.id, ticket, raw=raw, derived=True)
 
 
 def to_ticket(row: Row) -> Ticket:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 EXIT_BUDGET = 3
 EXIT_NO_SUCCESS = 4
-"""This run wrote outcomes, at least one failed and none is ``ok``: a dead endpoint, a bad key, an unusable file."""
+"""This run wrote failed outcomes and not one ``ok``: a dead endpoint, a bad key, an unusable file."""
 EXIT_INTERRUPTED = 130
 
 
@@ -123,7 +123,7 @@ def batch(
 
     Exit codes: 0 done (or --limit reached), 1 runtime failure, 2 usage or configuration
     error (including an unreadable or binary INPUT), 3 stopped by --max-cost, 4 no ticket
-    succeeded (this run wrote outcomes and none is ok), 130 interrupted.
+    succeeded (this run wrote failed outcomes and not one ok), 130 interrupted.
 
     Example: triagegate batch graphs/support.yaml tickets.jsonl -o outcomes.jsonl --concurrency 32
     """
