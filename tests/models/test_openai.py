@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.support.openai_server import Delay, Garbage, Hang, OpenAIServer, Reply, Status
 from triagegate.confidence import field_value_distribution
+from triagegate.cost import tokens_for_chars
 from triagegate.errors import (
     BadModelOutput,
     ConfigError,
@@ -580,15 +581,23 @@ def chars_of(request: ChatRequest) -> int:
 @pytest.mark.parametrize(
     ("usage", "expected", "warnings"),
     [
-        ((10**30, 5), (len("Be brief.Hello there") // 4, 5), ["usage_out_of_bounds:prompt_tokens"]),
-        ((7, 10**12), (7, len("recovered") // 4 + 1), ["usage_out_of_bounds:completion_tokens"]),
+        (
+            (10**30, 5),
+            (tokens_for_chars(len("Be brief.Hello there")), 5),
+            ["usage_out_of_bounds:prompt_tokens"],
+        ),
+        ((7, 10**12), (7, tokens_for_chars(len("recovered"))), ["usage_out_of_bounds:completion_tokens"]),
         (
             (-3, "12"),
-            (len("Be brief.Hello there") // 4, len("recovered") // 4 + 1),
+            (tokens_for_chars(len("Be brief.Hello there")), tokens_for_chars(len("recovered"))),
             ["usage_out_of_bounds:prompt_tokens", "usage_out_of_bounds:completion_tokens"],
         ),
-        ((True, 4), (len("Be brief.Hello there") // 4, 4), ["usage_out_of_bounds:prompt_tokens"]),
-        ((None, 4), (len("Be brief.Hello there") // 4, 4), ["usage_missing"]),
+        (
+            (True, 4),
+            (tokens_for_chars(len("Be brief.Hello there")), 4),
+            ["usage_out_of_bounds:prompt_tokens"],
+        ),
+        ((None, 4), (tokens_for_chars(len("Be brief.Hello there")), 4), ["usage_missing"]),
         ((9.0, 4), (9, 4), []),
         ((20 + 64 * 3, 20 + 64), (20 + 64 * 3, 20 + 64), []),
     ],
@@ -618,8 +627,8 @@ async def test_a_reply_without_usage_is_estimated_and_flagged(server: OpenAIServ
     backend = build({"mini": binding(server)})
     result = await backend.chat(HELLO)
     assert (result.usage.input_tokens, result.usage.output_tokens) == (
-        chars_of(HELLO) // 4,
-        len("recovered") // 4 + 1,
+        tokens_for_chars(chars_of(HELLO)),
+        tokens_for_chars(len("recovered")),
     )
     assert result.warnings == ("usage_missing",)
 
@@ -646,10 +655,10 @@ async def test_a_huge_count_is_logged_briefly(server: OpenAIServer, build: Build
     backend = build({"mini": binding(server)})
     with capture_logs() as logs:
         result = await backend.chat(HELLO)
-    assert result.usage.input_tokens == chars_of(HELLO) // 4
+    assert result.usage.input_tokens == tokens_for_chars(chars_of(HELLO))
     (event,) = [e for e in logs if e["event"] == "usage_out_of_bounds"]
     assert event["reported"] == "an integer of 997 bits"
-    assert event["field"] == "prompt_tokens" and event["estimate"] == chars_of(HELLO) // 4
+    assert event["field"] == "prompt_tokens" and event["estimate"] == tokens_for_chars(chars_of(HELLO))
 
 
 async def test_classify_carries_usage_warnings(server: OpenAIServer, build: Build) -> None:

@@ -30,6 +30,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from triagegate.confidence import option_codes, single_token_distribution
+from triagegate.cost import tokens_for_chars
 from triagegate.errors import (
     BadModelOutput,
     ConfigError,
@@ -63,8 +64,6 @@ DEFAULT_POOL = 100
 MAX_RETRY_AFTER = 60.0
 MAX_TOP_LOGPROBS = 20
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-CHARS_PER_TOKEN = 4
-"""For estimates: the rate-limit reservation, and token counts a reply leaves out or gets wrong."""
 PROMPT_OVERHEAD_TOKENS = 64
 """Chat-template tokens allowed per message and per request beyond the text's own bytes."""
 IMAGE_TOKENS_BOUND = 32_768
@@ -291,7 +290,7 @@ class OpenAIBackend:
         started = time.perf_counter()
         body = self._chat_body(request)
         prompt_chars = sum(len(m.text) for m in request.messages)
-        estimate = prompt_chars // CHARS_PER_TOKEN + request.max_tokens
+        estimate = tokens_for_chars(prompt_chars) + request.max_tokens
         data, attempts = await self._post(body, estimate)
         choice = data["choices"][0]
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -334,7 +333,8 @@ class OpenAIBackend:
         so a prompt is bounded by its bytes plus chat-template overhead and an allowance per
         image, and a completion by ``max_tokens`` (or, from a server that ignores it, the
         bytes it returned) plus a margin. A count that is missing, not a whole number or out
-        of bounds is replaced by the estimate (:data:`CHARS_PER_TOKEN`), logged and flagged.
+        of bounds is replaced by the estimate every estimate uses (:func:`triagegate.cost.tokens_for_chars`,
+        :data:`~triagegate.cost.CHARS_PER_TOKEN` characters a token), logged and flagged.
         """
         usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
         prompt = _whole(usage.get("prompt_tokens"))
@@ -349,11 +349,11 @@ class OpenAIBackend:
         warnings: list[str] = []
         checked: list[int] = []
         for field, count, estimate, bound in (
-            ("prompt_tokens", prompt, prompt_chars // CHARS_PER_TOKEN, _prompt_bound(request)),
+            ("prompt_tokens", prompt, tokens_for_chars(prompt_chars), _prompt_bound(request)),
             (
                 "completion_tokens",
                 completion,
-                len(content) // CHARS_PER_TOKEN + 1,
+                tokens_for_chars(len(content)),
                 max(request.max_tokens, len(content.encode())) + COMPLETION_MARGIN_TOKENS,
             ),
         ):
