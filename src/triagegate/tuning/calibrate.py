@@ -29,7 +29,7 @@ from triagegate.errors import InputError
 from triagegate.gate import decide
 from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.tuning import calibration as cal
-from triagegate.tuning.datasets import TEXT_COLUMNS, DatasetError, LabeledText, iter_labeled
+from triagegate.tuning.datasets import DatasetError, LabeledText, load_unlabeled
 from triagegate.tuning.report import CalibrateReport
 from triagegate.types import Triage
 
@@ -77,26 +77,6 @@ def forced_routes(triages: Sequence[Triage], policy: GatePolicy, *, mini_has_vis
         else:
             out.append(cal.THRESHOLD_DECIDES)
     return out
-
-
-def read_unlabeled(path: str | Path, text_col: str | None) -> list[LabeledText]:
-    """Ticket texts of a file without a label column (labels left empty for a reference to fill)."""
-    candidates = [text_col] if text_col else list(TEXT_COLUMNS)
-    problem: DatasetError | None = None
-    for column in candidates:
-        try:
-            rows = list(iter_labeled(path, text_col=column, label_col=column))
-        except DatasetError as exc:
-            if f"column {column!r}" not in exc.reason:
-                raise
-            problem = exc
-            continue
-        if not rows:
-            raise DatasetError("the file has a header but no rows", file=path)
-        return [LabeledText(r.text, "", r.line) for r in rows]
-    assert problem is not None
-    tried = ", ".join(repr(c) for c in candidates)
-    raise DatasetError(f"no text column (looked for {tried}); name it with --text-col", file=path, line=1)
 
 
 @dataclass(frozen=True)
@@ -195,7 +175,7 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
             or options.reference == "labels"
         ):
             raise
-        rows, labeled = read_unlabeled(options.data, options.text_col), False
+        rows, labeled = load_unlabeled(options.data, options.text_col), False
     use_flagship = options.reference == "flagship" or not labeled
     notes: list[str] = []
     if labeled and not use_flagship:
