@@ -315,3 +315,16 @@ async def test_an_entry_is_dead_lettered_once_even_when_two_workers_hold_it(queu
     assert (first, second) == (True, False)
     assert await queue_env.redis.xlen(queue_env.stream.dead) == 1
     assert await pending(queue_env) == 0
+
+
+def test_a_worker_that_cannot_reach_redis_never_says_ready(database: str) -> None:
+    done = subprocess.run(
+        [CLI, "worker", str(LOOPBACK), "--results", database, "--redis", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == "", "READY is printed only once both services answered"
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: cannot reach Redis at redis://127.0.0.1:1/0")

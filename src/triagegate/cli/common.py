@@ -24,6 +24,8 @@ LogLevelOpt = Annotated[
 
 
 def setup_logging(level: str | None) -> None:
+    """Configure logging for this CLI process (structlog and the standard library's root logger);
+    the library itself never does, see :mod:`triagegate.log`."""
     from triagegate import log
 
     log.configure(level)

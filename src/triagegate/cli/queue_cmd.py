@@ -241,6 +241,7 @@ def worker(
                 loop = asyncio.get_running_loop()
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(signum, runner.stop)
+                await runner.stream.ensure_group()  # READY only once Redis answered too
                 print(f"READY {settings.consumer}", flush=True)
                 stats = await runner.run()
                 await runner.stream.forget_consumer(settings.consumer)
