@@ -7,7 +7,9 @@ the handlers. Each call has a timeout, so a hang fails the test instead of stall
 Besides the response checks, valid requests must be accepted and invalid ones rejected
 (``positive_data_acceptance``, ``negative_data_rejection``): that is where the document
 used to disagree with the server (an empty attachment URL, more images than the graph
-allows, a batch over ``max_batch`` answered 413, batch items that are not objects). The
+allows, a batch over ``max_batch`` answered 413, batch items that are not objects), and
+every operation the document marks as needing a bearer token must refuse a request without
+one (``ignored_auth``; ``/metrics`` used to be open with keys configured). The
 one exception is an image's bytes, which no schema can describe: a well-formed request
 whose image is not a real PNG/JPEG/GIF/WebP is refused by content, and that refusal is
 not counted against the document. Examples are bounded per operation and mode to keep
@@ -25,7 +27,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import ignored_auth, not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -63,6 +65,7 @@ CHECKS = [
     response_schema_conformance,
     valid_requests_are_accepted,
     negative_data_rejection,
+    ignored_auth,
 ]
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 EXAMPLES = 30
