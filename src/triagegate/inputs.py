@@ -48,13 +48,13 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple, TypeVar
 
-import structlog
 from pydantic import ValidationError
 
 from triagegate.errors import InputError
+from triagegate.log import get_logger
 from triagegate.types import Attachment, Ticket
 
-log = structlog.get_logger("triagegate.inputs")
+log = get_logger("triagegate.inputs")
 
 Format = Literal["jsonl", "csv", "tsv"]
 FORMATS = ("auto", "jsonl", "csv", "tsv")
