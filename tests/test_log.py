@@ -343,3 +343,15 @@ def test_configuring_twice_keeps_one_handler(structlog_config: None) -> None:
     assert first.getvalue() == ""
     assert second.getvalue().count("once") == 1
     assert "[warning  ]" in second.getvalue()
+
+
+def test_every_module_logs_through_get_logger() -> None:
+    """A module calling structlog.get_logger directly would print every level to stdout in a host
+    that configured nothing (structlog's defaults); triagegate.log.get_logger stays quiet there."""
+    package = Path(triagegate.__file__).parent
+    direct = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "log.py" and "structlog.get_logger(" in path.read_text(encoding="utf-8")
+    ]
+    assert direct == []
