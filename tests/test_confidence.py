@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from triagegate.confidence import (
     FALLBACK_REASONS,
     OPTION_CODES,
     LogprobsUnusable,
+    early_field_distribution,
     field_value_distribution,
     option_codes,
     read_field_value_distribution,
@@ -243,3 +245,84 @@ def test_unusable_logprobs_say_why(tokens: list[TokenLogprob] | None, reason: st
     assert info.value.reason == reason
     assert reason in FALLBACK_REASONS
     assert field_value_distribution(tokens or [], "category", ["A", "B"]) is None
+
+
+def reading(read: Callable[[], dict[str, float] | None]) -> tuple[str, object]:
+    """A reading's outcome, comparable whether it gave numbers, nothing or a reason."""
+    try:
+        dist = read()
+    except LogprobsUnusable as exc:
+        return ("unusable", exc.reason)
+    return ("none", None) if dist is None else ("read", dist)
+
+
+def value_token(tokens: list[TokenLogprob]) -> int:
+    """Index of the token where the category value starts (test-side, by string search)."""
+    text = "".join(t.token for t in tokens)
+    at = text.index('"category"')
+    at = text.index('"', text.index(":", at + len('"category"'))) + 1
+    offset = 0
+    for index, token in enumerate(tokens):
+        offset += len(token.token)
+        if offset > at:
+            return index
+    raise AssertionError("the value is past the last token")
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> tuple[list[str], list[TokenLogprob]]:
+    """A tokenised reply whose value token may carry malformed or code-less alternatives."""
+    codes, tokens, _ = draw(tokenised_json())
+    at = value_token(tokens)
+    kind = draw(st.sampled_from(["intact", "malformed", "words"]))
+    token = tokens[at]
+    if kind == "malformed":
+        tokens[at] = TokenLogprob(token.token, token.logprob, RawAlternatives([7]))
+    elif kind == "words":
+        tokens[at] = TokenLogprob(token.token + "ccount", token.logprob, {token.token + "ccount": -0.1})
+    return codes, tokens
+
+
+@given(damaged(), st.booleans())
+def test_early_reading_is_none_until_the_value_token_then_the_full_reading(
+    case: tuple[list[str], list[TokenLogprob]], as_sent: bool
+) -> None:
+    codes, tokens = case
+    sequence: Sequence[TokenLogprob] = tokens
+    if as_sent:
+        raw = RawTokenLogprobs.from_openai(
+            [
+                {
+                    "token": t.token,
+                    "logprob": t.logprob,
+                    "top_logprobs": t.top.raw
+                    if isinstance(t.top, RawAlternatives)
+                    else [{"token": k, "logprob": v} for k, v in t.top.items()],
+                }
+                for t in tokens
+            ]
+        )
+        assert raw is not None
+        sequence = raw
+    full = reading(lambda: read_field_value_distribution(sequence, "category", codes))
+    assert reading(lambda: early_field_distribution(sequence, "category", codes, complete=True)) == full
+    at = value_token(tokens)
+    for count in range(len(tokens) + 1):
+        prefix = sequence[:count]
+        early = reading(lambda prefix=prefix: early_field_distribution(prefix, "category", codes))
+        assert early == (("none", None) if count <= at else full)
+
+
+@given(st.dictionaries(identifiers, st.text(max_size=30), max_size=5), st.data())
+def test_early_reading_of_a_reply_without_the_field_is_none_until_complete(
+    fields: dict[str, str], data: st.DataObject
+) -> None:
+    text = json.dumps(fields)
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=max(1, len(text) - 1)))))
+    pieces = [p for p in (text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)) if p]
+    tokens = [TokenLogprob(p, -0.1, {p: -0.1, "A": -1.0}) for p in pieces]
+    for count in range(len(tokens) + 1):
+        assert early_field_distribution(tokens[:count], "category", ["A", "B"]) is None
+    with pytest.raises(LogprobsUnusable) as info:
+        early_field_distribution(tokens, "category", ["A", "B"], complete=True)
+    assert info.value.reason in ("field_not_found", "no_logprobs")

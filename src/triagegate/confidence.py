@@ -65,30 +65,70 @@ def read_field_value_distribution(
     """
     if not tokens:
         raise LogprobsUnusable("no_logprobs", "the reply carried no usable log-probabilities")
+    found = _value_token(tokens, field)
+    if found is None:
+        raise LogprobsUnusable("field_not_found", f"the tokens do not spell a {field!r} field")
+    if isinstance(found, int):
+        raise LogprobsUnusable("field_not_found", f"the {field!r} value is past the last token")
+    return _read_at(tokens, found, field, codes)
+
+
+def early_field_distribution(
+    tokens: Sequence[TokenLogprob] | None, field: str, codes: Sequence[str], *, complete: bool = False
+) -> dict[str, float] | None:
+    """:func:`read_field_value_distribution` on the first tokens of a reply still arriving.
+
+    ``None`` while the token where ``field``'s value starts has not arrived; from then on,
+    the numbers the whole reply will give (the reading looks at that token and the ones
+    before it only), or :class:`LogprobsUnusable` for the reason the whole reply will give.
+    With ``complete=True`` the tokens are the whole reply and this is
+    :func:`read_field_value_distribution` itself. For the early gate, which decides on a
+    streamed triage reply as soon as its option code has arrived.
+    """
+    if complete:
+        return read_field_value_distribution(tokens, field, codes)
+    if not tokens:
+        return None
+    found = _value_token(tokens, field)
+    if found is None or isinstance(found, int):
+        return None
+    return _read_at(tokens, found, field, codes)
+
+
+def _value_token(tokens: Sequence[TokenLogprob], field: str) -> tuple[int, int] | int | None:
+    """Where ``field``'s string value starts: ``(token index, offset in that token)``; the
+    value's character offset when no token reaches it yet; ``None`` when the tokens do not
+    spell the field (with its opening quote)."""
     texts = tokens.texts() if isinstance(tokens, RawTokenLogprobs) else [t.token for t in tokens]
     match = re.search(r'"' + re.escape(field) + r'"\s*:\s*"', "".join(texts))
     if match is None:
-        raise LogprobsUnusable("field_not_found", f"the tokens do not spell a {field!r} field")
+        return None
     value_start = match.end()
     offset = 0
     for index, text in enumerate(texts):
         end = offset + len(text)
         if end > value_start:
-            tok = tokens[index]
-            try:
-                alternatives = {**tok.top, tok.token: tok.logprob}
-            except MalformedLogprobs as exc:
-                raise LogprobsUnusable("malformed_alternatives", str(exc)) from None
-            cut = value_start - offset
-            found = _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
-            if found is None:
-                raise LogprobsUnusable(
-                    "no_option_code",
-                    f"none of the {len(alternatives)} alternatives at the {field!r} value is an option code",
-                )
-            return found
+            return index, value_start - offset
         offset = end
-    raise LogprobsUnusable("field_not_found", f"the {field!r} value is past the last token")
+    return value_start
+
+
+def _read_at(
+    tokens: Sequence[TokenLogprob], at: tuple[int, int], field: str, codes: Sequence[str]
+) -> dict[str, float]:
+    index, cut = at
+    tok = tokens[index]
+    try:
+        alternatives = {**tok.top, tok.token: tok.logprob}
+    except MalformedLogprobs as exc:
+        raise LogprobsUnusable("malformed_alternatives", str(exc)) from None
+    found = _distribution_at(alternatives.items(), cut, tok.token[:cut], codes)
+    if found is None:
+        raise LogprobsUnusable(
+            "no_option_code",
+            f"none of the {len(alternatives)} alternatives at the {field!r} value is an option code",
+        )
+    return found
 
 
 def field_value_distribution(
