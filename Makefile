@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,local,server,serve,queue
+EXTRAS ?= dev,local,server,serve,queue,encoder
 
 .PHONY: install demo test lint typecheck unit services bench clean
 

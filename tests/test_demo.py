@@ -56,7 +56,10 @@ def test_demo_command_runs_offline(
     code = main(["demo", str(GRAPH)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "offline: classifier tfidf-linear + SmolLM2-135M-Instruct via llama.cpp, no network" in out
+    from triagegate.tuning import training
+
+    classifier = training.model_name(training.default_kind())  # the encoder where its extra is installed
+    assert f"offline: classifier {classifier} + SmolLM2-135M-Instruct via llama.cpp, no network" in out
     assert "5 tickets in" in out
     for line in out.splitlines():
         if line.startswith(("│ demo-injection", "│ demo-screenshot")):

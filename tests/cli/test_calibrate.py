@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,8 @@ def test_write_patches_a_copy_of_the_graph_keeping_comments(
         "# fitted on first use",
     ):
         assert kept in after
-    assert f"threshold: {policy['threshold']!r}   # too low?" in after
+    # The comment keeps its column, so the spaces before it depend on the new value's width.
+    assert re.search(rf"threshold: {re.escape(repr(policy['threshold']))} +# too low\?", after)
     assert "billing: 0.99" not in after
     untouched = [
         line for line in before.splitlines() if "threshold" not in line and "billing: 0.99" not in line

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from triagegate.tuning import training
 from triagegate.errors import ConfigError, UnsupportedOperation
 from triagegate.models import BuildContext, build_backend
 from triagegate.models.base import ChatRequest, ClassifyRequest, Message
 from triagegate.models.classifier import ClassifierBackend
 from triagegate.spec import LoadedSpec, load_spec
+from triagegate.tuning import training
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def fit_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = training.fit
 
-    def counting(*args: Any, **kwargs: Any) -> training.TrainedModel:
+    def counting(*args: Any, **kwargs: Any) -> training.Classifier:
         calls.append(1)
         return real(*args, **kwargs)
 
@@ -106,8 +106,12 @@ def fit_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_train_from_taxonomy_is_lazy_and_cached(tmp_path: Path, fit_calls: list[int]) -> None:
-    loaded = load_spec(write_graph(tmp_path))
+@pytest.mark.parametrize("kind", [None, "tfidf"])
+def test_train_from_taxonomy_is_lazy_and_cached(
+    tmp_path: Path, fit_calls: list[int], kind: str | None
+) -> None:
+    options: dict[str, Any] = {"train_from": "taxonomy"} | ({"kind": kind} if kind else {})
+    loaded = load_spec(write_graph(tmp_path, mini_options=options))
     backend = build(loaded, tmp_path / "cache")
     assert backend.capabilities.classify and not backend.capabilities.chat
     assert fit_calls == [] and backend.source is None, "building must not train"
@@ -117,14 +121,16 @@ def test_train_from_taxonomy_is_lazy_and_cached(tmp_path: Path, fit_calls: list[
     cached = list((tmp_path / "cache" / "classifiers").glob("*.skops"))
     assert len(cached) == 1
 
-    again = build(load_spec(write_graph(tmp_path)), tmp_path / "cache")
+    again = build(load_spec(write_graph(tmp_path, mini_options=options)), tmp_path / "cache")
     assert classify(again, "where is my package")[0] == "shipping"
     assert again.source == "cache" and fit_calls == [1], "a second build must reuse the cache"
     meta = again.ready_model().metadata
     assert meta.labels == sorted(EXAMPLES) and meta.source == "taxonomy" and meta.n_examples == 15
 
     changed = dict(EXAMPLES, account=[*EXAMPLES["account"], "lost access to my profile"])
-    third = build(load_spec(write_graph(tmp_path, examples=changed)), tmp_path / "cache")
+    third = build(
+        load_spec(write_graph(tmp_path, examples=changed, mini_options=options)), tmp_path / "cache"
+    )
     classify(third, "reset my password")
     assert third.source == "trained" and fit_calls == [1, 1], "new examples mean a new cache key"
 
@@ -161,7 +167,7 @@ def test_probabilities_cover_labels_and_subset_renormalises(tmp_path: Path) -> N
 def test_fast_path_matches_pipeline() -> None:
     texts = [t for ex in EXAMPLES.values() for t in ex]
     labels = [label for label, ex in EXAMPLES.items() for _ in ex]
-    model = training.fit(texts, labels)
+    model = training.fit_tfidf(texts, labels)
     assert model.fast_path
     probes = ["charged twice!!", "wher is my parcle", "", "password password password", "ünïcode tëxt"]
     for text in probes:
@@ -169,7 +175,7 @@ def test_fast_path_matches_pipeline() -> None:
 
 
 def test_binary_fast_path_matches_pipeline() -> None:
-    model = training.fit(["good", "great", "bad", "awful"], ["pos", "pos", "neg", "neg"])
+    model = training.fit_tfidf(["good", "great", "bad", "awful"], ["pos", "pos", "neg", "neg"])
     assert model.fast_path
     assert model.predict_one("great stuff") == pytest.approx(
         model.predict_proba(["great stuff"])[0], abs=1e-9
@@ -227,23 +233,40 @@ def test_bad_options(tmp_path: Path, options: dict[str, Any], message: str) -> N
     assert (err.value.key or "").startswith("models.mini")
 
 
-def _saved_model(path: Path, examples: dict[str, list[str]]) -> Path:
+def _saved_model(path: Path, examples: dict[str, list[str]], kind: str | None = None) -> Path:
     texts = [t for ex in examples.values() for t in ex]
     labels = [label for label, ex in examples.items() for _ in ex]
-    return training.save(training.fit(texts, labels, source="test"), path)
+    return training.save(training.fit(texts, labels, kind=kind, source="test"), path)
 
 
-def test_model_path_loads_eagerly(tmp_path: Path, fit_calls: list[int]) -> None:
-    _saved_model(tmp_path / "m.skops", EXAMPLES)
+@pytest.mark.parametrize("kind", [None, "tfidf"])
+def test_model_path_loads_eagerly(tmp_path: Path, fit_calls: list[int], kind: str | None) -> None:
+    _saved_model(tmp_path / "m.skops", EXAMPLES, kind)
     fit_calls.clear()
     backend = build(
         load_spec(write_graph(tmp_path, mini_options={"model_path": "m.skops"})), tmp_path / "cache"
     )
     assert backend.source == "file" and classify(backend, "charged twice")[0] == "billing"
     assert fit_calls == []
+    resolved = training.resolve_kind(kind)
+    assert backend.model == training.model_name(resolved)
     meta = backend.ready_model().metadata
-    assert meta.format == training.FORMAT and len(meta.training_sha256) == 64 and meta.sklearn_version
-    assert meta.created_at and meta.config == training.TrainConfig()
+    assert len(meta.training_sha256) == 64 and meta.sklearn_version and meta.created_at
+    assert meta.config == training.config_for(resolved)
+    if resolved == "tfidf":
+        assert meta.format == training.FORMAT
+    else:
+        from triagegate.models import encoder_classifier
+
+        assert meta.format == encoder_classifier.FORMAT
+
+
+def test_model_path_kind_must_match_the_file(tmp_path: Path) -> None:
+    _saved_model(tmp_path / "m.skops", EXAMPLES, "tfidf")
+    loaded = load_spec(write_graph(tmp_path, mini_options={"model_path": "m.skops", "kind": "encoder"}))
+    with pytest.raises(ConfigError, match="holds a 'tfidf' classifier") as err:
+        build(loaded, tmp_path / "cache")
+    assert err.value.key == "models.mini.options.kind"
 
 
 def test_model_path_label_mismatch_names_file_and_labels(tmp_path: Path) -> None:

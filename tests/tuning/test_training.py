@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from triagegate.tuning import training
 from triagegate.errors import ConfigError
+from triagegate.tuning import training
 
 # Three labels with their own vocabulary; 10 examples a label or more are cross-fitted (5 folds).
 TOPICS = {
@@ -34,10 +34,10 @@ PROBES = ["", "hello", "I was charged twice for the parcel", "ünïcode tëxt!!"
 
 def test_enough_examples_cross_fit_and_classify_confidently() -> None:
     texts, labels = corpus(12)
-    model = training.fit(texts, labels)
+    model = training.fit_tfidf(texts, labels)
     assert model.metadata.method == "cross-fitted-svm"
     assert model.labels == ("account", "billing", "shipping")
-    assert model.coef.shape == (3, training._feature_count(model.features)) and model.intercept.shape == (3,)
+    assert model.coef.shape == (3, training.feature_count(model.features)) and model.intercept.shape == (3,)
     probs = model.predict_proba(["my invoice is wrong", "where is my delivery", "reset my password"])
     assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0)
     assert [model.labels[i] for i in probs.argmax(axis=1)] == ["billing", "shipping", "account"]
@@ -47,10 +47,10 @@ def test_enough_examples_cross_fit_and_classify_confidently() -> None:
 def test_too_few_examples_fall_back_to_logistic_regression() -> None:
     texts, labels = corpus(12)
     few_texts, few_labels = texts[:-3], labels[:-3]  # "shipping" keeps 9 examples, fewer than 2 x 5 folds
-    model = training.fit(few_texts, few_labels)
+    model = training.fit_tfidf(few_texts, few_labels)
     assert model.metadata.method == "logistic-regression"
     assert model.predict_proba(["where is my delivery"]).argmax() == model.labels.index("shipping")
-    assert training.fit(few_texts, few_labels, training.TrainConfig(folds=4)).metadata.method == (
+    assert training.fit_tfidf(few_texts, few_labels, training.TrainConfig(folds=4)).metadata.method == (
         "cross-fitted-svm"
     )
 
@@ -58,7 +58,7 @@ def test_too_few_examples_fall_back_to_logistic_regression() -> None:
 @pytest.mark.parametrize("per_label", [1, 2, 5, 12])
 def test_lean_path_matches_batch_path(per_label: int) -> None:
     texts, labels = corpus(per_label)
-    model = training.fit(texts, labels)
+    model = training.fit_tfidf(texts, labels)
     assert model.fast_path
     batch = model.predict_proba(PROBES)
     for text, row in zip(PROBES, batch, strict=True):
@@ -69,7 +69,7 @@ def test_lean_path_matches_batch_path(per_label: int) -> None:
 def test_two_labels_store_one_logit_row(per_label: int, method: str) -> None:
     texts, labels = corpus(per_label)
     keep = [i for i, label in enumerate(labels) if label != "account"]
-    model = training.fit([texts[i] for i in keep], [labels[i] for i in keep])
+    model = training.fit_tfidf([texts[i] for i in keep], [labels[i] for i in keep])
     assert model.metadata.method == method
     assert model.coef.shape[0] == 1 and model.intercept.shape == (1,)
     assert model.fast_path
@@ -80,7 +80,7 @@ def test_two_labels_store_one_logit_row(per_label: int, method: str) -> None:
 
 def test_fitting_is_deterministic() -> None:
     texts, labels = corpus(10)
-    first, second = training.fit(texts, labels), training.fit(texts, labels)
+    first, second = training.fit_tfidf(texts, labels), training.fit_tfidf(texts, labels)
     assert np.array_equal(first.coef, second.coef) and np.array_equal(first.intercept, second.intercept)
 
 
@@ -106,7 +106,7 @@ def test_round_trip_keeps_probabilities_and_needs_no_trusted_types(tmp_path: Pat
     import skops.io as sio
 
     texts, labels = corpus(8)
-    model = training.fit(texts, labels, source="unit")
+    model = training.fit_tfidf(texts, labels, source="unit")
     path = training.save(model, tmp_path / "m.skops")
     assert sio.get_untrusted_types(file=path) == []
     loaded = training.load(path, expected_labels=["shipping", "billing", "account"])
@@ -133,7 +133,7 @@ def test_weights_that_do_not_fit_the_labels_are_refused(tmp_path: Path) -> None:
     import skops.io as sio
 
     texts, labels = corpus(6)
-    model = training.fit(texts, labels)
+    model = training.fit_tfidf(texts, labels)
     path = tmp_path / "bad.skops"
     payload = {
         "format": training.FORMAT,

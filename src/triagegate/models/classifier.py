@@ -1,4 +1,4 @@
-"""A trained text classifier as the triage tier: offline, free and sub-millisecond per ticket.
+"""A trained text classifier as the triage tier: offline, free, milliseconds per ticket.
 
 Bind it in a graph file with exactly one of these options::
 
@@ -10,15 +10,33 @@ Bind it in a graph file with exactly one of these options::
         train_from: taxonomy                 # the taxonomy's examples in this graph file
         # or
         train_from: data/tickets.csv         # a labeled CSV/JSONL file (text_col/label_col optional)
-        training: {C: 0.5, folds: 5}         # optional overrides of triagegate.tuning.training.TrainConfig
+        kind: encoder                        # or tfidf; optional, see below
+        training: {embedding_weight: 2.0}    # optional overrides of the kind's training config
 
-``model_path`` is loaded while the pipeline is built, so a missing or corrupt file, or one
-whose labels differ from the taxonomy, fails at once with a :class:`ConfigError` naming it.
+Two kinds of classifier exist (``kind``, for ``train_from``; a ``model_path`` file says its own):
+
+* ``encoder`` (model name ``minilm-l6-hybrid``): a pretrained sentence encoder
+  (all-MiniLM-L6-v2, run offline by :mod:`triagegate.models.encoder`) plus TF-IDF features
+  under one calibrated linear softmax (:mod:`triagegate.models.encoder_classifier`). It is the
+  default wherever the ``encoder`` extra is installed: it needs ten examples an intent where
+  TF-IDF needs hundreds. Asking for it without the extra is a :class:`ConfigError` naming it.
+* ``tfidf`` (``tfidf-linear``): word and character n-gram TF-IDF under a linear softmax
+  (:mod:`triagegate.tuning.training`); sub-millisecond, the default without the extra.
+  ``training`` then overrides :class:`~triagegate.tuning.training.TrainConfig`.
+
+The backend's ``model`` (and so the Outcome's triage node ``model``) is the name of the kind
+that runs, whatever the binding's ``model`` says.
+
+``model_path`` is loaded while the pipeline is built, so a missing or corrupt file, one
+whose labels differ from the taxonomy, or one trained with another encoder than the
+installed one, fails at once with a :class:`ConfigError` naming it.
 With ``train_from`` the data is read and checked at build time too, but fitting waits for
 the first ``classify`` call (so building a pipeline stays quick) and happens once per
 process, whatever the concurrency: later calls reuse the model. The fitted model is cached
-under ``<cache_dir>/classifiers/<key>.skops``, keyed by the training data, the config and
-the scikit-learn version, so another process or a restart loads it instead of retraining.
+under ``<cache_dir>/classifiers/<key>.skops``, keyed by the training data, the kind, the
+config, the scikit-learn version and the encoder's weights, so another process or a restart
+loads it instead of retraining. A failure to fit or load is not remembered: the next call
+tries again (a transient error does not disable the classifier for the life of the process).
 
 The backend only classifies; ``chat`` raises :class:`UnsupportedOperation` and the graph's
 ``answer`` node drafts replies with its own model.
@@ -35,17 +53,17 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from triagegate.tuning import training
 from triagegate.errors import ConfigError, ModelUnavailable, UnsupportedOperation
 from triagegate.log import get_logger
 from triagegate.models import BuildContext
 from triagegate.models.base import Capabilities, ChatRequest, ChatResult, Classification, ClassifyRequest
 from triagegate.spec import ModelBinding, Taxonomy
+from triagegate.tuning import training
 from triagegate.types import Usage
 
 log = get_logger("triagegate.models")
 
-OPTIONS = ("model_path", "train_from", "text_col", "label_col", "training")
+OPTIONS = ("model_path", "train_from", "text_col", "label_col", "training", "kind")
 ModelSource = Literal["file", "cache", "trained", "given"]
 
 
@@ -62,29 +80,30 @@ def taxonomy_examples(taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
 
 
 class ClassifierBackend:
-    """Serves :meth:`classify` from a :class:`~triagegate.tuning.training.TrainedModel`, fitted lazily if needed."""
+    """Serves :meth:`classify` from a fitted classifier of either kind, fitted lazily if needed."""
 
     def __init__(
         self,
         alias: str,
         binding: ModelBinding,
         *,
-        model: training.TrainedModel | None = None,
-        obtain: Callable[[], tuple[training.TrainedModel, ModelSource]] | None = None,
+        model: training.Classifier | None = None,
+        obtain: Callable[[], tuple[training.Classifier, ModelSource]] | None = None,
+        model_name: str | None = None,
     ) -> None:
         if (model is None) == (obtain is None):
             raise ValueError("give exactly one of 'model' or 'obtain'")
         self.alias = alias
         self.binding = binding
         self.name = f"{alias}@classifier"
-        self.model = binding.model or "tfidf-linear"
+        # The name of the classifier that runs, not the binding's label: the Outcome must say which.
+        self.model = model.name if model is not None else model_name or training.TFIDF_NAME
         self.capabilities = Capabilities(
             chat=False, classify=True, vision=False, logprobs=False, json_schema=False
         )
         self._model = model
         self._obtain = obtain
         self._lock = threading.Lock()
-        self._failure: str | None = None
         self.source: ModelSource | None = "given" if model is not None else None
         """Where the model came from once ready: a ``model_path`` file, the cache, a fresh fit, or the caller."""
 
@@ -111,16 +130,31 @@ class ClassifierBackend:
         if has_path:
             path = _resolve(base, options["model_path"], f"models.{alias}.options.model_path")
             model = training.load(path, expected_labels=categories)
+            wanted = options.get("kind")
+            if wanted is not None and wanted != model.kind:
+                raise ConfigError(
+                    f"options.kind is {wanted!r} but {path} holds a {model.kind!r} classifier; "
+                    "drop 'kind' (a model file says its own) or train the file again",
+                    key=f"models.{alias}.options.kind",
+                )
             backend = cls(alias, binding, model=model)
             backend.source = "file"
             return backend
 
         try:
-            config = training.TrainConfig.model_validate(options.get("training") or {})
+            kind = training.resolve_kind(options.get("kind"))
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key=f"models.{alias}.options.kind") from None
+        try:
+            config = training.config_for(kind, options.get("training") or {})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{where}: {first['msg']}", key=f"models.{alias}.options.training") from None
+        except TypeError:
+            raise ConfigError(
+                "must be a mapping of training settings", key=f"models.{alias}.options.training"
+            ) from None
         source = options["train_from"]
         if source == "taxonomy":
             try:
@@ -150,46 +184,53 @@ class ClassifierBackend:
         digest = training.training_digest(texts, labels)
         cache_file = context.cache_dir / "classifiers" / f"{training.cache_key(digest, config)}.skops"
 
-        def obtain() -> tuple[training.TrainedModel, ModelSource]:
+        def obtain() -> tuple[training.Classifier, ModelSource]:
             if cache_file.is_file():
                 try:
                     cached = training.load(cache_file, expected_labels=categories)
-                    if cached.metadata.training_sha256 == digest:
+                    if cached.metadata.training_sha256 == digest and cached.kind == kind:
                         return cached, "cache"
                 except ConfigError as exc:
                     log.warning("classifier_cache_unusable", file=str(cache_file), problem=exc.reason)
-            model = training.fit(texts, labels, config, source=described)
+            model = training.fit(texts, labels, config, kind=kind, source=described)
             try:
                 training.save(model, cache_file)
             except OSError as exc:
                 log.warning("classifier_cache_not_written", file=str(cache_file), problem=str(exc))
             log.info(
-                "classifier_trained", alias=alias, examples=len(texts), seconds=model.metadata.train_seconds
+                "classifier_trained",
+                alias=alias,
+                kind=kind,
+                examples=len(texts),
+                seconds=model.metadata.train_seconds,
             )
             return model, "trained"
 
-        return cls(alias, binding, obtain=obtain)
+        return cls(alias, binding, obtain=obtain, model_name=training.model_name(kind))
 
-    def ready_model(self) -> training.TrainedModel:
-        """The model, loading or fitting it on the first call only (thread-safe). Blocks while fitting."""
+    def ready_model(self) -> training.Classifier:
+        """The model, loading or fitting it on first use (thread-safe). Blocks while fitting.
+
+        A failure raises :class:`ModelUnavailable` for this call only: it is not cached, so the
+        next call tries again (issue 18: a transient error, say a full disk or a busy file,
+        must not disable the classifier until the process restarts). Concurrent callers wait
+        on one attempt at a time instead of fitting side by side.
+        """
         model = self._model
         if model is not None:
             return model
         with self._lock:
             if self._model is None:
-                if self._failure is not None:
-                    raise ModelUnavailable(self._failure, model=self.model)
                 assert self._obtain is not None
                 try:
                     self._model, self.source = self._obtain()
                 except Exception as exc:
-                    self._failure = (
-                        f"{self.name}: training the classifier failed: {type(exc).__name__}: {exc}"
-                    )
-                    raise ModelUnavailable(self._failure, model=self.model) from exc
+                    reason = f"{self.name}: training the classifier failed: {type(exc).__name__}: {exc}"
+                    log.warning("classifier_unavailable", alias=self.alias, problem=reason)
+                    raise ModelUnavailable(reason, model=self.model) from exc
             return self._model
 
-    async def _model_async(self) -> training.TrainedModel:
+    async def _model_async(self) -> training.Classifier:
         model = self._model
         return model if model is not None else await asyncio.to_thread(self.ready_model)
 

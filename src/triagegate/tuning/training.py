@@ -37,7 +37,7 @@ corrupt, not a triagegate model, written in an older format, or whose labels dif
 the ones the caller expects.
 
 Single-ticket prediction bypasses scikit-learn's per-call validation (about 1 ms) with
-:class:`_LinearTextScorer`, which computes the same probabilities from the fitted
+:class:`LinearTextScorer`, which computes the same probabilities from the fitted
 vocabularies and weights in well under a millisecond; it checks itself against the
 batch path after fitting or loading and steps aside if the two ever disagree.
 """
@@ -51,16 +51,19 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from triagegate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from triagegate.models.encoder_classifier import EncoderClassifier, EncoderTrainConfig
 
 FORMAT = "triagegate-classifier/2"
 """Version 2: one collapsed linear softmax over the TF-IDF features (version 1 stored a whole
@@ -71,6 +74,8 @@ TRUSTED_TYPES: tuple[str, ...] = ()
 
 Probabilities = npt.NDArray[np.float64]
 Matrix = npt.NDArray[np.float64]
+TFIDF_NAME = "tfidf-linear"
+"""The TF-IDF classifier's model name (the Outcome's triage ``model`` when it runs)."""
 
 
 class TrainConfig(BaseModel):
@@ -134,15 +139,22 @@ def training_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def cache_key(digest: str, config: TrainConfig) -> str:
-    """Name for a cached model: changes with the data, the config, the file format and scikit-learn."""
+def cache_key(digest: str, config: TrainConfig | EncoderTrainConfig) -> str:
+    """Name for a cached model: changes with the data, the kind and config, the file format,
+    scikit-learn and (for the encoder classifier) the encoder's weights."""
     import sklearn
 
-    payload = f"{FORMAT}\n{digest}\n{config.fingerprint()}\n{sklearn.__version__}"
+    if isinstance(config, TrainConfig):
+        payload = f"{FORMAT}\n{digest}\n{config.fingerprint()}\n{sklearn.__version__}"
+    else:
+        from triagegate.models import encoder_classifier as ec
+        from triagegate.models.encoder import MAX_TOKENS, WEIGHTS_SHA256
+
+        payload = f"{ec.FORMAT}\n{digest}\n{config.fingerprint()}\n{sklearn.__version__}\n{WEIGHTS_SHA256}\n{MAX_TOKENS}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _softmax_rows(z: Matrix) -> Probabilities:
+def softmax_rows(z: Matrix) -> Probabilities:
     """Row-wise probabilities from logits; one logit column means a binary model (sigmoid)."""
     if z.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-z[:, 0]))
@@ -153,7 +165,7 @@ def _softmax_rows(z: Matrix) -> Probabilities:
     return out
 
 
-class _LinearTextScorer:
+class LinearTextScorer:
     """Probabilities for one text straight from the fitted vectorisers and the collapsed weights.
 
     Mirrors :meth:`TrainedModel.predict_proba` (analyse, sublinear tf times idf,
@@ -180,7 +192,8 @@ class _LinearTextScorer:
         if self.weights.shape[0] != offset:
             raise ValueError("feature count does not match the weights")
 
-    def __call__(self, text: str) -> Probabilities:
+    def logits(self, text: str) -> Matrix:
+        """``W @ tfidf(text) + b`` for one text (one value per row of the weights)."""
         columns: list[int] = []
         values: list[Probabilities] = []
         for analyze, vocabulary, idf, offset in self.blocks:
@@ -199,6 +212,10 @@ class _LinearTextScorer:
         z = self.bias.copy()
         if columns:
             z += np.concatenate(values) @ self.weights[columns]
+        return z
+
+    def __call__(self, text: str) -> Probabilities:
+        z = self.logits(text)
         if z.shape[0] == 1:
             p = 1.0 / (1.0 + math.exp(-float(z[0])))
             return np.array([1.0 - p, p])
@@ -209,11 +226,14 @@ class _LinearTextScorer:
 
 
 class TrainedModel:
-    """Fitted vectorisers and the collapsed linear softmax, with metadata.
+    """Fitted vectorisers and the collapsed linear softmax, with metadata (the TF-IDF classifier).
 
     ``coef`` has one row per label (a single row for two labels: the logit of the second),
     ``labels`` is the column order of the probabilities.
     """
+
+    kind = "tfidf"
+    name = TFIDF_NAME
 
     def __init__(self, features: Any, coef: Matrix, intercept: Matrix, metadata: ModelMetadata) -> None:
         self.features = features
@@ -223,9 +243,9 @@ class TrainedModel:
         self.labels: tuple[str, ...] = tuple(metadata.labels)
         self._scorer = self._checked_scorer()
 
-    def _checked_scorer(self) -> _LinearTextScorer | None:
+    def _checked_scorer(self) -> LinearTextScorer | None:
         try:
-            scorer = _LinearTextScorer(self.features, self.coef, self.intercept)
+            scorer = LinearTextScorer(self.features, self.coef, self.intercept)
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
         probes = ["", "hello", "I was charged twice, please refund me!", " ".join(self.labels)]
@@ -246,7 +266,7 @@ class TrainedModel:
 
     def predict_proba(self, texts: Sequence[str]) -> Probabilities:
         """Probabilities for many texts at once, shape ``(len(texts), len(labels))``."""
-        return _softmax_rows(self.logits(texts))
+        return softmax_rows(self.logits(texts))
 
     def predict_one(self, text: str) -> Probabilities:
         """Probabilities for one text, on the lean path when available."""
@@ -289,7 +309,7 @@ def _linear_svm(x: Any, y: npt.NDArray[np.int64], config: TrainConfig) -> tuple[
     return coef, intercept
 
 
-def fit(
+def fit_tfidf(
     texts: Sequence[str], labels: Sequence[str], config: TrainConfig | None = None, *, source: str = ""
 ) -> TrainedModel:
     """Train on ``texts``/``labels`` (at least two distinct labels). Deterministic for equal inputs.
@@ -366,7 +386,7 @@ def fit(
     return TrainedModel(features, coef_all, intercept_all, metadata)
 
 
-def save(model: TrainedModel, path: str | Path) -> Path:
+def save_tfidf(model: TrainedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` with skops, atomically (a reader never sees half a file)."""
     import skops.io as sio
 
@@ -404,15 +424,19 @@ def label_mismatch(have: Sequence[str], want: Sequence[str]) -> str | None:
     return "; ".join(parts)
 
 
-def _feature_count(features: Any) -> int | None:
+def feature_count(features: Any) -> int | None:
     try:
         return sum(len(v.vocabulary_) for _, v in features.transformer_list)
     except (AttributeError, TypeError):
         return None
 
 
-def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> TrainedModel:
-    """Read a model written by :func:`save`. Raises :class:`ConfigError` naming ``path``."""
+def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> Classifier:
+    """Read a model written by :func:`save`, of either kind. Raises :class:`ConfigError` naming ``path``.
+
+    An encoder classifier's file is refused when the installed encoder differs from the one it
+    was trained with, or when the ``encoder`` extra is missing (the message names it).
+    """
     import skops.io as sio
 
     path = Path(path)
@@ -445,8 +469,25 @@ def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> T
             "train it again with 'triagegate train'",
             file=where,
         )
-    if found != FORMAT or not all(k in payload for k in ("features", "coef", "intercept")):
-        raise ConfigError(f"not a triagegate classifier (expected format {FORMAT!r})", file=where)
+    model: Classifier
+    from triagegate.models import encoder_classifier as ec
+
+    if found == ec.FORMAT:
+        model = ec.from_payload(payload, where)
+    elif found != FORMAT or not all(k in payload for k in ("features", "coef", "intercept")):
+        raise ConfigError(
+            f"not a triagegate classifier (expected format {FORMAT!r} or {ec.FORMAT!r})", file=where
+        )
+    else:
+        model = _tfidf_from_payload(payload, where)
+    if expected_labels is not None:
+        problem = label_mismatch(model.metadata.labels, expected_labels)
+        if problem:
+            raise ConfigError(f"the model's labels differ from the graph's taxonomy: {problem}", file=where)
+    return model
+
+
+def _tfidf_from_payload(payload: dict[str, Any], where: str) -> TrainedModel:
     try:
         metadata = ModelMetadata.model_validate_json(payload["metadata"])
     except (ValidationError, TypeError) as exc:
@@ -457,12 +498,98 @@ def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> T
         len(metadata.labels) < 2
         or not isinstance(coef, np.ndarray)
         or not isinstance(intercept, np.ndarray)
-        or coef.shape != (rows, _feature_count(payload["features"]))
+        or coef.shape != (rows, feature_count(payload["features"]))
         or intercept.shape != (rows,)
     ):
         raise ConfigError("the stored weights do not match the model's labels and features", file=where)
-    if expected_labels is not None:
-        problem = label_mismatch(metadata.labels, expected_labels)
-        if problem:
-            raise ConfigError(f"the model's labels differ from the graph's taxonomy: {problem}", file=where)
     return TrainedModel(payload["features"], coef, intercept, metadata)
+
+
+# --- Kinds: which classifier to fit, and the calls that work for either. ---
+
+Kind = Literal["encoder", "tfidf"]
+KINDS: tuple[Kind, ...] = ("encoder", "tfidf")
+
+
+def default_kind() -> Kind:
+    """``encoder`` when its extra is installed, else ``tfidf`` (the fallback without it)."""
+    from triagegate.models import encoder
+
+    return "encoder" if encoder.available() else "tfidf"
+
+
+def resolve_kind(kind: str | None) -> Kind:
+    """``kind`` checked (``None``: :func:`default_kind`); ConfigError for an unknown kind or a missing extra."""
+    if kind is None:
+        return default_kind()
+    if kind == "tfidf":
+        return "tfidf"
+    if kind == "encoder":
+        from triagegate.models import encoder
+
+        if not encoder.available():
+            raise ConfigError(
+                f"kind 'encoder' needs the '{encoder.EXTRA}' extra, which is not installed: "
+                f"{encoder.INSTALL_HINT} (or use kind: tfidf)"
+            )
+        return "encoder"
+    raise ConfigError(f"unknown classifier kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def model_name(kind: Kind) -> str:
+    """The name a backend reports for a classifier of ``kind`` (the Outcome's triage ``model``)."""
+    if kind == "tfidf":
+        return TFIDF_NAME
+    from triagegate.models.encoder_classifier import NAME
+
+    return NAME
+
+
+def config_for(kind: Kind, overrides: Mapping[str, Any] | None = None) -> TrainConfig | EncoderTrainConfig:
+    """The training config of ``kind`` with ``overrides`` (raises pydantic's ValidationError)."""
+    if kind == "tfidf":
+        return TrainConfig.model_validate(dict(overrides or {}))
+    from triagegate.models.encoder_classifier import EncoderTrainConfig
+
+    return EncoderTrainConfig.model_validate(dict(overrides or {}))
+
+
+def fit(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    config: TrainConfig | EncoderTrainConfig | None = None,
+    *,
+    kind: str | None = None,
+    source: str = "",
+) -> Classifier:
+    """Train a classifier: of ``kind``, else of the config's kind, else of :func:`default_kind`.
+
+    This is what ``triagegate train``, ``eval --train`` and ``calibrate --train`` call, so they
+    fit the encoder classifier wherever its extra is installed and the TF-IDF one elsewhere.
+    """
+    if kind is None and config is not None:
+        kind = "tfidf" if isinstance(config, TrainConfig) else "encoder"
+    resolved = resolve_kind(kind)
+    if resolved == "tfidf":
+        if config is not None and not isinstance(config, TrainConfig):
+            raise ValueError("a TF-IDF classifier needs a TrainConfig")
+        return fit_tfidf(texts, labels, config, source=source)
+    from triagegate.models.encoder_classifier import EncoderTrainConfig
+    from triagegate.tuning import encoder_training
+
+    if config is not None and not isinstance(config, EncoderTrainConfig):
+        raise ValueError("an encoder classifier needs an EncoderTrainConfig")
+    return encoder_training.fit(texts, labels, config, source=source)
+
+
+def save(model: Classifier, path: str | Path) -> Path:
+    """Write a classifier of either kind to ``path`` with skops, atomically."""
+    if isinstance(model, TrainedModel):
+        return save_tfidf(model, path)
+    from triagegate.models import encoder_classifier
+
+    return encoder_classifier.save(model, path)
+
+
+Classifier: TypeAlias = "TrainedModel | EncoderClassifier"
+"""A fitted classifier of either kind: ``labels``, ``metadata``, ``name``, ``predict_proba``, ``predict_one``."""
