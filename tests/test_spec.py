@@ -38,9 +38,10 @@ def test_support_graph_loads_without_building_backends() -> None:
     spec = loaded.spec
     assert spec.name == "support"
     assert spec.models["mini"].backend == "classifier"
-    assert spec.nodes.escalate.model == "flagship"
+    assert spec.tier_names == ["mini", "flagship"]
+    assert spec.last_tier.model == "flagship"
     assert "security" in spec.taxonomy.category_names
-    assert spec.gate.threshold == 0.6
+    assert spec.gate_of("mini").threshold == 0.6
     assert loaded.path == SUPPORT.resolve()
     assert loaded.prompts_dir == (REPO / "prompts").resolve()
 
@@ -390,7 +391,7 @@ def test_quoted_yaml11_words_are_names() -> None:
     text = edited("{name: feedback,", '{name: "no",').replace("categories: [feedback]", 'categories: ["no"]')
     spec = parse_spec(text, environ={}).spec
     assert "no" in spec.taxonomy.category_names
-    assert spec.gate.never_escalate.categories == ["no"]
+    assert spec.gate_of("mini").never_escalate.categories == ["no"]
 
 
 def test_numbers_and_empty_values_where_text_is_expected_are_explained() -> None:
@@ -414,8 +415,8 @@ def test_a_boolean_alias_does_not_break_environment_overrides() -> None:
 
 
 def test_on_missing_logprobs_defaults_to_escalate() -> None:
-    assert parse_spec(BASE, environ={}).spec.gate.on_missing_logprobs == "escalate"
+    assert parse_spec(BASE, environ={}).spec.gate_of("mini").on_missing_logprobs == "escalate"
     relaxed = parse_spec(
         edited("threshold: 0.7", "threshold: 0.7\n  on_missing_logprobs: verbalized"), environ={}
     )
-    assert relaxed.spec.gate.on_missing_logprobs == "verbalized"
+    assert relaxed.spec.gate_of("mini").on_missing_logprobs == "verbalized"

@@ -141,6 +141,8 @@ class Taxonomy(_Strict):
 
 
 class NodeSpec(_Strict):
+    """One model call: which alias, which prompt, and its budget."""
+
     model: str
     prompt: str
     max_tokens: int = Field(default=512, ge=1)
@@ -148,11 +150,22 @@ class NodeSpec(_Strict):
 
 
 class Nodes(_Strict):
+    """The legacy ``nodes:`` block, read only to convert it into two tiers (:func:`_legacy_tiers`)."""
+
     triage: NodeSpec
     answer: NodeSpec
-    """Drafts the answer when the triage model cannot write (a classifier); otherwise the
-    triage draft stands and this node makes no model call."""
     escalate: NodeSpec
+
+
+class DraftSpec(NodeSpec):
+    """Who writes the answer for a tier whose model cannot chat (a classifier)."""
+
+    prompt: str = "answer.md"
+
+
+TIER_NAME = r"^[a-z][a-z0-9_-]*$"
+RESERVED_TIERS = frozenset({"human"})
+"""Tier names kept for what comes after the last tier (the handoff to a person)."""
 
 
 class AlwaysEscalate(_Strict):
@@ -168,7 +181,7 @@ class NeverEscalate(_Strict):
 
 
 class GatePolicy(_Strict):
-    """When the mini tier's answer stands. See :func:`triagegate.gate.decide` for precedence."""
+    """When a tier's answer stands. See :func:`triagegate.gate.decide` for precedence."""
 
     threshold: float = Field(default=0.8, ge=0.0, le=1.0)
     category_thresholds: dict[str, float] = Field(default_factory=dict)
@@ -191,6 +204,21 @@ class GatePolicy(_Strict):
         return self.category_thresholds.get(category, self.threshold)
 
 
+class TierSpec(NodeSpec):
+    """One tier of the cascade: a model call with its own gate, cheapest tier first.
+
+    ``categories`` limits the tier to tickets whose category, as the last visited tier
+    assigned it, is listed (a specialist); ``draft`` writes the answer when the tier's
+    model is a classifier; ``gate`` decides whether the tier's answer stands, and is
+    required on every tier but the last, which answers whatever reaches it.
+    """
+
+    name: str = Field(pattern=TIER_NAME)
+    categories: list[str] | None = None
+    draft: DraftSpec | None = None
+    gate: GatePolicy | None = None
+
+
 class Limits(_Strict):
     max_text_chars: int = Field(default=20_000, ge=1)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
@@ -198,6 +226,63 @@ class Limits(_Strict):
     image_types: list[str] = Field(
         default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp"]
     )
+
+
+LEGACY_TIERS = ("mini", "flagship")
+"""The names the legacy ``nodes:``/``gate:`` form's two tiers get, so its routes stay ``mini``/``flagship``."""
+
+LEGACY_NOTE = "uses nodes:/gate: (read as 2 tiers mini -> flagship); to write it as tiers see README 'Tiers'"
+
+
+def is_legacy(raw: Mapping[str, Any]) -> bool:
+    """Whether a graph file's mapping uses the legacy ``nodes:``/``gate:`` form rather than ``tiers:``."""
+    return "tiers" not in raw and ("nodes" in raw or "gate" in raw)
+
+
+def _legacy_tiers(raw: Mapping[str, Any]) -> list[Any]:
+    """The two tiers a legacy file means: ``mini`` (triage, its drafter and the gate) and ``flagship``."""
+    nodes = raw.get("nodes")
+    if not isinstance(nodes, Mapping):
+        return [nodes]
+    triage, answer, escalate = (nodes.get(k) for k in ("triage", "answer", "escalate"))
+    first: Any = triage
+    if isinstance(triage, Mapping):
+        first = {"name": LEGACY_TIERS[0], **triage, "gate": raw.get("gate", {})}
+        if answer is not None:
+            first["draft"] = answer
+    last: Any = {"name": LEGACY_TIERS[1], **escalate} if isinstance(escalate, Mapping) else escalate
+    return [first, last]
+
+
+_LEGACY_PLACES = (
+    (("tiers", 0, "gate"), ("gate",)),
+    (("tiers", 0, "draft"), ("nodes", "answer")),
+    (("tiers", 0), ("nodes", "triage")),
+    (("tiers", 1), ("nodes", "escalate")),
+    (("tiers",), ("nodes",)),
+)
+"""Where each part of the converted tiers sits in a legacy file (longest prefix first)."""
+
+
+def legacy_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A location in the converted tiers, spelled where a legacy file has it (``tiers[1].model`` -> ``nodes.escalate.model``)."""
+    for new, old in _LEGACY_PLACES:
+        if loc[: len(new)] == new:
+            return (*old, *loc[len(new) :])
+    return loc
+
+
+def dotted(loc: tuple[int | str, ...]) -> str:
+    """``('tiers', 1, 'model')`` as ``tiers[1].model``."""
+    return _format_loc(loc)
+
+
+def _respell(message: str, loc: tuple[int | str, ...]) -> str:
+    """``message`` with the tier paths in it spelled as a legacy file spells them."""
+    for new, old in _LEGACY_PLACES:
+        if loc[: len(new)] == new:
+            return message.replace(dotted(new), dotted(old))
+    return message
 
 
 class GraphSpec(_Strict):
@@ -208,21 +293,80 @@ class GraphSpec(_Strict):
     """Directory of prompt templates, relative to the graph file."""
     models: dict[str, ModelBinding]
     taxonomy: Taxonomy
-    nodes: Nodes
-    gate: GatePolicy = Field(default_factory=GatePolicy)
+    tiers: list[TierSpec] = Field(min_length=2)
+    """The cascade, cheapest first; see the README's "Tiers" for the routing rule."""
     limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_form(cls, data: Any) -> Any:
+        """Convert ``nodes:``/``gate:`` into two tiers; refuse a file that mixes both forms."""
+        if not isinstance(data, Mapping):
+            return data
+        if "tiers" in data:
+            mixed = next((k for k in ("nodes", "gate") if k in data), None)
+            if mixed is not None:
+                raise _RefError(
+                    (mixed,),
+                    f"'{mixed}' belongs to the legacy form and this file also has 'tiers': move the gate "
+                    "into the first tier (tiers[0].gate) and delete 'nodes' and the top-level 'gate'",
+                )
+            return data
+        if not is_legacy(data):
+            return data
+        converted = {k: v for k, v in data.items() if k not in ("nodes", "gate")}
+        converted["tiers"] = _legacy_tiers(data)
+        return converted
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    @property
+    def first_tier(self) -> TierSpec:
+        return self.tiers[0]
+
+    @property
+    def last_tier(self) -> TierSpec:
+        return self.tiers[-1]
+
+    def tier(self, name: str) -> TierSpec:
+        """The tier called ``name``; raises :class:`KeyError` naming the tiers there are."""
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tier {name!r} (tiers: {', '.join(self.tier_names)})")
+
+    def index(self, name: str) -> int:
+        return self.tier_names.index(name)
+
+    def role(self, name: str) -> Literal["triage", "escalate"]:
+        """The prompt role of tier ``name``: ``escalate`` for the last tier, ``triage`` for the others."""
+        return "escalate" if name == self.last_tier.name else "triage"
+
+    def gate_of(self, name: str) -> GatePolicy:
+        """The gate of a tier that has one (every tier but the last)."""
+        gate = self.tier(name).gate
+        if gate is None:
+            raise KeyError(f"tier {name!r} is the last tier: it answers what reaches it and has no gate")
+        return gate
+
+    def chats(self, alias: str) -> bool:
+        """Whether alias ``alias`` writes text, read from its binding (a ``classifier`` does not)."""
+        return self.models[alias].backend != "classifier"
+
+    def aliases(self) -> list[str]:
+        """Every alias the cascade calls (tier models, then drafts), in order, without fallbacks."""
+        out: list[str] = []
+        for t in self.tiers:
+            for alias in (t.model, t.draft.model if t.draft else None):
+                if alias is not None and alias not in out:
+                    out.append(alias)
+        return out
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GraphSpec:
         aliases = set(self.models)
-        for node_name in ("triage", "answer", "escalate"):
-            node: NodeSpec = getattr(self.nodes, node_name)
-            if node.model not in aliases:
-                raise _RefError(
-                    ("nodes", node_name, "model"),
-                    f"nodes.{node_name}.model refers to {node.model!r}, which is not defined under 'models' "
-                    f"(defined: {', '.join(sorted(aliases))})",
-                )
         for alias, binding in self.models.items():
             reserved = environment.binding_variable(alias)
             if reserved in environment.RESERVED:
@@ -239,23 +383,185 @@ class GraphSpec(_Strict):
                     )
                 if fb == alias:
                     raise ValueError(f"models.{alias}.fallbacks lists the alias itself")
-        known = set(self.taxonomy.category_names)
-        gate = self.gate
-        for path, names in (
-            (("gate", "category_thresholds"), list(gate.category_thresholds)),
-            (("gate", "always_escalate", "categories"), gate.always_escalate.categories),
-            (("gate", "never_escalate", "categories"), gate.never_escalate.categories),
-        ):
-            unknown = [n for n in names if n not in known]
-            if unknown:
-                where = path if path[-1] == "category_thresholds" else (*path, names.index(unknown[0]))
-                raise _RefError(where, f"{'.'.join(path)} names unknown categories: {', '.join(unknown)}")
-        bad_prio = [p for p in gate.always_escalate.priorities if p not in self.taxonomy.priorities]
-        if bad_prio:
-            raise ValueError(
-                f"gate.always_escalate.priorities names unknown priorities: {', '.join(bad_prio)}"
-            )
+        self._tiers_resolve(aliases)
+        _check_reachable(self)
         return self
+
+    def _tiers_resolve(self, aliases: set[str]) -> None:
+        defined = ", ".join(sorted(aliases))
+        known = set(self.taxonomy.category_names)
+        seen: dict[str, int] = {}
+        last = len(self.tiers) - 1
+        for i, t in enumerate(self.tiers):
+            here: tuple[int | str, ...] = ("tiers", i)
+            if t.name in RESERVED_TIERS:
+                raise _RefError(
+                    (*here, "name"), f"tier name {t.name!r} is reserved for the handoff after the last tier"
+                )
+            if t.name in seen:
+                raise _RefError(
+                    (*here, "name"),
+                    f"tiers[{i}].name {t.name!r} is already the name of tiers[{seen[t.name]}]; tier names are unique",
+                )
+            seen[t.name] = i
+            for where, spec in (((*here, "model"), t), ((*here, "draft", "model"), t.draft)):
+                if spec is not None and spec.model not in aliases:
+                    raise _RefError(
+                        where,
+                        f"{dotted(where)} refers to {spec.model!r}, which is not defined under 'models' "
+                        f"(defined: {defined})",
+                    )
+            if t.categories is not None:
+                _known_categories((*here, "categories"), t.categories, known)
+            if i == last:
+                self._last_tier_fits(t, here)
+                continue
+            if t.gate is None:
+                raise _RefError(
+                    here,
+                    f"tiers[{i}] ({t.name}) has no gate: every tier but the last needs one to say when its "
+                    "answer stands (e.g. gate: {threshold: 0.8})",
+                )
+            if not self.chats(t.model) and t.draft is None:
+                raise _RefError(
+                    (*here, "model"),
+                    f"tiers[{i}] ({t.name}) uses the classifier {t.model!r}, which cannot write an answer: "
+                    "add draft: {model: <a chat model alias>} to the tier",
+                )
+            gate = t.gate
+            at = (*here, "gate")
+            _known_categories((*at, "category_thresholds"), list(gate.category_thresholds), known)
+            _known_categories((*at, "always_escalate", "categories"), gate.always_escalate.categories, known)
+            _known_categories((*at, "never_escalate", "categories"), gate.never_escalate.categories, known)
+            for j, p in enumerate(gate.always_escalate.priorities):
+                if p not in self.taxonomy.priorities:
+                    where = (*at, "always_escalate", "priorities", j)
+                    raise _RefError(
+                        where,
+                        f"{dotted(where[:-1])} names unknown priorities: {p} "
+                        f"(the taxonomy has: {', '.join(self.taxonomy.priorities)})",
+                    )
+
+    def _last_tier_fits(self, t: TierSpec, here: tuple[int | str, ...]) -> None:
+        i = here[1]
+        problem = None
+        if t.gate is not None:
+            problem = (
+                "gate",
+                f"tiers[{i}] ({t.name}) is the last tier: it answers everything that reaches it, so it has "
+                "no gate; delete its 'gate' (or add a tier after it)",
+            )
+        elif t.categories is not None:
+            problem = (
+                "categories",
+                f"tiers[{i}] ({t.name}) is the last tier: it answers everything that reaches it, so it "
+                "cannot be limited to some categories; delete its 'categories'",
+            )
+        elif t.draft is not None:
+            problem = (
+                "draft",
+                f"tiers[{i}] ({t.name}) is the last tier and writes its own answer; delete its 'draft'",
+            )
+        elif not self.chats(t.model):
+            problem = (
+                "model",
+                f"tiers[{i}] ({t.name}) is the last tier and must write answers, but {t.model!r} is a "
+                "classifier; make the last tier a chat model",
+            )
+        if problem is not None:
+            raise _RefError((*here, problem[0]), problem[1])
+
+
+class _LegacyParts(BaseModel):
+    """The legacy ``nodes:`` and ``gate:`` blocks, checked as they are written before conversion,
+    so their errors name the keys the file has (``nodes.answer.max_tokens``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    nodes: Nodes
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+
+
+def _known_categories(where: tuple[int | str, ...], names: list[str], known: set[str]) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        loc = where if where[-1] == "category_thresholds" else (*where, names.index(unknown[0]))
+        raise _RefError(loc, f"{dotted(where)} names unknown categories: {', '.join(unknown)}")
+
+
+def _may_escalate(spec: GraphSpec, tier: TierSpec) -> tuple[bool, frozenset[str]]:
+    """Whether tier ``tier``'s pre-gate can pass tickets on, and which categories its gate can escalate.
+
+    Conservative: it answers "may" whenever a rule could fire, so a reachable tier is never
+    reported unreachable. A failed triage always escalates, but a tier reached only that
+    way is a fallback endpoint, which belongs in the model's ``fallbacks``.
+    """
+    gate = tier.gate
+    if gate is None:
+        return False, frozenset()
+    binding = spec.models[tier.model]
+    rules = gate.always_escalate
+    vision = rules.needs_vision_without_vision_model and not binding.capabilities.vision
+    passes = vision or rules.suspected_injection
+    logprobs = binding.capabilities.logprobs or binding.backend == "llamacpp"
+    hard = passes or (gate.on_missing_logprobs == "escalate" and logprobs and spec.chats(tier.model))
+    names = spec.taxonomy.category_names
+    if hard:
+        return passes, frozenset(names)
+    soft = bool(rules.complexity or rules.priorities)
+    return passes, frozenset(
+        c
+        for c in names
+        if c not in gate.never_escalate.categories
+        and (soft or c in rules.categories or gate.threshold_for(c) > 0)
+    )
+
+
+def _check_reachable(spec: GraphSpec) -> None:
+    """Refuse a tier no ticket can reach, following the routing rule forwards.
+
+    Before each tier: can a ticket arrive that no tier has triaged yet (only at entry), and
+    which categories can tickets triaged so far arrive with. A ticket enters the first tier
+    whose pre-gate passes and, after a tier escalates, goes to the next one whose pre-gate
+    passes; a category filter skips a ticket whose category it does not list (and at entry,
+    where no category is known yet, every ticket).
+    """
+    untriaged, arriving = True, frozenset[str]()
+    blocker: int | None = None
+    last = len(spec.tiers) - 1
+    for j, t in enumerate(spec.tiers):
+        serves = frozenset(spec.taxonomy.category_names) if t.categories is None else frozenset(t.categories)
+        runs_untriaged = untriaged and (t.categories is None or j == last)
+        runs = runs_untriaged or bool(arriving & serves) or (j == last and bool(arriving))
+        if not runs:
+            if blocker is not None:
+                b = spec.tiers[blocker]
+                why = (
+                    f"tiers[{blocker}] ({b.name}) serves every category and never escalates "
+                    "(threshold 0, no escalate rules, no hard rules); raise its threshold above 0 "
+                    "or add an escalate rule there, or delete this tier"
+                )
+            elif t.categories is not None and untriaged and not arriving:
+                why = (
+                    "it serves only some categories and no tier before it assigns one (at entry a "
+                    "category-filtered tier is skipped); put a tier that serves every category first"
+                )
+            else:
+                why = (
+                    f"no earlier tier can escalate a ticket of {', '.join(sorted(serves))} to it "
+                    "(their gates keep those categories whatever the confidence)"
+                )
+            raise _RefError(("tiers", j), f"tiers[{j}] ({t.name}) can never be reached: {why}")
+        passes, escalates = _may_escalate(spec, t)
+        skipped = (arriving - serves) if t.categories is not None else frozenset[str]()
+        if passes:
+            skipped = arriving
+        untriaged = untriaged and (t.categories is not None or passes)
+        arriving = skipped | escalates
+        if t.categories is None and not passes and not escalates:
+            blocker = j
+        elif untriaged or arriving:
+            blocker = None
 
 
 class LoadedSpec(BaseModel):
@@ -266,10 +572,16 @@ class LoadedSpec(BaseModel):
     spec: GraphSpec
     path: Path | None
     prompts_dir: Path
+    legacy: bool = False
+    """The file uses the legacy ``nodes:``/``gate:`` form (read as tiers ``mini`` -> ``flagship``)."""
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def key(self, loc: tuple[int | str, ...]) -> str:
+        """A location in the tiers, spelled as this file spells it (``nodes.triage.prompt`` in a legacy file)."""
+        return dotted(legacy_loc(loc) if self.legacy else loc)
 
     def content_hash(self, extra: Mapping[str, str] = {}) -> str:
         """A stable hash of the validated graph (after environment overrides) and ``extra`` texts."""
@@ -473,20 +785,26 @@ def parse_spec(
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(
-            "a graph file must be a YAML mapping with 'models', 'taxonomy' and 'nodes'", file=source
+            "a graph file must be a YAML mapping with 'models', 'taxonomy' and 'tiers'", file=source
         )
     applied = apply_env_overrides(raw, os.environ if environ is None else environ)
+    legacy = is_legacy(raw)
     try:
+        if legacy:
+            _LegacyParts.model_validate(raw)
         spec = GraphSpec.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
         cause = (first.get("ctx") or {}).get("error")
+        message = first["msg"].removeprefix("Value error, ")
         if isinstance(cause, _RefError):
             loc = cause.loc
+        if legacy:
+            message = _respell(message, loc)
+            loc = legacy_loc(loc)
         node, line, where = _locate(tree, loc)
         key = where or None
-        message = first["msg"].removeprefix("Value error, ")
         hint = _quoting_hint(node, first)
         if first["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and indentation)"
@@ -503,7 +821,7 @@ def parse_spec(
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(message, file=source, line=line, key=key) from None
     root = base_dir if base_dir is not None else Path.cwd()
-    return LoadedSpec(spec=spec, path=None, prompts_dir=(root / spec.prompts).resolve())
+    return LoadedSpec(spec=spec, path=None, prompts_dir=(root / spec.prompts).resolve(), legacy=legacy)
 
 
 def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> LoadedSpec:
