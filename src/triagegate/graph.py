@@ -1,62 +1,214 @@
-"""The LangGraph graph: ``triage (+ gate) -> [answer] -> [escalate] -> end``.
+"""The cascade compiled to a LangGraph ``StateGraph``: one node per tier, the gate on its edges.
 
-Three steps at most, because each LangGraph step costs CPU whatever the node does
-(bench/RESULTS.md, "Overhead"):
+For tiers ``t1 .. tn`` (cheapest first, :attr:`GraphSpec.tiers`) the graph is::
 
-* ``triage`` asks the mini model and applies the gate (a pure function) to its result. A
-  kept ticket whose triage model drafted an answer ends here.
-* ``answer`` runs only when triage came from a classifier: the drafting model writes the
-  answer. If drafting fails, the ticket escalates rather than going out unanswered.
-* ``escalate`` asks the flagship model.
+    START --pre-gate--> first tier that serves the ticket
+    ti    --gate------> END (kept, answer written) | ti:draft (kept, classifier) | next tier that serves it
+    ti:draft ---------> END (drafted) | next tier that serves it (drafting failed)
+    tn    ------------> END
 
-Each step applies its node's update to the state, routes, and sends the state on to the
-next node's channel; the step that ends the run assembles the :class:`Outcome` and writes it
-to the graph's output channel, so no extra step is spent on routing or on the Outcome.
+Nodes (:mod:`triagegate.nodes`) call models and return partial updates; the state's reducers
+(:class:`TicketState`) add them up. Routing is LangGraph's conditional edges, and each router
+is a pure function of the state and of the :class:`Cascade` (the spec plus each tier model's
+capabilities, fixed when the graph is built). A tier node stores its gate's decision in the
+state, because the decision depends on the model's reply (and, with the early gate, on a
+reply cut short) and must be recorded in the Outcome anyway; the router after it reads that
+decision and applies the pre-gate (:func:`triagegate.gate.pregate`) to the tiers after it, so
+a tier the pre-gate skips is never called. A router can only name a destination, not write
+state, so :func:`build_outcome` asks the same pure :func:`next_hop` which tiers each hop
+skipped: the Outcome cannot disagree with the route the ticket took.
+
+The diagram (``graph show``) is the compiled graph's own (``get_graph().draw_mermaid()``).
+Only LangGraph's public API is used (``langgraph.graph``, ``langgraph.runtime``).
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Awaitable, Callable
-from typing import Any, get_type_hints
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from langgraph.channels import EphemeralValue, LastValue
-from langgraph.graph import END
-from langgraph.pregel import NodeBuilder, Pregel
-from langgraph.pregel._write import ChannelWriteEntry  # in LangGraph's API reference, under pregel
-from langgraph.runtime import Runtime
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 
 from triagegate import nodes
-from triagegate.spec import GraphSpec
-from triagegate.state import RunContext, TicketState, Trail
-from triagegate.types import Outcome
+from triagegate.gate import TicketFacts, pregate
+from triagegate.models.base import Capabilities
+from triagegate.spec import GraphSpec, TierSpec
+from triagegate.state import RunContext, TicketState, last_triage
+from triagegate.types import GateDecision, NodeRun, Outcome, Triage
 
-APPENDED_KEYS = frozenset(
-    key
-    for key, hint in get_type_hints(TicketState, include_extras=True).items()
-    if operator.add in getattr(hint, "__metadata__", ())
-)
-"""State keys whose updates are added (annotated with ``operator.add``) rather than replacing."""
+Graph = CompiledStateGraph[TicketState, RunContext, TicketState, TicketState]
 
 
-def merge(state: TicketState, update: dict[str, Any]) -> TicketState:
-    """The state after a node's ``update``: keys in :data:`APPENDED_KEYS` are added to, others replaced."""
-    merged: dict[str, Any] = {**state, **update}
-    for key in APPENDED_KEYS.intersection(update):
-        if key in state:
-            merged[key] = state[key] + update[key]  # type: ignore[literal-required]
-    return merged  # type: ignore[return-value]
+@dataclass(frozen=True, slots=True)
+class Cascade:
+    """What the routers need, fixed when the graph is built: the tiers and their models' capabilities."""
+
+    spec: GraphSpec
+    capabilities: Mapping[str, Capabilities]
+    """By model alias."""
+
+    @property
+    def tiers(self) -> list[TierSpec]:
+        return self.spec.tiers
+
+    def caps(self, tier: TierSpec) -> Capabilities:
+        return self.capabilities[tier.model]
+
+    def drafts(self, tier: TierSpec) -> bool:
+        """Whether ``tier`` has a drafting node: a draft spec, and a model that cannot write."""
+        return tier.draft is not None and not self.caps(tier).chat and tier is not self.tiers[-1]
 
 
-def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
+def facts_of(state: TicketState) -> TicketFacts:
+    """What the pre-gate knows of the ticket now: its images, screening flags and category so far."""
+    triage = last_triage(state)
+    ticket = state["ticket"]
+    return TicketFacts(
+        has_images=ticket.has_images,
+        flags=tuple(state.get("flags") or ()),
+        category=triage.category if triage else None,
+    )
+
+
+def next_hop(cascade: Cascade, facts: TicketFacts, after: int) -> tuple[str, list[GateDecision]]:
+    """The first tier after tier index ``after`` (``-1``: at entry) whose pre-gate passes, and
+    a ``skip`` decision for each tier passed over. The last tier always runs (pure)."""
+    tiers = cascade.tiers
+    skipped: list[GateDecision] = []
+    for tier in tiers[after + 1 : -1]:
+        reasons = pregate(facts, tier, cascade.caps(tier))
+        if not reasons:
+            return tier.name, skipped
+        skipped.append(GateDecision(tier=tier.name, route="skip", reasons=list(reasons)))
+    return tiers[-1].name, skipped
+
+
+def _hops(names: list[str], after: int, first: str) -> dict[Hashable, str]:
+    """Edge labels for the hops after tier index ``after``: ``first`` to the next tier, and
+    ``<first>, skip to <tier>`` past tiers the pre-gate may skip."""
+    ahead = names[after + 1 :]
+    return {first: ahead[0], **{f"{first}, skip to {name}": name for name in ahead[1:]}}
+
+
+def _labels(hops: dict[Hashable, str]) -> dict[str, str]:
+    return {target: str(label) for label, target in hops.items()}
+
+
+def _entry_router(cascade: Cascade, hops: dict[Hashable, str]) -> Callable[[TicketState], str]:
+    label = _labels(hops)
+
+    def enter(state: TicketState) -> str:
+        return label[next_hop(cascade, facts_of(state), -1)[0]]
+
+    return enter
+
+
+def _tier_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Callable[[TicketState], str]:
+    """The gate's edge after tier ``index``: keep (end, or draft the answer), or escalate to
+    the next tier the pre-gate lets run."""
+    drafts = cascade.drafts(cascade.tiers[index])
+    label = _labels(hops)
+
+    def gate(state: TicketState) -> str:
+        decision = state["visits"][-1].decision
+        if decision is not None and decision.route == "keep":
+            if "reply" in state:
+                return "keep"
+            if drafts:
+                return "draft"
+        return label[next_hop(cascade, facts_of(state), index)[0]]
+
+    return gate
+
+
+def _draft_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Callable[[TicketState], str]:
+    label = _labels(hops)
+
+    def drafted(state: TicketState) -> str:
+        return "drafted" if "reply" in state else label[next_hop(cascade, facts_of(state), index)[0]]
+
+    return drafted
+
+
+def _gate_label(tier: TierSpec) -> str:
+    gate = tier.gate
+    assert gate is not None
+    extra = f" ({len(gate.category_thresholds)} by category)" if gate.category_thresholds else ""
+    return f"{gate.threshold}{extra}"
+
+
+def build_graph(spec: GraphSpec, capabilities: Mapping[str, Capabilities]) -> Graph:
+    """Compile ``spec``'s cascade; ``capabilities`` by model alias (the built backends', or
+    those the graph file declares when nothing is built, as ``graph show`` does)."""
+    cascade = Cascade(spec, capabilities)
+    tiers = cascade.tiers
+    graph = StateGraph(TicketState, context_schema=RunContext)
+    last = len(tiers) - 1
+    names = [t.name for t in tiers]
+    for i, tier in enumerate(tiers):
+        metadata: dict[str, Any] = {"model": tier.model}
+        if tier.gate is not None:
+            metadata["threshold"] = _gate_label(tier)
+        if tier.categories is not None:
+            metadata["serves"] = ", ".join(tier.categories)
+        graph.add_node(tier.name, nodes.tier_node(tier, last=i == last), metadata=metadata)
+        if cascade.drafts(tier):
+            assert tier.draft is not None
+            graph.add_node(
+                nodes.draft_node_name(tier.name), nodes.draft_node(tier), metadata={"model": tier.draft.model}
+            )
+    graph.add_conditional_edges(START, _entry_router(cascade, entry := _hops(names, -1, "enter")), entry)
+    for i, tier in enumerate(tiers[:-1]):
+        escalate = _hops(names, i, "escalate")
+        targets: dict[Hashable, str] = {"keep": END, **escalate}
+        if cascade.drafts(tier):
+            draft = nodes.draft_node_name(tier.name)
+            targets["draft"] = draft
+            failed = _hops(names, i, "drafting failed")
+            graph.add_conditional_edges(draft, _draft_router(cascade, i, failed), {"drafted": END, **failed})
+        graph.add_conditional_edges(tier.name, _tier_router(cascade, i, escalate), targets)
+    graph.add_edge(tiers[-1].name, END)
+    return graph.compile(name=spec.name)
+
+
+def decisions_of(cascade: Cascade, state: TicketState) -> list[GateDecision]:
+    """Every decision on the ticket's way, in order: the skips at entry, then each gate's
+    decision followed by the skips of the hop it led to (pure; see :func:`next_hop`)."""
+    ticket = state["ticket"]
+    flags = tuple(state.get("flags") or ())
+    index = {t.name: i for i, t in enumerate(cascade.tiers)}
+    category: str | None = None
+
+    def hop(after: int) -> list[GateDecision]:
+        return next_hop(cascade, TicketFacts(ticket.has_images, flags, category), after)[1]
+
+    out = hop(-1)
+    for visit in state.get("visits") or ():
+        if visit.triage is not None:
+            category = visit.triage.category
+        if visit.decision is None:
+            continue
+        out.append(visit.decision)
+        if visit.decision.route == "escalate":
+            out += hop(index[visit.tier.partition(":")[0]])
+    return out
+
+
+def build_outcome(state: TicketState, cascade: Cascade, ctx: RunContext) -> Outcome:
     """Assemble the Outcome from the final state (pure: no I/O, no clock)."""
-    trail = state.get("trail") or Trail()
     reply = state.get("reply")
-    triage = state.get("triage")
-    decision = state.get("decision")
-    reasons = list(decision.reasons) if decision and decision.escalate else []
-    reasons += [r for r in trail.extra_reasons if r not in reasons]
-    runs = list(trail.runs)
+    triage: Triage | None = last_triage(state)
+    runs: list[NodeRun] = list(state.get("runs") or ())
+    decisions = decisions_of(cascade, state)
+    reasons: list[str] = []
+    for decision in decisions:
+        if decision.route == "keep":
+            continue
+        for reason in decision.reasons:
+            if reason not in reasons:
+                reasons.append(reason)
     answer = reply.answer if reply else None
     return Outcome(
         ticket_id=state["ticket"].id,
@@ -74,108 +226,20 @@ def build_outcome(state: TicketState, ctx: RunContext) -> Outcome:
         confidence_fallback=triage.confidence_fallback if triage else None,
         escalation_reasons=reasons,
         path=[r.node for r in runs],
+        decisions=decisions,
         nodes=runs,
         input_tokens=sum(r.input_tokens for r in runs),
         output_tokens=sum(r.output_tokens for r in runs),
         cost_usd=sum(r.cost_usd for r in runs),
-        errors=list(trail.errors),
+        errors=list(state.get("errors") or ()),
     )
 
 
-Node = Callable[[TicketState, Runtime[RunContext]], Awaitable[dict[str, Any]]]
+def mermaid(graph: Graph) -> str:
+    """The compiled graph's own Mermaid diagram, each tier labelled with its model and gate.
 
-INPUT = "ticket"
-"""The channel a run starts from: the initial state (``run_id``, ``ticket``, ``images``)."""
-OUTPUT = "outcome"
-"""The channel the last step writes the Outcome to; ``ainvoke`` returns its value."""
-DESTINATIONS = {"triage": ("answer", "escalate", END), "answer": ("escalate", END), "escalate": (END,)}
-"""Where each step may send the ticket next."""
-
-
-def _inbox(node: str) -> str:
-    return INPUT if node == "triage" else f"to:{node}"
-
-
-def _step(node: Node, route: Callable[[TicketState], str]) -> Callable[..., Awaitable[tuple[str, Any]]]:
-    """``node``, then ``route`` on the updated state: ``(next node, state)`` or ``(END, Outcome)``."""
-
-    async def step(state: TicketState, runtime: Runtime[RunContext]) -> tuple[str, Any]:
-        after = merge(state, await node(state, runtime))
-        goto = route(after)
-        if goto == END:
-            return END, build_outcome(after, runtime.context)
-        return goto, after
-
-    step.__name__ = step.__qualname__ = node.__name__
-    return step
-
-
-def _send_to(destination: str) -> ChannelWriteEntry:
-    """Write a step's result to ``destination``'s channel only when the step routed there."""
-    return ChannelWriteEntry(
-        OUTPUT if destination == END else _inbox(destination),
-        mapper=lambda result: result[1] if result[0] == destination else None,
-        skip_none=True,
-    )
-
-
-def _end(state: TicketState) -> str:
-    return END
-
-
-def build_graph() -> Pregel[Any, Any, Any, Any]:
-    """The graph on LangGraph's Pregel API: one channel into each node, one out of the graph.
-
-    The state travels whole, as the value a step sends to the next node's channel, and
-    :func:`merge` applies each node's update. A ``StateGraph`` would keep one channel per
-    state key plus an input step, and LangGraph versions and copies every channel at every
-    step: this shape costs 0.57 M fewer instructions per ticket (bench/RESULTS.md,
-    "Overhead"), with the same nodes and routing.
+    LangGraph draws the nodes and edges (``get_graph().draw_mermaid()``); the labels come
+    from each node's metadata, which LangGraph carries into the drawing, so the picture is
+    the graph that runs.
     """
-    steps: dict[str, tuple[Node, Callable[[TicketState], str]]] = {
-        "triage": (nodes.triage_node, nodes.route_after_triage),
-        "answer": (nodes.answer_node, nodes.route_after_answer),
-        "escalate": (nodes.escalate_node, _end),
-    }
-    graph_nodes: dict[str, Any] = {
-        name: NodeBuilder()
-        .subscribe_only(_inbox(name))
-        .do(_step(node, route))
-        .write_to(*(_send_to(d) for d in DESTINATIONS[name]))
-        for name, (node, route) in steps.items()
-    }
-    channels: dict[str, Any] = {name: EphemeralValue(dict) for name in map(_inbox, steps)}
-    channels[OUTPUT] = LastValue(Outcome)
-    return Pregel(
-        nodes=graph_nodes,
-        channels=channels,
-        input_channels=INPUT,
-        output_channels=OUTPUT,
-        context_schema=RunContext,
-        name="triagegate",
-    )
-
-
-def mermaid(spec: GraphSpec) -> str:
-    """The graph as Mermaid text, labelled with the graph file's model aliases and threshold."""
-
-    def model(node: str) -> str:
-        alias: str = getattr(spec.nodes, node).model
-        binding = spec.models[alias]
-        return f"{alias}: {binding.backend} {binding.model}".strip()
-
-    return "\n".join(
-        [
-            "flowchart TD",
-            f"    %% graph: {spec.name}",
-            "    start([start]) --> triage",
-            f'    triage["triage<br/>{model("triage")}"] --> gate',
-            f'    gate{{"gate<br/>threshold {spec.gate.threshold}"}}',
-            "    gate -- confident, answer drafted by triage --> done([end])",
-            "    gate -- confident, classifier triage --> answer",
-            "    gate -- escalate --> escalate",
-            f'    answer["answer<br/>{model("answer")}"] -- drafted --> done',
-            "    answer -- drafting failed --> escalate",
-            f'    escalate["escalate<br/>{model("escalate")}"] --> done',
-        ]
-    )
+    return graph.get_graph().draw_mermaid()

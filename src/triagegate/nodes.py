@@ -1,37 +1,50 @@
 """The graph's nodes: thin async functions that call a backend and return a state update.
 
-``triage`` (which also applies the gate), ``answer`` (drafts with the mini tier's drafting
-model when triage came from a classifier) and ``escalate`` (the flagship). Decisions live
-elsewhere (the gate is :func:`triagegate.gate.decide`); building requests and parsing model
-replies into typed results lives in :mod:`triagegate.replies`. Nodes never raise for a model
-failure: they record it in the state so the ticket still ends with an Outcome.
+One generic **tier node** per tier (:func:`tier_node`): a tier before the last triages the
+ticket (a chat model with one repair retry, or a classifier) and records its gate's
+decision; the last tier answers what reaches it, as the flagship always has. A **draft
+node** (:func:`draft_node`) writes the answer for a kept ticket whose tier's model cannot
+chat. Where the ticket goes next is not decided here but on the graph's conditional edges
+(:mod:`triagegate.graph`); requests and reply parsing live in :mod:`triagegate.replies`.
+
+Nodes never raise for a model failure: they record it in the state so the ticket still
+ends with an Outcome. A failed triage is a triage that escalates (``triage_failed``); a
+failed draft escalates with ``answer_failed``; a failed last tier fails the ticket.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
-from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from triagegate import replies
 from triagegate.errors import BadModelOutput, ModelError
-from triagegate.gate import Decision, decide
+from triagegate.gate import decide
 from triagegate.log import get_logger
-from triagegate.models.base import ChatRequest, ChatResult, Message, ModelBackend
+from triagegate.models.base import ChatRequest, ChatResult, ImagePart, Message, ModelBackend, chat_until
+from triagegate.replies import EarlyGate, EarlyTriage
 from triagegate.screening import estimate_complexity, flags_for
-from triagegate.state import Reply, RunContext, TicketState, Trail
-from triagegate.types import NodeRun, Triage, Usage
+from triagegate.spec import GatePolicy, GraphSpec, TierSpec
+from triagegate.state import Reply, RunContext, TicketState, Visit, last_triage
+from triagegate.types import GateDecision, NodeRun, Ticket, Triage, Usage
 
 log = get_logger("triagegate.nodes")
+
+
+class Node(Protocol):
+    """A graph node as LangGraph calls it: the state, and the run context as ``runtime``."""
+
+    def __call__(self, state: TicketState, *, runtime: Runtime[RunContext]) -> Awaitable[dict[str, Any]]: ...
 
 
 class _Meter:
     """Accumulates one node's model usage and wall time into a :class:`NodeRun`.
 
     Counts are kept as plain numbers and the NodeRun is built once, in :meth:`finish`,
-    rather than updated field by field: it runs three times per ticket.
+    rather than updated field by field.
     """
 
     def __init__(self, node: str, alias: str | None = None, backend: ModelBackend | None = None) -> None:
@@ -95,14 +108,15 @@ class _Meter:
         )
 
 
-async def _chat_with_one_repair(
-    backend: ModelBackend, request: ChatRequest, meter: _Meter, parse: Any
-) -> tuple[Any, ChatResult]:
+Send = Callable[[ChatRequest], Awaitable[ChatResult]]
+
+
+async def _chat_with_one_repair(send: Send, request: ChatRequest, meter: _Meter, parse: Any) -> Any:
     """Ask once; if the reply does not parse, ask again once. Raises :class:`BadModelOutput`."""
-    result = await backend.chat(request)
+    result = await send(request)
     meter.add(result.usage, result.endpoint, result.model, result.warnings)
     try:
-        return parse(result), result
+        return parse(result, request)
     except BadModelOutput as first:
         log.warning("reply_invalid", node=meter.node, problem=str(first), retrying=True)
         retry = ChatRequest(
@@ -119,37 +133,86 @@ async def _chat_with_one_repair(
             temperature=request.temperature,
             top_logprobs=request.top_logprobs,
         )
-        result = await backend.chat(retry)
+        result = await send(retry)
         meter.add(result.usage, result.endpoint, result.model, result.warnings)
-        return parse(result), result
+        return parse(result, retry)
 
 
-async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Triage the ticket with the mini model, then apply the gate in the same step.
+def escalates_early(reading: EarlyTriage, policy: GatePolicy) -> bool:
+    """Whether a triage whose first tokens say ``reading`` escalates whatever the rest says.
 
-    The gate is a pure decision, so it runs here rather than as a graph step of its own
-    (each LangGraph step costs about 0.16 ms of CPU; bench/RESULTS.md). When the ticket is
-    kept and the triage model already drafted an answer, that answer is final and the
-    ticket needs no further step.
+    A confidence under the category's threshold, or a category that always escalates, does
+    (unless the category never escalates); the rules that need the rest of the reply
+    (complexity, priority) can only add reasons, never keep the ticket.
     """
-    ctx = runtime.context
-    ticket = state["ticket"]
-    alias, backend = ctx.backend_for("triage")
-    meter = _Meter("triage", alias, backend)
-    flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
-    taxonomy = ctx.spec.taxonomy
-    errors: tuple[str, ...] = ()
+    if reading.category in policy.never_escalate.categories:
+        return False
+    return (
+        reading.confidence < policy.threshold_for(reading.category)
+        or reading.category in policy.always_escalate.categories
+    )
+
+
+def _early_triage(spec: GraphSpec, ticket: Ticket, reading: EarlyTriage) -> Triage:
+    """The triage of a reply the early gate stopped: what its first tokens settled, the rest
+    from the taxonomy (the ticket escalates, so no answer is needed)."""
+    return Triage(
+        category=reading.category,
+        priority=spec.taxonomy.priority_for(reading.category),
+        complexity=estimate_complexity(ticket.text),
+        needs_vision=ticket.has_images,
+        confidence=reading.confidence,
+        confidence_method="logprobs",
+        alternatives=reading.alternatives,
+    )
+
+
+async def triage_ticket(
+    ctx: RunContext,
+    tier: TierSpec,
+    ticket: Ticket,
+    images: Sequence[ImagePart] = (),
+    flags: Sequence[str] | None = None,
+) -> tuple[Triage, NodeRun]:
+    """Triage ``ticket`` with one tier's model, as the tier's node does; never raises for a model failure.
+
+    A chat model bound for log-probabilities streams its reply and stops it as soon as the
+    option-code token shows the ticket escalates (the early gate); the triage is then built
+    from what had arrived. A model failure gives a failed triage (``confidence_method:
+    none``), which the gate escalates. Tuning (:mod:`triagegate.tuning.scoring`) calls this
+    to triage with one tier outside the graph.
+    """
+    backend = ctx.backend_for(tier)
+    meter = _Meter(tier.name, tier.model, backend)
+    flags = list(flags_for(f"{ticket.subject or ''}\n{ticket.text}") if flags is None else flags)
+    spec = ctx.spec
+    taxonomy = spec.taxonomy
+    policy = tier.gate
+    error: str | None = None
     try:
         if backend.capabilities.chat:
-            node = ctx.spec.nodes.triage
             request = replies.triage_request(
-                ctx.templates["triage"], ctx.spec, ticket, state.get("images", []), backend.capabilities, node
+                ctx.templates[tier.name], spec, ticket, list(images), backend.capabilities, tier
             )
-            triage, _ = await _chat_with_one_repair(
-                backend, request, meter, lambda r: replies.parse_triage(r, ctx.spec, request)
-            )
+            stopped: list[EarlyTriage] = []
+
+            async def send(req: ChatRequest) -> ChatResult:
+                if not req.top_logprobs or policy is None:
+                    return await backend.chat(req)
+                early = EarlyGate(spec, req, lambda reading: escalates_early(reading, policy))
+                result = await chat_until(backend, req, early)
+                if result.stopped_early and early.reading is not None:
+                    stopped.append(early.reading)
+                return result
+
+            def parse(result: ChatResult, req: ChatRequest) -> Triage:
+                if result.stopped_early and stopped:
+                    return _early_triage(spec, ticket, stopped[-1])
+                return replies.parse_triage(result, spec, req)
+
+            triage: Triage = await _chat_with_one_repair(send, request, meter, parse)
         else:
-            classification = await backend.classify(replies.classify_request(ctx.spec, ticket))
+            classification = await backend.classify(replies.classify_request(spec, ticket))
             meter.add(
                 classification.usage, classification.endpoint, classification.model, classification.warnings
             )
@@ -170,14 +233,13 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
         if triage.confidence_fallback is not None:
             log.warning(
                 "logprobs_unusable",
-                model=alias,
+                model=tier.model,
                 endpoint=meter.endpoint,
                 reason=triage.confidence_fallback,
-                action=ctx.spec.gate.on_missing_logprobs,
+                action=policy.on_missing_logprobs if policy else None,
             )
-        run = meter.finish()
     except ModelError as exc:
-        message = f"triage failed: {type(exc).__name__}: {exc}"
+        error = f"triage failed: {type(exc).__name__}: {exc}"
         triage = Triage(
             category="unknown",
             priority=taxonomy.default_priority,
@@ -185,91 +247,128 @@ async def triage_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[
             confidence=0.0,
             confidence_method="none",
             flags=flags,
-            error=message,
+            error=error,
         )
-        run, errors = meter.finish(message), (message,)
-    decision, gate_run = gate(ctx, triage)
-    update: dict[str, Any] = {
-        "triage": triage,
-        "decision": decision,
-        "trail": Trail(runs=(run, gate_run), errors=errors),
-    }
-    if not decision.escalate and triage.answer:
-        update["reply"] = Reply(triage.answer, triage.category, triage.priority, route="mini")
-    return update
+    return triage, meter.finish(error)
 
 
-def gate(ctx: RunContext, triage: Triage) -> tuple[Decision, NodeRun]:
-    """Apply the gate policy to ``triage``.
+def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool) -> GateDecision:
+    """The tier's gate (:func:`triagegate.gate.decide`, pure) applied to its triage, as recorded.
 
-    The decision is logged at DEBUG only: the ``ticket_done`` line at INFO carries the same
-    route, reasons and confidence, and a log line costs about 12 us of CPU per ticket.
+    The decision is logged at DEBUG only: the ``ticket_done`` line at INFO carries the
+    decisions, and a log line costs about 12 us of CPU per ticket.
     """
-    _, mini = ctx.backend_for("triage")
-    decision = decide(triage, ctx.spec.gate, mini_has_vision=mini.capabilities.vision)
-    log.debug("gate", route=decision.route, reasons=list(decision.reasons), confidence=triage.confidence)
-    return decision, NodeRun(node="gate")
-
-
-def route_after_triage(state: TicketState) -> str:
-    if state["decision"].escalate:
-        return "escalate"
-    return END if "reply" in state else "answer"
-
-
-async def answer_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = runtime.context
-    triage = state["triage"]
-    alias, backend = ctx.backend_for("answer")
-    meter = _Meter("answer", alias, backend)
-    try:
-        request = replies.answer_request(
-            ctx.templates["answer"], ctx.spec, state["ticket"], triage, state.get("images", [])
-        )
-        result = await backend.chat(request)
-        meter.add(result.usage, result.endpoint, result.model, result.warnings)
-        text = result.text.strip()
-        if not text:
-            raise BadModelOutput("the drafting model returned an empty answer")
-    except ModelError as exc:
-        message = f"answer failed: {type(exc).__name__}: {exc}"
-        return {
-            "trail": Trail(runs=(meter.finish(message),), errors=(message,), extra_reasons=("answer_failed",))
-        }
-    return {
-        "reply": Reply(text, triage.category, triage.priority, route="mini"),
-        "trail": Trail(runs=(meter.finish(),)),
-    }
-
-
-def route_after_answer(state: TicketState) -> str:
-    return END if "reply" in state else "escalate"
-
-
-async def escalate_node(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = runtime.context
-    alias, backend = ctx.backend_for("escalate")
-    meter = _Meter("escalate", alias, backend)
-    request = replies.escalate_request(
-        ctx.templates["escalate"],
-        ctx.spec,
-        state["ticket"],
-        state["triage"],
-        state.get("images", []),
-        ctx.spec.nodes.escalate,
-        vision=backend.capabilities.vision,
+    assert tier.gate is not None, "every tier but the last has a gate (checked when the graph loads)"
+    decision = decide(triage, tier.gate, mini_has_vision=vision)
+    log.debug(
+        "gate",
+        tier=tier.name,
+        route=decision.route,
+        reasons=list(decision.reasons),
+        confidence=triage.confidence,
     )
-    try:
-        reply, _ = await _chat_with_one_repair(
-            backend, request, meter, lambda r: replies.parse_escalation(r, ctx.spec)
+    return GateDecision(
+        tier=tier.name,
+        route="escalate" if decision.escalate else "keep",
+        confidence=triage.confidence,
+        threshold=decision.threshold,
+        reasons=list(decision.reasons),
+    )
+
+
+def tier_node(tier: TierSpec, *, last: bool) -> Node:
+    """The node for ``tier``: triage and gate it (every tier but the last), or answer it (the last)."""
+
+    async def triage_and_gate(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        ticket = state["ticket"]
+        triage, run = await triage_ticket(ctx, tier, ticket, state.get("images", ()), state.get("flags"))
+        decision = gate_decision(tier, triage, vision=ctx.backend_for(tier).capabilities.vision)
+        update: dict[str, Any] = {"visits": [Visit(tier.name, triage, decision)], "runs": [run]}
+        if triage.error:
+            update["errors"] = [triage.error]
+        if decision.route == "keep" and triage.answer:
+            update["reply"] = Reply(triage.answer, triage.category, triage.priority, route=tier.name)
+        return update
+
+    async def answer(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        backend = ctx.backend_for(tier)
+        meter = _Meter(tier.name, tier.model, backend)
+        request = replies.escalate_request(
+            ctx.templates[tier.name],
+            ctx.spec,
+            state["ticket"],
+            last_triage(state),
+            state.get("images", []),
+            tier,
+            vision=backend.capabilities.vision,
         )
-    except ModelError as exc:
-        message = f"escalation failed: {type(exc).__name__}: {exc}"
+        try:
+            reply = await _chat_with_one_repair(
+                backend.chat, request, meter, lambda r, _req: replies.parse_escalation(r, ctx.spec)
+            )
+        except ModelError as exc:
+            message = f"escalation failed: {type(exc).__name__}: {exc}"
+            return {
+                "reply": Reply(None, None, None, route=tier.name, status="failed"),
+                "runs": [meter.finish(message)],
+                "errors": [message],
+            }
         return {
-            "reply": Reply(None, None, None, route="flagship", status="failed"),
-            "trail": Trail(runs=(meter.finish(message),), errors=(message,)),
+            "reply": Reply(reply.answer, reply.category, reply.priority, route=tier.name),
+            "runs": [meter.finish()],
         }
-    return {
-        "reply": Reply(reply.answer, reply.category, reply.priority, route="flagship"),
-        "trail": Trail(runs=(meter.finish(),)),
-    }
+
+    node = answer if last else triage_and_gate
+    node.__name__ = node.__qualname__ = tier.name
+    return node
+
+
+def draft_name(tier: str) -> str:
+    """The name of ``tier``'s drafting step in ``Outcome.path``, its NodeRun and its template."""
+    return f"{tier}:draft"
+
+
+def draft_node_name(tier: str) -> str:
+    """The graph node of ``tier``'s drafting step: LangGraph reserves ``:`` in node names, and
+    ``/`` cannot occur in a tier name, so it cannot collide with one."""
+    return f"{tier}/draft"
+
+
+def draft_node(tier: TierSpec) -> Node:
+    """The node that drafts the answer for a ticket ``tier`` kept but could not write (a classifier)."""
+    assert tier.draft is not None
+    spec_draft = tier.draft
+    name = draft_name(tier.name)
+
+    async def draft(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        triage = last_triage(state)
+        assert triage is not None, "a draft follows its tier's triage"
+        backend = ctx.backends[spec_draft.model]
+        meter = _Meter(name, spec_draft.model, backend)
+        try:
+            request = replies.answer_request(
+                ctx.templates[name], ctx.spec, state["ticket"], triage, state.get("images", []), spec_draft
+            )
+            result = await backend.chat(request)
+            meter.add(result.usage, result.endpoint, result.model, result.warnings)
+            text = result.text.strip()
+            if not text:
+                raise BadModelOutput("the drafting model returned an empty answer")
+        except ModelError as exc:
+            message = f"answer failed: {type(exc).__name__}: {exc}"
+            failed = GateDecision(tier=name, route="escalate", reasons=["answer_failed"])
+            return {
+                "visits": [Visit(name, None, failed)],
+                "runs": [meter.finish(message)],
+                "errors": [message],
+            }
+        return {
+            "reply": Reply(text, triage.category, triage.priority, route=tier.name),
+            "runs": [meter.finish()],
+        }
+
+    draft.__name__ = draft.__qualname__ = name
+    return draft

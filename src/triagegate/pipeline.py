@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -24,8 +24,12 @@ from triagegate.log import get_logger
 from triagegate.models import BuildContext, build_backends
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template, load_graph_templates
+from triagegate.screening import flags_for
 from triagegate.spec import Limits, LoadedSpec, load_spec
 from triagegate.types import Outcome, Ticket, new_ticket_id
+
+if TYPE_CHECKING:
+    from triagegate.state import TicketState
 
 log = get_logger("triagegate.pipeline")
 
@@ -80,7 +84,7 @@ class Pipeline:
         extras: dict[str, Any] | None = None,
         record: str | Path | None = None,
     ) -> None:
-        from triagegate.graph import build_graph
+        from triagegate.graph import Cascade, build_graph, build_outcome
 
         self.loaded = loaded
         self.spec = loaded.spec
@@ -90,10 +94,7 @@ class Pipeline:
         self._context = BuildContext(
             loaded=loaded, environ=env, cache_dir=cache_dir or default_cache_dir(env), extras=extras or {}
         )
-        nodes = self.spec.nodes
-        self.backends: dict[str, ModelBackend] = build_backends(
-            self._context, [nodes.triage.model, nodes.answer.model, nodes.escalate.model]
-        )
+        self.backends: dict[str, ModelBackend] = build_backends(self._context, self.spec.aliases())
         if record is not None:
             from triagegate.models.recording import record_backends
 
@@ -107,7 +108,11 @@ class Pipeline:
             templates=self.templates,
             backends=self.backends,
         )
-        self._graph = build_graph()
+        capabilities = {alias: backend.capabilities for alias, backend in self.backends.items()}
+        self._cascade = Cascade(self.spec, capabilities)
+        self._outcome_of = build_outcome
+        self.graph = build_graph(self.spec, capabilities)
+        """The compiled LangGraph ``StateGraph`` (``graph.get_graph()`` draws it)."""
 
     @property
     def name(self) -> str:
@@ -137,9 +142,12 @@ class Pipeline:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
             images = await self._images(ticket)
-            outcome: Outcome = await self._graph.ainvoke(
-                {"run_id": run_id, "ticket": ticket, "images": images}, context=self._run_context
-            )  # type: ignore[assignment]  # the graph's output channel holds the Outcome
+            flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
+            state = await self.graph.ainvoke(
+                {"run_id": run_id, "ticket": ticket, "images": images, "flags": flags},
+                context=self._run_context,
+            )
+            outcome = self._outcome_of(cast("TicketState", state), self._cascade, self._run_context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             log_ticket_done(outcome)
         return outcome
@@ -248,6 +256,7 @@ def log_ticket_done(outcome: Outcome) -> None:
         route=outcome.route,
         status=outcome.status,
         path=outcome.path,
+        skipped=[d.tier for d in outcome.skipped] or None,
         category=outcome.category,
         confidence=outcome.confidence,
         reasons=outcome.escalation_reasons,

@@ -239,8 +239,14 @@ def classify_request(spec: GraphSpec, ticket: Ticket) -> ClassifyRequest:
 
 
 def answer_request(
-    template: Template, spec: GraphSpec, ticket: Ticket, triage: Triage, images: list[ImagePart]
+    template: Template,
+    spec: GraphSpec,
+    ticket: Ticket,
+    triage: Triage,
+    images: list[ImagePart],
+    node: NodeSpec | None = None,
 ) -> ChatRequest:
+    """The drafting request; ``node`` (a tier's ``draft``) sets the budget (512 tokens, temperature 0 without)."""
     category = spec.taxonomy.category(triage.category)
     system, user = template.render(
         {
@@ -251,15 +257,17 @@ def answer_request(
             "attachments": _attachments_note(ticket, images, False),
         }
     )
-    node = spec.nodes.answer
     return ChatRequest(
         messages=(Message("system", system), Message("user", user)),
-        max_tokens=node.max_tokens,
-        temperature=node.temperature,
+        max_tokens=node.max_tokens if node else 512,
+        temperature=node.temperature if node else 0.0,
     )
 
 
-def mini_triage_summary(triage: Triage) -> str:
+def mini_triage_summary(triage: Triage | None) -> str:
+    """What the last tier is told of the previous tier's triage (``None``: no tier triaged the ticket)."""
+    if triage is None:
+        return "No earlier tier triaged this ticket; classify it yourself."
     if triage.error:
         return f"The first-tier triage failed ({triage.error}); classify the ticket yourself."
     lines = [
@@ -276,7 +284,7 @@ def escalate_request(
     template: Template,
     spec: GraphSpec,
     ticket: Ticket,
-    triage: Triage,
+    triage: Triage | None,
     images: list[ImagePart],
     node: NodeSpec,
     *,

@@ -1,4 +1,10 @@
-"""What flows through the graph (the LangGraph state) and what is injected (the run context)."""
+"""What flows through the graph (the LangGraph state) and what is injected (the run context).
+
+The state is a ``TypedDict`` whose list fields declare their reducer: nodes return partial
+updates, and LangGraph adds a node's ``visits``, ``runs`` and ``errors`` to what is there and
+replaces the other keys. Backends, templates and the spec are not state: they reach every
+node through the runtime context (``context_schema=RunContext``).
+"""
 
 from __future__ import annotations
 
@@ -6,59 +12,71 @@ import operator
 from dataclasses import dataclass
 from typing import Annotated, TypedDict
 
-from triagegate.gate import Decision
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template
-from triagegate.spec import GraphSpec
-from triagegate.types import NodeRun, Outcome, Ticket, Triage
+from triagegate.spec import GraphSpec, TierSpec
+from triagegate.types import GateDecision, NodeRun, Ticket, Triage
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer a node settled on, as it goes out: set once, by the step that ends the run."""
+    """The answer a node settled on: set by the node that answers the ticket."""
 
     answer: str | None
     category: str | None
     priority: str | None
     route: str
-    """``mini`` or ``flagship``: which tier answered."""
+    """The tier that answered."""
     status: str = "ok"
-    """``failed`` when the flagship could not answer."""
+    """``failed`` when the last tier could not answer."""
 
 
 @dataclass(frozen=True, slots=True)
-class Trail:
-    """What the steps did, in order. Steps append to it (``+``) rather than replace it."""
+class Visit:
+    """One tier's (or one draft's) pass over the ticket: what it concluded and what its gate said.
 
-    runs: tuple[NodeRun, ...] = ()
-    errors: tuple[str, ...] = ()
-    extra_reasons: tuple[str, ...] = ()
-    """Escalation reasons found after the gate (``answer_failed``)."""
+    ``triage`` is ``None`` for the last tier (it answers; it does not triage) and for a draft;
+    ``decision`` is ``None`` for the last tier (it has no gate) and for a draft that worked.
+    """
 
-    def __add__(self, other: Trail) -> Trail:
-        return Trail(
-            self.runs + other.runs, self.errors + other.errors, self.extra_reasons + other.extra_reasons
-        )
+    tier: str
+    triage: Triage | None
+    decision: GateDecision | None
 
 
 class TicketState(TypedDict, total=False):
-    """What one run carries from node to node. The graph hands it whole to the next node and
-    :func:`triagegate.graph.merge` applies each node's update: keys annotated with
-    ``operator.add`` are added to (``trail``), the others replaced."""
+    """What one run carries from node to node.
+
+    ``visits``, ``runs`` and ``errors`` are appended to (``operator.add``); ``reply`` is set
+    once, by the node that answers. The routers (:mod:`triagegate.graph`) read ``visits``.
+    """
 
     run_id: str
     ticket: Ticket
     images: list[ImagePart]
-    triage: Triage
-    decision: Decision
+    flags: list[str]
+    """Screening flags of the ticket's text (:func:`triagegate.screening.flags_for`), found once at entry."""
+    visits: Annotated[list[Visit], operator.add]
     reply: Reply
-    trail: Annotated[Trail, operator.add]
-    outcome: Outcome
+    runs: Annotated[list[NodeRun], operator.add]
+    errors: Annotated[list[str], operator.add]
+
+
+def last_triage(state: TicketState) -> Triage | None:
+    """The triage of the last tier that triaged the ticket (what a later tier is told), if any."""
+    for visit in reversed(state.get("visits") or ()):
+        if visit.triage is not None:
+            return visit.triage
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
-    """Dependencies handed to every node through LangGraph's runtime context (no globals)."""
+    """Dependencies handed to every node through LangGraph's runtime context (no globals).
+
+    ``templates`` are keyed by tier name, plus ``<tier>:draft`` for a tier's drafting prompt
+    (:func:`triagegate.prompts.load_graph_templates`).
+    """
 
     spec: GraphSpec
     graph_name: str
@@ -66,6 +84,5 @@ class RunContext:
     templates: dict[str, Template]
     backends: dict[str, ModelBackend]
 
-    def backend_for(self, node: str) -> tuple[str, ModelBackend]:
-        alias: str = getattr(self.spec.nodes, node).model
-        return alias, self.backends[alias]
+    def backend_for(self, tier: TierSpec) -> ModelBackend:
+        return self.backends[tier.model]

@@ -146,8 +146,29 @@ class NodeRun(BaseModel):
     ``logprobs_unusable:<reason>`` (label scoring fell back to a stated confidence)."""
 
 
-Route = Literal["mini", "flagship", "none"]
 Status = Literal["ok", "failed", "skipped"]
+
+ROUTING_SKIPS = frozenset({"category_not_served", "category_unknown"})
+"""Pre-gate reasons that are routing, not escalation: a tier that serves other categories."""
+
+
+class GateDecision(BaseModel):
+    """What one edge of the cascade decided about a ticket.
+
+    ``keep``: the tier's answer stands; ``escalate``: the tier's gate (or a failed draft,
+    recorded under ``<tier>:draft`` with reason ``answer_failed``) sent the ticket on;
+    ``skip``: the pre-gate sent it past the tier without calling it (``reasons`` say why:
+    ``needs_vision``, ``suspected_injection``, ``category_not_served``, ``category_unknown``).
+    ``confidence`` and ``threshold`` are the ones the gate compared (``None`` for a skip).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    route: Literal["keep", "escalate", "skip"]
+    confidence: float | None = None
+    threshold: float | None = None
+    reasons: list[str] = Field(default_factory=list)
 
 
 class Outcome(BaseModel):
@@ -158,7 +179,9 @@ class Outcome(BaseModel):
     graph: str | None = None
     graph_hash: str | None = None
     status: Status = "ok"
-    route: Route = "none"
+    route: str = "none"
+    """The tier that answered (``mini`` or ``flagship`` for a file in the legacy ``nodes:`` form),
+    or ``none`` when nothing did."""
     category: str | None = None
     priority: str | None = None
     complexity: Complexity | None = None
@@ -168,7 +191,11 @@ class Outcome(BaseModel):
     confidence_fallback: str | None = None
     """Why log-probabilities the triage model was bound for could not be used (see :class:`Triage`)."""
     escalation_reasons: list[str] = Field(default_factory=list)
+    """Every reason of every ``escalate`` and ``skip`` decision, once each, in order."""
     path: list[str] = Field(default_factory=list)
+    """The tiers that ran, in order; a drafting step shows as ``<tier>:draft``."""
+    decisions: list[GateDecision] = Field(default_factory=list)
+    """One per gate the ticket passed and one per tier the pre-gate skipped, in order."""
     nodes: list[NodeRun] = Field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
@@ -177,5 +204,15 @@ class Outcome(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
     @property
+    def skipped(self) -> list[GateDecision]:
+        """The tiers the pre-gate skipped (the ``skip`` decisions), in order."""
+        return [d for d in self.decisions if d.route == "skip"]
+
+    @property
     def escalated(self) -> bool:
-        return self.route == "flagship"
+        """The ticket went past a tier that could have answered it: a gate escalated it, or the
+        pre-gate skipped a tier for a reason other than that tier's category filter."""
+        return any(
+            d.route == "escalate" or (d.route == "skip" and not ROUTING_SKIPS.issuperset(d.reasons))
+            for d in self.decisions
+        )

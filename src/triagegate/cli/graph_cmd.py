@@ -96,13 +96,20 @@ def show(
     graph: GraphArg,
     fmt: Annotated[str, typer.Option("--format", help="mermaid (default) or json.")] = "mermaid",
 ) -> None:
-    """Print GRAPH's flow as Mermaid text (or the validated spec as JSON)."""
-    from triagegate.graph import mermaid
+    """Print GRAPH's flow as Mermaid text, drawn by LangGraph from the compiled graph (or the
+    validated spec as JSON). Each tier is labelled with its model and its gate's threshold."""
+    from triagegate.prompts import load_graph_templates
+    from triagegate.spec import load_spec
 
-    spec = _check(str(graph))[0].spec
+    loaded = load_spec(graph)
+    load_graph_templates(loaded)
+    spec = loaded.spec
     if fmt == "json":
         typer.echo(spec.model_dump_json(indent=2))
         return
     if fmt != "mermaid":
         raise typer.BadParameter("use 'mermaid' or 'json'", param_hint="--format")
-    typer.echo(mermaid(spec))
+    from triagegate.graph import build_graph, mermaid
+
+    declared = {alias: _declared_capabilities(binding) for alias, binding in spec.models.items()}
+    typer.echo(mermaid(build_graph(spec, declared)))
