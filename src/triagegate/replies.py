@@ -9,6 +9,9 @@ does not fit raises :class:`BadModelOutput` for the node to repair once or recor
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from triagegate.confidence import (
     OPTION_CODES,
     LogprobsUnusable,
+    early_field_distribution,
     option_codes,
     read_field_value_distribution,
 )
@@ -28,6 +32,8 @@ from triagegate.models.base import (
     ImagePart,
     JsonSchema,
     Message,
+    PartialReply,
+    StreamVerdict,
 )
 from triagegate.prompts import Template, delimit_ticket
 from triagegate.spec import GraphSpec, NodeSpec
@@ -323,3 +329,99 @@ def parse_escalation(result: ChatResult, spec: GraphSpec) -> EscalationReply:
     if not reply.answer.strip():
         raise BadModelOutput("reply does not match the schema: answer is blank", model=result.model)
     return reply.model_copy(update={"answer": reply.answer.strip()})
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyTriage:
+    """What the first tokens of a streamed triage reply already settle: the category and the
+    confidence :func:`parse_triage` will read from log-probabilities for it."""
+
+    category: str
+    confidence: float
+    alternatives: dict[str, float]
+    """The next most likely categories with their probabilities, as in :attr:`Triage.alternatives`."""
+    tokens: int
+    """How many tokens had arrived when the reading was made."""
+
+
+class NoEarlyReading(ValueError):
+    """The triage reply's confidence cannot be read before the reply is whole: the request
+    asked for no log-probabilities, the taxonomy has no option codes, or the option-code
+    token arrived without a usable distribution or with a value that is not an option code.
+    ``reason`` is a key of :data:`~triagegate.confidence.FALLBACK_REASONS` or ``not_an_option_code``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def early_triage(partial: PartialReply, spec: GraphSpec, request: ChatRequest) -> EarlyTriage | None:
+    """The category and log-probability confidence of a triage reply still arriving.
+
+    ``None`` until the option-code token of the ``category`` field has arrived; then the
+    numbers :func:`parse_triage` gives for the whole reply, which depend on that token and
+    the ones before it only. Raises :class:`NoEarlyReading` when there will be none (the
+    whole reply is then needed, and :func:`parse_triage` says why it fell back).
+    """
+    codes = category_codes(spec)
+    if not codes or not request.top_logprobs:
+        raise NoEarlyReading("no_logprobs")
+    try:
+        distribution = early_field_distribution(
+            partial.logprobs, "category", list(codes), complete=partial.complete
+        )
+    except LogprobsUnusable as exc:
+        raise NoEarlyReading(exc.reason) from None
+    if distribution is None:
+        return None
+    tokens = partial.logprobs
+    texts = "".join(t.token for t in tokens)
+    found = re.search(r'"category"\s*:\s*"(.)', texts)
+    code = found.group(1) if found else ""
+    if code not in codes:
+        raise NoEarlyReading("not_an_option_code")
+    by_name = {codes[c]: p for c, p in distribution.items()}
+    category = codes[code]
+    others = sorted(((n, p) for n, p in by_name.items() if n != category and p > 0), key=lambda kv: -kv[1])
+    return EarlyTriage(
+        category=category,
+        confidence=min(1.0, max(0.0, by_name[category])),
+        alternatives=dict(others[:3]),
+        tokens=len(tokens),
+    )
+
+
+class EarlyGate:
+    """A ready-made ``decide`` for :func:`triagegate.models.base.chat_until` on a triage request.
+
+    Reads :func:`early_triage` from each partial reply; once it has a reading it asks
+    ``escalates(reading)`` whether the ticket escalates whatever the rest of the reply says
+    (a confidence under the category's threshold, a category that always escalates): then
+    ``"stop"``, else ``"finish"`` (the rest of the reply is needed). When there will be no
+    early reading it answers ``"finish"`` at once. Afterwards ``reading`` holds the last
+    reading (``None`` if none), ``stopped`` whether it stopped the reply, and ``reason`` why
+    there was no reading. Each call judges its partial reply afresh, so a retried reply,
+    which starts over, is judged on its own.
+    """
+
+    def __init__(
+        self, spec: GraphSpec, request: ChatRequest, escalates: Callable[[EarlyTriage], bool]
+    ) -> None:
+        self.spec = spec
+        self.request = request
+        self.escalates = escalates
+        self.reading: EarlyTriage | None = None
+        self.stopped = False
+        self.reason: str | None = None
+
+    def __call__(self, partial: PartialReply) -> StreamVerdict | None:
+        try:
+            reading = early_triage(partial, self.spec, self.request)
+        except NoEarlyReading as exc:
+            self.reading, self.stopped, self.reason = None, False, exc.reason
+            return "finish"
+        if reading is None:
+            return None
+        self.reading, self.reason = reading, None
+        self.stopped = self.escalates(reading) and not partial.complete
+        return "stop" if self.stopped else "finish"

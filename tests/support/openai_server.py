@@ -17,6 +17,18 @@ Standalone::
     python tests/support/openai_server.py --port 0 --latency 0.2 --fault-rate 0.1
 
 prints ``READY http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT.
+
+Streaming: a request with ``"stream": true`` is answered with server-sent events in
+OpenAI's ``chat.completion.chunk`` format, one chunk per token of :func:`tokenize` (so the
+option code of a triage reply arrives a few tokens in), each with its ``logprobs.content``
+entry when log-probabilities were asked for, a last chunk with ``usage`` when
+``stream_options.include_usage`` is set, then ``data: [DONE]``. ``timing`` gives a model a
+time to first token and a per-token latency (``--ttft mini=0.3 --per-token mini=0.02``);
+a non-streamed reply to that model is sent when its last token would have been. Every
+stream is logged in ``streams`` (:class:`StreamLog`: tokens planned, tokens actually
+sent, whether the client hung up first), so a test can see that a client that stopped
+early cancelled the rest. :class:`Cut` breaks a stream off mid-reply; :class:`Stall`
+stops sending mid-reply.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import random
 import re
@@ -44,12 +57,15 @@ import uvicorn
 __all__ = [
     "LOGPROBS_MODES",
     "Behaviour",
+    "Cut",
     "Delay",
     "Garbage",
     "Hang",
     "OpenAIServer",
     "Reply",
+    "Stall",
     "Status",
+    "StreamLog",
     "auto_content",
     "code_spots",
     "make_logprobs",
@@ -115,7 +131,47 @@ class Delay:
     then: Behaviour
 
 
-Behaviour = Reply | Status | Hang | Garbage | Delay
+@dataclass(frozen=True)
+class Cut:
+    """Send ``after_tokens`` tokens of the (auto or given) reply, then break the connection off.
+
+    ``abrupt`` drops the connection mid-body (the client sees an incomplete chunked body);
+    otherwise the body ends cleanly but without the finishing chunk and ``data: [DONE]``.
+    A non-streamed request is cut before any response.
+    """
+
+    after_tokens: int = 3
+    reply: Reply | None = None
+    abrupt: bool = True
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Send ``after_tokens`` tokens, then send nothing for ``seconds`` (or until the client
+    hangs up), then the rest. A non-streamed request waits ``seconds`` before its reply."""
+
+    after_tokens: int = 3
+    seconds: float = 30.0
+    reply: Reply | None = None
+
+
+Behaviour = Reply | Status | Hang | Garbage | Delay | Cut | Stall
+
+
+@dataclass
+class StreamLog:
+    """One streamed reply as the server sent it."""
+
+    model: str
+    tokens: int
+    """Tokens the whole reply has."""
+    sent: int = 0
+    """Tokens actually sent before the stream ended."""
+    done: bool = False
+    """``data: [DONE]`` was sent."""
+    client_left: bool = False
+    """The client closed the connection before the reply was complete."""
+
 
 LOGPROBS_MODES = ("auto", "omit", "null", "malformed", "unaligned")
 """What a reply carries when log-probabilities are asked for and not scripted: ``auto``
@@ -337,10 +393,12 @@ class OpenAIServer:
     injected 429/503; ``code_confidence`` (a float or ``f(body) -> float``) for option-code
     tokens; ``choose(field, enum_values, body) -> value`` picks enum values; ``logprobs_mode``
     (one of :data:`LOGPROBS_MODES`); ``record`` (keep request bodies and headers; turn off
-    for long benchmarks).
+    for long benchmarks); ``timing`` ``{model: (ttft_s, per_token_s)}`` (key ``None``: any
+    other model) paces the tokens of a reply, streamed or not.
 
-    Counters: ``count`` requests received, ``status_counts`` per status sent,
-    ``max_concurrency_seen`` most chat requests in flight at once.
+    Counters: ``count`` requests received, ``model_counts`` per requested model,
+    ``status_counts`` per status sent, ``max_concurrency_seen`` most chat requests in flight
+    at once, ``streams`` one :class:`StreamLog` per streamed reply once it has ended.
     """
 
     def __init__(
@@ -358,6 +416,7 @@ class OpenAIServer:
         choose: Chooser | None = None,
         record: bool = True,
         logprobs_mode: str = "auto",
+        timing: dict[str | None, tuple[float, float]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -378,10 +437,13 @@ class OpenAIServer:
                 f"unknown logprobs_mode {logprobs_mode!r}: use one of {', '.join(LOGPROBS_MODES)}"
             )
         self.logprobs_mode = logprobs_mode
+        self.timing: dict[str | None, tuple[float, float]] = dict(timing or {})
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.count = 0
+        self.model_counts: Counter[str] = Counter()
         self.status_counts: Counter[int] = Counter()
+        self.streams: list[StreamLog] = []
         self.max_concurrency_seen = 0
         self.in_flight = 0
         self._rng = random.Random(seed)
@@ -458,9 +520,28 @@ class OpenAIServer:
             self.requests.clear()
             self.request_headers.clear()
             self.count = 0
+            self.model_counts.clear()
             self.status_counts.clear()
+            self.streams.clear()
             self.max_concurrency_seen = 0
             self._rng = random.Random(self.seed)
+
+    def wait_for_streams(self, count: int, timeout: float = 5.0) -> list[StreamLog]:
+        """Block until ``count`` streams have ended (the server sees a hang-up a moment after the
+        client); returns :attr:`streams`. Raises ``TimeoutError`` if they have not by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while len(self.streams) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.streams)} of {count} streams ended within {timeout:g} s")
+            time.sleep(0.005)
+        return self.streams
+
+    def pace(self, model: Any) -> tuple[float, float]:
+        """``(ttft_s, per_token_s)`` for ``model`` from :attr:`timing` (``(0, 0)`` when unset)."""
+        timing = self.timing
+        if not timing:
+            return (0.0, 0.0)
+        return timing.get(model if isinstance(model, str) else None) or timing.get(None) or (0.0, 0.0)
 
     @property
     def pending(self) -> int:
@@ -503,6 +584,8 @@ class OpenAIServer:
             if not isinstance(body, dict):
                 await self._send(send, 400, _error("request body must be an object", "invalid_request_error"))
                 return
+            model = body.get("model")
+            self.model_counts[model if isinstance(model, str) else ""] += 1
             if self.record:
                 self.requests.append(body)
                 self.request_headers.append(
@@ -510,8 +593,11 @@ class OpenAIServer:
                 )
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
-            behaviour = self._next_behaviour(body.get("model"))
-            await self._behave(behaviour, body, receive, send)
+            behaviour = self._next_behaviour(model)
+            if body.get("stream"):
+                await self._behave_streaming(behaviour, body, receive, send)
+            else:
+                await self._behave(behaviour, body, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -521,13 +607,35 @@ class OpenAIServer:
         while isinstance(behaviour, Delay):
             await asyncio.sleep(behaviour.seconds)
             behaviour = behaviour.then
-        if isinstance(behaviour, Hang):
+        if isinstance(behaviour, Hang | Stall):
             if await _client_left_within(receive, behaviour.seconds):
                 self.status_counts[499] += 1
                 return
-            behaviour = None
+            behaviour = behaviour.reply if isinstance(behaviour, Stall) else None
+        if isinstance(behaviour, Cut):
+            raw = json.dumps(self._completion(body, behaviour.reply)).encode()
+            self.status_counts[200] += 1
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(raw)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": raw[: len(raw) // 2], "more_body": True})
+            raise _StreamCut("scripted cut mid-body")
         if behaviour is None or isinstance(behaviour, Reply):
-            await self._send(send, 200, self._completion(body, behaviour))
+            completion = self._completion(body, behaviour)
+            ttft, per_token = self.pace(body.get("model"))
+            if ttft or per_token:
+                tokens = len(tokenize(completion["choices"][0]["message"]["content"]))
+                if await _client_left_within(receive, ttft + per_token * max(0, tokens - 1)):
+                    self.status_counts[499] += 1
+                    return
+            await self._send(send, 200, completion)
         elif isinstance(behaviour, Garbage):
             self.status_counts[200] += 1
             await _send_raw(send, 200, behaviour.text.encode())
@@ -544,6 +652,123 @@ class OpenAIServer:
                 return
             payload = behaviour.body if behaviour.body is not None else _status_error(behaviour.code)
             await self._send(send, behaviour.code, payload, headers)
+
+    async def _behave_streaming(
+        self, behaviour: Behaviour | None, body: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        """Answer a ``stream: true`` request: errors and garbage as for any request, a reply as events."""
+        while isinstance(behaviour, Delay):
+            await asyncio.sleep(behaviour.seconds)
+            behaviour = behaviour.then
+        if isinstance(behaviour, Hang):
+            if await _client_left_within(receive, behaviour.seconds):
+                self.status_counts[499] += 1
+                return
+            behaviour = None
+        if isinstance(behaviour, Status | Garbage):
+            await self._behave(behaviour, body, receive, send)
+            return
+        reply = behaviour if isinstance(behaviour, Reply) or behaviour is None else behaviour.reply
+        fault = behaviour if isinstance(behaviour, Cut | Stall) else None
+        await self._stream(body, reply, fault, receive, send)
+
+    async def _stream(
+        self,
+        body: dict[str, Any],
+        reply: Reply | None,
+        fault: Cut | Stall | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        completion = self._completion(body, reply)
+        choice = completion["choices"][0]
+        content: str = choice["message"]["content"]
+        raw_logprobs = choice.get("logprobs")
+        has_logprobs = "logprobs" in choice
+        entries = raw_logprobs.get("content") if isinstance(raw_logprobs, dict) else None
+        pieces = _stream_pieces(content, entries)
+        model = str(body.get("model") or "auto")
+        log = StreamLog(model=model, tokens=len(pieces))
+        ttft, per_token = self.pace(body.get("model"))
+        left = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left.set()
+
+        watcher = asyncio.create_task(watch())
+
+        async def wait(seconds: float) -> bool:
+            """Sleep ``seconds``; True when the client hung up meanwhile."""
+            if seconds > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(left.wait(), timeout=seconds)
+            else:
+                await asyncio.sleep(0)  # let the watcher see a hang-up
+            return left.is_set()
+
+        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"]}
+        base["model"] = completion["model"]
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], piece_entries: Any, finish: str | None) -> bytes:
+            choice_out: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if has_logprobs:
+                choice_out["logprobs"] = None if piece_entries is None else {"content": piece_entries}
+            payload: dict[str, Any] = {**base, "choices": [choice_out]}
+            if include_usage:
+                payload["usage"] = None
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        try:
+            self.status_counts[200] += 1
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                }
+            )
+            for index, (text, piece_entries) in enumerate(pieces):
+                if fault is not None and index == fault.after_tokens:
+                    if isinstance(fault, Cut):
+                        if fault.abrupt:
+                            raise _StreamCut(f"scripted cut after {index} tokens")
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                    if await wait(fault.seconds):
+                        break
+                if await wait(ttft if index == 0 else per_token):
+                    break
+                delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": chunk(delta, piece_entries, None),
+                        "more_body": True,
+                    }
+                )
+                log.sent += 1
+            else:
+                if not pieces:
+                    body_out = chunk({"role": "assistant", "content": ""}, None, None)
+                    await send({"type": "http.response.body", "body": body_out, "more_body": True})
+                tail = chunk({}, None, choice["finish_reason"])
+                if include_usage and "usage" in completion:
+                    tail += (
+                        b"data: " + json.dumps({**base, "choices": [], "usage": completion["usage"]}).encode()
+                    )
+                    tail += b"\n\n"
+                tail += b"data: [DONE]\n\n"
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                log.done = True
+                return
+            log.client_left = True
+            self.status_counts[499] += 1
+        finally:
+            watcher.cancel()
+            self.streams.append(log)
 
     async def _send(
         self, send: Send, status: int, payload: Any, headers: Sequence[tuple[bytes, bytes]] = ()
@@ -606,6 +831,41 @@ class OpenAIServer:
                 "total_tokens": total,
             }
         return completion
+
+
+class _StreamCut(Exception):
+    """Raised inside the app to make uvicorn drop the connection mid-response (a scripted cut)."""
+
+
+class _QuietCuts(logging.Filter):
+    """Keep uvicorn from logging a scripted :class:`_StreamCut` as an application error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _StreamCut)
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietCuts())
+
+
+def _stream_pieces(content: str, entries: Any) -> list[tuple[str, Any]]:
+    """The reply as ``(text, logprobs entries)`` per chunk: one token each.
+
+    Tokens come from the log-probabilities when they spell the content, else from
+    :func:`tokenize`; entries that do not pair one-to-one with tokens all ride on the first
+    chunk, so the streamed entries always add up to the non-streamed list.
+    """
+    if isinstance(entries, list) and entries:
+        texts = [str(e.get("token")) if isinstance(e, dict) else "\0" for e in entries]
+        if "".join(texts) == content:
+            return [(t, [e]) for t, e in zip(texts, entries, strict=True)]
+        tokens = tokenize(content)
+        if len(tokens) == len(entries):
+            return [(t, [e]) for t, e in zip(tokens, entries, strict=True)]
+        pieces: list[tuple[str, Any]] = [(t, []) for t in tokens] or [("", [])]
+        pieces[0] = (pieces[0][0], list(entries))
+        return pieces
+    return [(t, None if entries is None else []) for t in tokenize(content)]
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -671,7 +931,35 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="what replies carry when log-probabilities are asked for (to try the fallback)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ttft",
+        action="append",
+        default=[],
+        metavar="[MODEL=]SECONDS",
+        help="time to first token, for one model or (without MODEL=) any other; repeatable",
+    )
+    parser.add_argument(
+        "--per-token",
+        action="append",
+        default=[],
+        metavar="[MODEL=]SECONDS",
+        help="seconds between tokens after the first, for one model or any other; repeatable",
+    )
     return parser.parse_args(argv)
+
+
+def _timing(ttft: Sequence[str], per_token: Sequence[str]) -> dict[str | None, tuple[float, float]]:
+    """``--ttft``/``--per-token`` values as :attr:`OpenAIServer.timing`."""
+    table: dict[str | None, list[float]] = {}
+    for position, values in ((0, ttft), (1, per_token)):
+        for value in values:
+            model, _, seconds = value.rpartition("=")
+            try:
+                number = float(seconds)
+            except ValueError:
+                raise SystemExit(f"not [MODEL=]SECONDS: {value!r}") from None
+            table.setdefault(model or None, [0.0, 0.0])[position] = number
+    return {model: (pair[0], pair[1]) for model, pair in table.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -692,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code_confidence=args.code_confidence,
         record=False,
         logprobs_mode=args.logprobs,
+        timing=_timing(args.ttft, args.per_token),
     )
     with server:
         print(f"READY {server.base_url}", flush=True)

@@ -36,7 +36,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._busy[index] += 1
         try:
             response = await self._pools[index].handle_async_request(request)
-            await response.aread()
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                await response.aread()  # a stream is read by its caller as it arrives
             return response
         finally:
             self._busy[index] -= 1

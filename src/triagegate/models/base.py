@@ -12,11 +12,39 @@ Backends that cannot do one of them raise :class:`~triagegate.errors.Unsupported
 Nodes only ever see this protocol, so a hosted API, an in-process llama.cpp model, a
 scikit-learn classifier, a replay of recorded traffic and a scripted test double are
 interchangeable.
+
+Stopping a reply early
+----------------------
+:func:`chat_until` asks any backend for a chat reply and lets the caller stop it part way:
+``decide`` is called with the :class:`PartialReply` so far (text and log-probabilities)
+after each streamed chunk, and answers ``None`` (not yet: ask again), ``"finish"``
+(decided: read the reply to its end without asking again) or ``"stop"`` (decided: cancel
+the rest). The early gate uses it: once the option-code token of a triage reply has
+arrived, a ticket that will escalate need not wait for the rest of the mini model's reply.
+
+The contract, whichever backend serves it:
+
+* a reply ``decide`` never stops is the same :class:`ChatResult` ``chat`` returns (same
+  text, log-probabilities, usage and warnings); ``decide`` has then been called last with
+  ``complete=True``, on the whole reply, unless it had already answered;
+* a stopped reply comes back with ``stopped_early=True``, the text and log-probabilities
+  received up to and including the chunk ``decide`` stopped on, and the usage of what was
+  sent (estimated with :func:`triagegate.cost.tokens_for_chars` when the server reports
+  none for a cancelled stream, and flagged ``usage_estimated:stopped_early``);
+* retries, fallbacks, rate limits and timeouts are those of ``chat``: a stream cut mid-reply
+  is a transient failure, retried like a 5xx and then a :class:`~triagegate.errors.ModelError`;
+  a stalled stream is bounded by the binding's timeout. A retried reply starts over, and so
+  does ``decide``: it is called again from the new reply's first chunk, so it must judge
+  each :class:`PartialReply` on its own (the last verdict is the one that counts);
+* backends that cannot stream (a classifier, llama.cpp in-process) implement nothing: the
+  whole reply is fetched with ``chat`` and ``decide`` is called once, on it. Scripted and
+  replayed replies are offered to ``decide`` token by token, so they stop where a live
+  stream with one token per chunk would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, overload, runtime_checkable
@@ -181,6 +209,28 @@ class ChatResult:
     warnings: tuple[str, ...] = ()
     """What the backend did not take from the reply as given, as short codes for the node's
     NodeRun (``usage_out_of_bounds:prompt_tokens``: the reported count was replaced by an estimate)."""
+    stopped_early: bool = False
+    """The caller's ``decide`` stopped the reply part way (see :func:`chat_until`): ``text`` and
+    ``logprobs`` are what had arrived, and ``finish_reason`` is ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartialReply:
+    """A chat reply as far as it has arrived, as :func:`chat_until` shows it to ``decide``."""
+
+    text: str
+    logprobs: Sequence[TokenLogprob]
+    """The tokens so far with their log-probabilities; empty when none were asked for or sent."""
+    complete: bool = False
+    """This is the whole reply: nothing more will arrive."""
+
+
+StreamVerdict = Literal["stop", "finish"]
+"""What ``decide`` answers once it has seen enough: ``"stop"`` cancels the rest of the reply,
+``"finish"`` reads it to the end without asking again."""
+
+Decide = Callable[[PartialReply], StreamVerdict | None]
+"""Called with each :class:`PartialReply`; ``None`` means "not yet, ask again on the next chunk"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +279,69 @@ class ModelBackend(Protocol):
     async def classify(self, request: ClassifyRequest) -> Classification: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that can stop a reply part way (see :func:`chat_until`)."""
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult: ...
+
+
+async def chat_until(backend: ModelBackend, request: ChatRequest, decide: Decide) -> ChatResult:
+    """``backend``'s reply to ``request``, stopped as soon as ``decide`` says ``"stop"``.
+
+    Streams when the backend can (it has a ``chat_until`` method); otherwise fetches the
+    whole reply with ``chat`` and calls ``decide`` once, with ``complete=True``. See the
+    module docstring for the contract.
+    """
+    if isinstance(backend, StreamingBackend):
+        return await backend.chat_until(request, decide)
+    result = await backend.chat(request)
+    decide(PartialReply(result.text, result.logprobs or (), complete=True))
+    return result
+
+
+def offer_tokens(result: ChatResult, decide: Decide, *, complete: bool = True) -> int | None:
+    """Show ``decide`` a reply held whole as a stream of one token per chunk; the number of
+    tokens it had seen when it said ``"stop"``, or ``None`` when it did not stop the reply.
+
+    For backends that hold the reply already (scripted, replayed) but must stop where a
+    live stream would. ``complete=False`` when ``result`` is itself a reply stopped early
+    (a recording of one): its last token is then not shown as the end of the reply. Token
+    by token only when the reply's log-probabilities spell its text; otherwise ``decide``
+    sees it once, whole, and a stop counts all its tokens.
+    """
+    tokens = result.logprobs or ()
+    texts = tokens.texts() if isinstance(tokens, RawTokenLogprobs) else [t.token for t in tokens]
+    if not texts or "".join(texts) != result.text:
+        verdict = decide(PartialReply(result.text, tokens, complete=complete))
+        return len(tokens) if verdict == "stop" and not complete else None
+    sofar = 0
+    last = len(texts)
+    for count in range(1, last + 1):
+        sofar += len(texts[count - 1])
+        whole = complete and count == last
+        verdict = decide(PartialReply(result.text[:sofar], tokens[:count], complete=whole))
+        if verdict == "stop":
+            return None if whole else count
+        if verdict == "finish":
+            return None
+    return None
+
+
+def stopped_result(result: ChatResult, count: int, usage: Usage) -> ChatResult:
+    """``result`` cut after its first ``count`` tokens (as :func:`offer_tokens` counted them)."""
+    tokens = result.logprobs or ()
+    texts = [t.token for t in tokens[:count]]
+    return ChatResult(
+        text="".join(texts),
+        model=result.model,
+        endpoint=result.endpoint,
+        usage=usage,
+        latency_ms=result.latency_ms,
+        logprobs=tuple(tokens[:count]),
+        finish_reason=None,
+        warnings=(*result.warnings, "usage_estimated:stopped_early"),
+        stopped_early=True,
+    )

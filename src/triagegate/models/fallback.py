@@ -4,6 +4,10 @@ Each backend has already spent its own retries before the chain moves on, so a c
 two endpoints with three retries each makes at most eight attempts. Permanent errors of
 the request itself (a schema the model cannot follow, an unsupported operation) are not
 retried elsewhere: only provider failures move to the next endpoint.
+
+:meth:`FallbackChain.chat_until` streams from each endpoint in turn (or fetches the whole
+reply from one that cannot stream); a reply that fails part way restarts on the next
+endpoint, and ``decide`` with it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    Decide,
     ModelBackend,
+    chat_until,
 )
 
 log = get_logger("triagegate.models")
@@ -45,6 +51,9 @@ class FallbackChain:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         return await self._first_answer(lambda backend: backend.chat(request))
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
+        return await self._first_answer(lambda backend: chat_until(backend, request, decide))
 
     async def classify(self, request: ClassifyRequest) -> Classification:
         return await self._first_answer(lambda backend: backend.classify(request))

@@ -10,21 +10,31 @@ with full-jitter exponential backoff (``Retry-After`` wins when the server sends
 Every other 4xx is the caller's or the configuration's fault and fails at once with a
 message saying what to fix. The API key is only ever placed in the ``Authorization``
 header: it is scrubbed from any provider text quoted in an error and never logged.
+
+Streaming (:meth:`OpenAIBackend.chat_until`, the contract in :mod:`triagegate.models.base`):
+the same request with ``stream: true`` and ``stream_options.include_usage``, read as
+server-sent ``chat.completion.chunk`` events. A reply read to its end is reassembled into a
+completion and goes through the same parsing and usage checks as ``chat``. Stopping
+closes the response, which drops the connection, so the server stops generating. A
+stream that breaks off, or ends with neither a ``finish_reason`` nor ``data: [DONE]``, is
+transient like a 5xx; the binding's ``timeout`` bounds the whole attempt, first byte to
+last. A server that ignores ``stream`` and answers with one completion is read as such.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import math
 import random
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -49,8 +59,10 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    Decide,
     JsonSchema,
     Message,
+    PartialReply,
     RawTokenLogprobs,
 )
 from triagegate.spec import ModelBinding, Price
@@ -76,6 +88,8 @@ RESPONSE_FORMATS = ("json_schema", "json_object", "none")
 (default); ``json_object`` with the schema beside it, which llama.cpp's and some other
 servers accept instead; or ``none``, relying on the prompt and on validation alone."""
 _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]")
+EVENT_STREAM = "text/event-stream"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,42 @@ class _Transient(Exception):
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """What one streamed attempt received: the reply reassembled, or where ``decide`` stopped it."""
+
+    parts: list[str] = dataclasses.field(default_factory=list)
+    entries: list[Any] | None = None
+    """``logprobs.content`` entries of every chunk, in order; ``None`` when no chunk had any."""
+    refusal: str | None = None
+    finish_reason: str | None = None
+    usage: Any = None
+    done: bool = False
+    decided: bool = False
+    stopped: bool = False
+    completion: dict[str, Any] | None = None
+    """The whole completion, when the server answered ``stream: true`` with one."""
+
+    def as_completion(self) -> dict[str, Any]:
+        if self.completion is not None:
+            return self.completion
+        choice: dict[str, Any] = {
+            "message": {
+                "role": "assistant",
+                "content": "".join(self.parts) if self.parts or self.refusal is None else None,
+                "refusal": self.refusal,
+            },
+            "finish_reason": self.finish_reason,
+        }
+        if self.entries is not None:
+            choice["logprobs"] = {"content": self.entries}
+        return {"choices": [choice], "usage": self.usage}
+
+    def partial(self) -> PartialReply:
+        tokens = RawTokenLogprobs.from_openai(list(self.entries)) if self.entries else None
+        return PartialReply("".join(self.parts), tokens or ())
 
 
 class _LoopState:
@@ -292,6 +342,82 @@ class OpenAIBackend:
         prompt_chars = sum(len(m.text) for m in request.messages)
         estimate = tokens_for_chars(prompt_chars) + request.max_tokens
         data, attempts = await self._post(body, estimate)
+        return self._chat_result(data, request, prompt_chars, "logprobs" in body, attempts, started)
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
+        """``chat``, streamed, and cancelled as soon as ``decide`` says ``"stop"``.
+
+        See :func:`triagegate.models.base.chat_until` for the contract. A stopped reply's
+        usage is the server's when it sent any, else an estimate: the prompt's characters
+        and one token per log-probability entry received (or the characters received).
+        """
+        started = time.perf_counter()
+        body = self._chat_body(request)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        wants_logprobs = "logprobs" in body
+        prompt_chars = sum(len(m.text) for m in request.messages)
+        estimate = tokens_for_chars(prompt_chars) + request.max_tokens
+        streamed, attempts = await self._retrying(
+            lambda attempt: self._stream_attempt(body, estimate, attempt, decide)
+        )
+        if streamed.stopped:
+            return self._stopped_result(streamed, request, prompt_chars, wants_logprobs, attempts, started)
+        result = self._chat_result(
+            streamed.as_completion(), request, prompt_chars, wants_logprobs, attempts, started
+        )
+        if not streamed.decided:
+            decide(PartialReply(result.text, result.logprobs or (), complete=True))
+        return result
+
+    def _stopped_result(
+        self,
+        streamed: _Streamed,
+        request: ChatRequest,
+        prompt_chars: int,
+        wants_logprobs: bool,
+        attempts: int,
+        started: float,
+    ) -> ChatResult:
+        text = "".join(streamed.parts)
+        logprobs = RawTokenLogprobs.from_openai(streamed.entries) if wants_logprobs else None
+        warnings: tuple[str, ...] = ()
+        if streamed.usage is not None:
+            input_tokens, output_tokens, warnings = self._checked_usage(
+                streamed.usage, request, prompt_chars, text
+            )
+        else:
+            input_tokens = tokens_for_chars(prompt_chars)
+            output_tokens = len(streamed.entries) if streamed.entries else tokens_for_chars(len(text))
+            warnings = ("usage_estimated:stopped_early",)
+        log.debug("model_stream_stopped", endpoint=self.name, chars=len(text), tokens=output_tokens)
+        return ChatResult(
+            text=text,
+            model=self.model,
+            endpoint=self.name,
+            usage=Usage(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=self.price.cost(input_tokens, output_tokens),
+                requests=attempts,
+            ),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            logprobs=logprobs,
+            finish_reason=None,
+            warnings=warnings,
+            stopped_early=True,
+        )
+
+    def _chat_result(
+        self,
+        data: dict[str, Any],
+        request: ChatRequest,
+        prompt_chars: int,
+        wants_logprobs: bool,
+        attempts: int,
+        started: float,
+    ) -> ChatResult:
+        """The :class:`ChatResult` of a decoded completion (streamed ones reassembled first)."""
         choice = data["choices"][0]
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
@@ -316,7 +442,7 @@ class OpenAIBackend:
                 requests=attempts,
             ),
             latency_ms=(time.perf_counter() - started) * 1000,
-            logprobs=_parse_logprobs(choice.get("logprobs")) if "logprobs" in body else None,
+            logprobs=_parse_logprobs(choice.get("logprobs")) if wants_logprobs else None,
             finish_reason=finish if isinstance(finish, str) else None,
             warnings=warnings,
         )
@@ -512,11 +638,15 @@ class OpenAIBackend:
 
     async def _post(self, body: dict[str, Any], estimate: int) -> tuple[dict[str, Any], int]:
         """POST with retries; returns the decoded completion and the number of attempts made."""
+        return await self._retrying(lambda attempt: self._attempt(body, estimate, attempt))
+
+    async def _retrying(self, call: Callable[[int], Awaitable[T]]) -> tuple[T, int]:
+        """``call(attempt)`` until it does not fail transiently; its result and the attempts made."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(body, estimate, attempt), attempt
+                return await call(attempt), attempt
             except _Transient as failure:
                 if attempt > self.retry.max_retries:
                     self._give_up(failure, attempt)
@@ -550,6 +680,97 @@ class OpenAIBackend:
             except httpx.TransportError as exc:
                 raise _Transient("unavailable", f"cannot reach the endpoint ({type(exc).__name__})") from None
         return self._decode(response)
+
+    async def _stream_attempt(
+        self, body: dict[str, Any], estimate: int, attempt: int, decide: Decide
+    ) -> _Streamed:
+        state = await self._loop_state()
+        if state.rpm is not None:
+            await state.rpm.acquire()
+        if state.tpm is not None:
+            await state.tpm.acquire(min(float(estimate), state.tpm.max_rate))
+        streamed = _Streamed()
+        async with state.semaphore:
+            log.debug("model_request", endpoint=self.name, model=self.model, attempt=attempt, stream=True)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    async with state.client.stream("POST", self._url, json=body) as response:
+                        if response.status_code != 200 or not response.headers.get(
+                            "content-type", ""
+                        ).startswith(EVENT_STREAM):
+                            await response.aread()
+                            streamed.completion = self._decode(response)
+                            return streamed
+                        await self._read_events(response, streamed, decide)
+            except (httpx.TimeoutException, TimeoutError):
+                what = "no answer" if not streamed.parts else "the reply stream stalled; not complete"
+                raise _Transient("timeout", f"{what} within {self.timeout:g} s") from None
+            except httpx.TransportError as exc:
+                if streamed.parts or streamed.entries:
+                    detail = f"the reply stream broke off mid-reply ({type(exc).__name__})"
+                else:
+                    detail = f"cannot reach the endpoint ({type(exc).__name__})"
+                raise _Transient("unavailable", detail) from None
+        if not streamed.stopped and not streamed.done and streamed.finish_reason is None:
+            raise _Transient(
+                "unavailable", "the reply stream ended mid-reply (no finish_reason, no [DONE])", 200
+            )
+        return streamed
+
+    async def _read_events(self, response: httpx.Response, streamed: _Streamed, decide: Decide) -> None:
+        """Read ``data:`` events into ``streamed``, asking ``decide`` after each new piece of reply."""
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                streamed.done = True
+                return
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                raise _Transient("garbage", "a stream event is not JSON", 200) from None
+            if not isinstance(chunk, dict):
+                raise _Transient("garbage", "a stream event is not a JSON object", 200)
+            if chunk.get("error") is not None:
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                text = self._redact(" ".join(str(message).split()))[:300]
+                raise _Transient("unavailable", f"the stream reported an error: {text}", 200)
+            if isinstance(chunk.get("usage"), dict):
+                streamed.usage = chunk["usage"]
+            choices = chunk.get("choices")
+            if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+                continue
+            choice = choices[0]
+            grew = False
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    streamed.parts.append(content)
+                    grew = True
+                elif content is not None and not isinstance(content, str):
+                    raise _Transient("garbage", "a stream delta's content is not a string", 200)
+                if isinstance(delta.get("refusal"), str):
+                    streamed.refusal = (streamed.refusal or "") + delta["refusal"]
+            logprobs = choice.get("logprobs")
+            entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+            if isinstance(entries, list):
+                if streamed.entries is None:
+                    streamed.entries = []
+                streamed.entries.extend(entries)
+                grew = grew or bool(entries)
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str):
+                streamed.finish_reason = finish
+            if grew and not streamed.decided:
+                verdict = decide(streamed.partial())
+                if verdict is not None:
+                    streamed.decided = True
+                    if verdict == "stop":
+                        streamed.stopped = True
+                        return
 
     def _decode(self, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code

@@ -20,6 +20,12 @@ like a bearer token or ``sk-`` key, wherever it appears (a model that echoes a k
 
 Lines are appended (one ``write`` per line, flushed), so several processes may record to
 one file and a crash loses at most the line being written.
+
+A reply the caller stopped early (:func:`~triagegate.models.base.chat_until`) is recorded
+as it was received, with ``"stopped_early": true`` in its response: what was never sent
+cannot be recorded. A replay serves it to a ``decide`` that stops at or before where the
+recorded one did; a whole reply recorded for the same request (a plain ``chat``, or a
+stream nobody stopped) serves any ``decide`` and wins over a stopped one.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    Decide,
     MalformedLogprobs,
     ModelBackend,
     RawAlternatives,
     TokenLogprob,
+    chat_until,
 )
 
 FORMAT = "triagegate-recording/1"
@@ -146,7 +154,7 @@ def _usage(usage: Any) -> dict[str, Any]:
 
 
 def chat_response(result: ChatResult) -> dict[str, Any]:
-    return {
+    response: dict[str, Any] = {
         "text": result.text,
         "model": result.model,
         "endpoint": result.endpoint,
@@ -157,6 +165,9 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
         if result.logprobs is None
         else [{"token": t.token, "logprob": t.logprob, "top": _alternatives(t)} for t in result.logprobs],
     }
+    if result.stopped_early:
+        response["stopped_early"] = True
+    return response
 
 
 def _alternatives(token: TokenLogprob) -> Any:
@@ -236,6 +247,9 @@ class RecordingBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         return await self._recorded(request, lambda: self.inner.chat(request), chat_response)
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
+        return await self._recorded(request, lambda: chat_until(self.inner, request, decide), chat_response)
 
     async def classify(self, request: ClassifyRequest) -> Classification:
         return await self._recorded(request, lambda: self.inner.classify(request), classify_response)

@@ -20,6 +20,15 @@ requests, never on their order or concurrency. A request that was never recorded
 and the key, and saying how to record it. The backend presents the recorded backend's
 capabilities, since they decide which requests nodes build. Results carry the recorded
 model, endpoint and usage, so a replayed Outcome matches the recorded one.
+
+``chat_until`` offers the recorded reply to ``decide`` one token at a time, as a live
+stream would arrive, so a replay stops where the live run did. A whole recorded reply
+serves any ``decide``; where it stops, the result is cut there with the usage of what
+was shown (recorded prompt tokens, one output token per token shown, at the binding's
+price). A reply recorded stopped early serves a ``decide`` that stops within it (the
+recorded result itself when it stops at the same token); one that would read further,
+and plain ``chat``, raise :class:`~triagegate.errors.ReplayMiss`, since the rest was never
+received.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from triagegate import environment, errors
 from triagegate.errors import ConfigError, ReplayMiss
@@ -40,8 +49,11 @@ from triagegate.models.base import (
     ChatResult,
     Classification,
     ClassifyRequest,
+    Decide,
     RawAlternatives,
     TokenLogprob,
+    offer_tokens,
+    stopped_result,
 )
 from triagegate.models.recording import (
     FORMAT,
@@ -51,7 +63,7 @@ from triagegate.models.recording import (
     request_key,
     ticket_preview,
 )
-from triagegate.spec import LoadedSpec, ModelBinding
+from triagegate.spec import LoadedSpec, ModelBinding, Price
 from triagegate.types import Usage
 
 OPTIONS = ("recording", "alias")
@@ -81,9 +93,11 @@ class Recording:
     lines: int = 0
 
     def add(self, entry: dict[str, Any]) -> None:
+        """Index ``entry``: the latest whole response for its key wins over a reply stopped
+        early, and either over a failure."""
         key = entry["key"]
         previous = self.entries.get(key)
-        if previous is None or "response" in entry or "response" not in previous:
+        if previous is None or _rank(entry) >= _rank(previous):
             self.entries[key] = entry
         alias = str(entry.get("alias", ""))
         if isinstance(entry.get("capabilities"), dict):
@@ -92,6 +106,13 @@ class Recording:
         if isinstance(model, str) and model:
             self.models[alias] = model
         self.lines += 1
+
+
+def _rank(entry: dict[str, Any]) -> int:
+    response = entry.get("response")
+    if not isinstance(response, dict):
+        return 0
+    return 1 if response.get("stopped_early") else 2
 
 
 def _parse(path: Path, text: str) -> Recording:
@@ -151,12 +172,15 @@ class ReplayBackend:
         source_alias: str | None = None,
         model: str = "",
         capabilities: Capabilities | None = None,
+        price: Price | None = None,
     ) -> None:
         self.alias = alias
         self.recording = recording
         self.source_alias = source_alias or alias
         self.name = f"{alias}@replay"
         self.model = model or recording.models.get(self.source_alias, "replay")
+        self.price = price or Price()
+        """What a reply cut by ``decide`` costs (a whole one costs what was recorded)."""
         self.capabilities = (
             capabilities
             or recording.capabilities.get(self.source_alias)
@@ -193,7 +217,14 @@ class ReplayBackend:
             logprobs=binding.capabilities.logprobs,
         )
         model = recording.models.get(source) or binding.model
-        return cls(alias, recording, source_alias=source, model=model, capabilities=capabilities)
+        return cls(
+            alias,
+            recording,
+            source_alias=source,
+            model=model,
+            capabilities=capabilities,
+            price=binding.price,
+        )
 
     def _entry(self, request: ChatRequest | ClassifyRequest) -> dict[str, Any]:
         canonical = canonical_request(self.source_alias, request)
@@ -222,6 +253,43 @@ class ReplayBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         r = self._entry(request)
+        if r.get("stopped_early"):
+            self._cut_short(request, "this reply was stopped early when recorded")
+        return self._chat_result(r)
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
+        result = self._chat_result(self._entry(request))
+        count = offer_tokens(result, decide, complete=not result.stopped_early)
+        if count is None:
+            if result.stopped_early:
+                self._cut_short(request, "the recorded reply was stopped early, and this one reads further")
+            return result
+        if result.stopped_early and count == len(result.logprobs or ()):
+            return result
+        usage = result.usage
+        return stopped_result(
+            result,
+            count,
+            Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=count,
+                cost_usd=self.price.cost(usage.input_tokens, count),
+                requests=usage.requests,
+            ),
+        )
+
+    def _cut_short(self, request: ChatRequest, why: str) -> NoReturn:
+        canonical = canonical_request(self.source_alias, request)
+        path = self.recording.path
+        raise ReplayMiss(
+            f"{self.name}: {why}, so the rest of the {node_of(request)} reply of alias "
+            f"{self.source_alias!r} (ticket: {ticket_preview(canonical)!r}) is not in {path}. "
+            f"Record it again with --record {path} with the early gate off or with the gate "
+            "you replay with",
+            model=self.model,
+        )
+
+    def _chat_result(self, r: dict[str, Any]) -> ChatResult:
         logprobs = r.get("logprobs")
         return ChatResult(
             text=str(r.get("text", "")),
@@ -236,6 +304,7 @@ class ReplayBackend:
                 for t in logprobs
             ),
             finish_reason=r.get("finish_reason"),
+            stopped_early=bool(r.get("stopped_early")),
         )
 
     async def classify(self, request: ClassifyRequest) -> Classification:

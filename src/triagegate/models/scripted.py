@@ -4,6 +4,10 @@ Like any other backend it is selected in a graph file (``backend: scripted``); t
 function is injected by the embedding code through ``extras={"scripted": {alias: fn}}``.
 It exists so tests of the graph's own logic need no network and no mock library. Tests
 of the HTTP path use the real ``openai`` backend against a loopback server instead.
+
+``chat_until`` offers the scripted reply to ``decide`` one token at a time when its
+log-probabilities spell its text (return a :class:`ChatResult` with ``logprobs`` to script
+a stream), so the early gate stops a scripted reply where it would stop a live stream.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from typing import Any
 
 from triagegate.errors import ConfigError, UnsupportedOperation
 from triagegate.models import BuildContext
-from triagegate.models.base import Capabilities, ChatRequest, ChatResult, Classification, ClassifyRequest
+from triagegate.models.base import (
+    Capabilities,
+    ChatRequest,
+    ChatResult,
+    Classification,
+    ClassifyRequest,
+    Decide,
+    offer_tokens,
+    stopped_result,
+)
 from triagegate.spec import ModelBinding
 from triagegate.types import Usage
 
@@ -79,6 +92,24 @@ class ScriptedBackend:
             endpoint=self.name,
             usage=usage,
             latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
+        """The scripted reply, cut where ``decide`` stops it (output tokens: those shown)."""
+        result = await self.chat(request)
+        count = offer_tokens(result, decide)
+        if count is None:
+            return result
+        usage = result.usage
+        return stopped_result(
+            result,
+            count,
+            Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=count,
+                cost_usd=self.binding.price.cost(usage.input_tokens, count),
+                requests=usage.requests,
+            ),
         )
 
     async def classify(self, request: ClassifyRequest) -> Classification:
