@@ -283,3 +283,20 @@ def test_a_failed_first_fit_is_retried_not_remembered() -> None:
     assert calls == [1, 1] and backend.source == "trained"
     asyncio.run(backend.classify(request))
     assert calls == [1, 1], "once obtained, the model is kept"
+
+
+@pytest.mark.parametrize("kind", [None, "tfidf"])
+def test_triagegate_train_fits_the_kind_the_graph_binds(tmp_path: Path, kind: str | None) -> None:
+    from triagegate.cli import main
+
+    options: dict[str, Any] = {"train_from": "taxonomy"} | ({"kind": kind} if kind else {})
+    graph = write_graph(tmp_path, mini_options=options)
+    data = tmp_path / "tickets.csv"
+    data.write_text(
+        "text,label\n" + "".join(f'"{t}",{label}\n' for t, label in zip(TEXTS, LABELS, strict=True)),
+        encoding="utf-8",
+    )
+    out = tmp_path / "m.skops"
+    assert main(["train", str(graph), str(data), "-o", str(out), "--json"]) == 0
+    model = training.load(out)
+    assert model.kind == training.resolve_kind(kind)

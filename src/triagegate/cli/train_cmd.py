@@ -83,7 +83,9 @@ def train(
         missing = training.label_mismatch(sorted({r.label for r in train_rows}), categories)
         if missing:
             raise ConfigError(f"{data}: after the split the training part lacks some categories ({missing})")
-    model = training.fit([r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name)
+    model = training.fit_for_graph(
+        loaded.spec, [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
+    )
     held_out = None
     if test_rows:
         probs = model.predict_proba([r.text for r in test_rows])

@@ -141,21 +141,32 @@ class EncoderClassifier:
         self._text_coef = np.ascontiguousarray(self.coef[:, enc.DIMENSION :])
         self._scorer = LinearTextScorer(features, self._text_coef, np.zeros_like(self.intercept))
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
-        """``W @ features + b`` for many texts, shape ``(len(texts), rows of coef)``."""
+    def logits(
+        self, texts: Sequence[str], embeddings: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """``W @ features + b`` for many texts, shape ``(len(texts), rows of coef)``.
+
+        ``embeddings`` (the encoder's output for ``texts``, if the caller has it) skips embedding.
+        """
         texts = list(texts)
-        embedded = self.encoder.embed(texts).astype(np.float64) @ self._embedding_coef
+        if embeddings is None:
+            embeddings = self.encoder.embed(texts)
+        elif embeddings.shape != (len(texts), enc.DIMENSION):
+            raise ValueError(f"embeddings of shape {embeddings.shape} for {len(texts)} texts")
+        embedded = embeddings.astype(np.float64) @ self._embedding_coef
         sparse = self.features.transform(texts) @ self._text_coef.T
         out: np.ndarray[Any, np.dtype[np.float64]] = (
             np.asarray(embedded + sparse, dtype=np.float64) + self.intercept
         )
         return out
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    def predict_proba(
+        self, texts: Sequence[str], embeddings: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities for many texts at once, shape ``(len(texts), len(labels))``."""
         from triagegate.tuning.training import softmax_rows
 
-        return softmax_rows(self.logits(texts))
+        return softmax_rows(self.logits(texts, embeddings))
 
     def predict_one(self, text: str) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities for one text: the encoder's unpadded path plus the lean TF-IDF scorer."""

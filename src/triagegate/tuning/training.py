@@ -64,6 +64,7 @@ from triagegate.errors import ConfigError
 
 if TYPE_CHECKING:
     from triagegate.models.encoder_classifier import EncoderClassifier, EncoderTrainConfig
+    from triagegate.spec import GraphSpec
 
 FORMAT = "triagegate-classifier/2"
 """Version 2: one collapsed linear softmax over the TF-IDF features (version 1 stored a whole
@@ -580,6 +581,30 @@ def fit(
     if config is not None and not isinstance(config, EncoderTrainConfig):
         raise ValueError("an encoder classifier needs an EncoderTrainConfig")
     return encoder_training.fit(texts, labels, config, source=source)
+
+
+def fit_for_graph(
+    spec: GraphSpec, texts: Sequence[str], labels: Sequence[str], *, source: str = ""
+) -> Classifier:
+    """Fit the classifier the graph's first tier binds: its ``options.kind`` and ``options.training``.
+
+    What ``triagegate train`` (and ``eval``/``calibrate --train``) should call, so a graph that
+    says ``kind: tfidf`` gets a TF-IDF model from the CLI too. A first tier that is not a
+    classifier gets the default kind. Bad options raise :class:`ConfigError` at the option.
+    """
+    alias = spec.first_tier.model
+    binding = spec.models[alias]
+    options = binding.options if binding.backend == "classifier" else {}
+    key = f"models.{alias}.options"
+    try:
+        kind = resolve_kind(options.get("kind"))
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, key=f"{key}.kind") from None
+    try:
+        config = config_for(kind, options.get("training") or {})
+    except (ValidationError, TypeError) as exc:
+        raise ConfigError(f"invalid training settings: {exc}", key=f"{key}.training") from None
+    return fit(texts, labels, config, kind=kind, source=source)
 
 
 def save(model: Classifier, path: str | Path) -> Path:
