@@ -76,7 +76,7 @@ async def test_confident_ticket_is_answered_by_mini(openai_server: OpenAIServer)
     assert outcome.confidence == pytest.approx(0.95, abs=1e-6)
     assert outcome.answer == "auto answer"
     assert models_called(openai_server) == ["mini-model"]
-    assert outcome.path == ["triage", "gate"]
+    assert outcome.path == ["mini"]
     body = openai_server.requests[0]
     assert body["logprobs"] is True and body["top_logprobs"] > 0
     assert body["response_format"]["type"] == "json_schema"
@@ -96,7 +96,11 @@ async def test_low_confidence_escalates_to_flagship(openai_server: OpenAIServer)
     assert outcome.status == "ok" and outcome.answer == "auto answer"
 
 
-async def test_image_escalates_to_the_vision_model(openai_server: OpenAIServer, tmp_path: Path) -> None:
+async def test_image_goes_to_the_vision_model_without_a_request_to_the_mini_tier(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """The pre-gate skips a tier whose model cannot see the image: the mini model used to be
+    asked first and its answer thrown away; now it gets no request at all."""
     image = tmp_path / "screenshot.png"
     image.write_bytes(tiny_png())
     openai_server.code_confidence = 0.99
@@ -106,9 +110,11 @@ async def test_image_escalates_to_the_vision_model(openai_server: OpenAIServer, 
         attachments=[triagegate.Attachment(path=str(image))],
     )
     assert outcome.route == "flagship"
-    assert "needs_vision" in outcome.escalation_reasons
-    mini_body, flagship_body = openai_server.requests
-    assert "image_url" not in json.dumps(mini_body)
+    assert outcome.escalation_reasons == ["needs_vision"]
+    assert outcome.path == ["flagship"]
+    assert [(d.tier, d.route, d.reasons) for d in outcome.decisions] == [("mini", "skip", ["needs_vision"])]
+    assert openai_server.model_counts["mini-model"] == 0
+    (flagship_body,) = openai_server.requests
     parts = flagship_body["messages"][1]["content"]
     urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
     assert urls == ["data:image/png;base64," + base64.b64encode(tiny_png()).decode()]

@@ -7,7 +7,7 @@ import asyncio
 import psycopg
 
 from triagegate.queue.store import MIGRATIONS, OutcomeStore, migrate_dsn
-from triagegate.types import NodeRun, Outcome
+from triagegate.types import GateDecision, NodeRun, Outcome
 
 
 def outcome(
@@ -25,7 +25,9 @@ def outcome(
         answer="Refund on its way.",
         confidence=0.93,
         confidence_method="verbalized",
-        nodes=[NodeRun(node="triage", model_alias="mini", input_tokens=10, output_tokens=5, cost_usd=0.001)],
+        path=["mini"],
+        decisions=[GateDecision(tier="mini", route="keep", confidence=0.93, threshold=0.7)],
+        nodes=[NodeRun(node="mini", model_alias="mini", input_tokens=10, output_tokens=5, cost_usd=0.001)],
         input_tokens=10,
         output_tokens=5,
         cost_usd=0.001,
@@ -78,4 +80,7 @@ async def test_upsert_keeps_one_row_per_ticket_and_graph(database: str) -> None:
     )
     assert (first[6], first[7], first[8]) == (0.001, 12.5, 2)
     assert Outcome.model_validate(first[9]) == outcome(run_id="r2", status="failed")
+    assert first[9]["decisions"] == [
+        {"tier": "mini", "route": "keep", "confidence": 0.93, "threshold": 0.7, "reasons": []}
+    ], "each gate decision is kept in the outcome column, queryable as outcome->'decisions'"
     assert rows[2][2] == "r9" and rows[2][8] == 2

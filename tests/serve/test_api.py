@@ -31,7 +31,10 @@ def test_post_ticket_returns_its_outcome(serve: Serve) -> None:
     assert (outcome["status"], outcome["route"], outcome["category"]) == ("ok", "mini", "billing")
     assert outcome["graph"] == "scripted"
     assert outcome["graph_hash"] == service.pipeline.graph_hash
-    assert outcome["path"] == ["triage", "gate"]
+    assert outcome["path"] == ["mini"]
+    assert outcome["decisions"] == [
+        {"tier": "mini", "route": "keep", "confidence": 0.95, "threshold": 0.7, "reasons": []}
+    ]
 
 
 def test_request_id_is_echoed_or_generated(serve: Serve) -> None:
@@ -252,10 +255,12 @@ def test_metrics_count_requests_routes_escalations_tokens_and_errors(serve: Serv
     assert value('triagegate_tickets_total{category="billing",route="flagship",status="ok"}') == 1
     assert value('triagegate_escalations_total{reason="low_confidence"}') == 1
     assert value('triagegate_escalations_total{reason="category:security"}') == 1
-    assert value('triagegate_node_duration_seconds_count{node="triage"}') == 3
+    assert value('triagegate_node_duration_seconds_count{node="mini"}') == 3
+    assert value('triagegate_gate_decisions_total{route="keep",tier="mini"}') == 1
+    assert value('triagegate_gate_decisions_total{route="escalate",tier="mini"}') == 2
     assert value('triagegate_model_tokens_total{direction="input",model="mini"}') > 0
     assert value('triagegate_model_cost_usd_total{model="flagship"}') > 0
-    assert value('triagegate_provider_errors_total{model="flagship",node="escalate"}') == 1
+    assert value('triagegate_provider_errors_total{model="flagship",node="flagship"}') == 1
     assert value('triagegate_http_request_duration_seconds_count{route="/v1/tickets"}') == 4
 
 

@@ -3,8 +3,10 @@
 :class:`RunStats` sees every Outcome a run writes and keeps only counters, a compact
 array of latencies (8 bytes per ticket) and the first few failures, so it stays small on
 long batches. Latency percentiles cover tickets that reached the graph; rows rejected
-before it (bad input, duplicates) have no latency. The escalation rate is flagship
-routes over all routed tickets.
+before it (bad input, duplicates) have no latency. ``by_route`` counts tickets by the
+tier that answered them; the escalation rate is the share of routed tickets that went past
+a tier that could have answered them (:attr:`Outcome.escalated`), and ``by_tier`` counts
+each tier's gate decisions (keep, escalate, skip).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class RunStats:
         self.already_done = 0
         self.by_status: Counter[str] = Counter()
         self.by_route: Counter[str] = Counter()
+        self.routed = 0
+        self.escalated = 0
+        self.by_tier: dict[str, Counter[str]] = {}
         self.by_category: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.failure_kinds: Counter[str] = Counter()
@@ -87,6 +92,10 @@ class RunStats:
             self.latencies.append(outcome.latency_ms)
         if outcome.route != "none":
             self.by_route[outcome.route] += 1
+            self.routed += 1
+            self.escalated += outcome.escalated
+        for decision in outcome.decisions:
+            self.by_tier.setdefault(decision.tier, Counter())[decision.route] += 1
         if outcome.category:
             self.by_category[outcome.category] += 1
         if outcome.escalated:
@@ -111,8 +120,7 @@ class RunStats:
 
     @property
     def escalation_rate(self) -> float:
-        routed = self.by_route["mini"] + self.by_route["flagship"]
-        return self.by_route["flagship"] / routed if routed else 0.0
+        return self.escalated / self.routed if self.routed else 0.0
 
     @property
     def throughput(self) -> float:
@@ -132,6 +140,7 @@ class RunStats:
             "throughput_per_s": round(self.throughput, 3),
             "by_status": dict(self.by_status),
             "by_route": dict(self.by_route),
+            "by_tier": {tier: dict(counts) for tier, counts in self.by_tier.items()},
             "by_category": dict(self.by_category.most_common()),
             "escalation": {
                 "rate": round(self.escalation_rate, 6),
@@ -167,9 +176,12 @@ def render_summary(report: dict[str, Any]) -> str:
         f"batch {report['state']}: {run['written']} outcome(s) written in {run['elapsed_s']:.1f} s "
         f"({run['throughput_per_s']:.1f}/s); {run['already_done']} row(s) were already done",
         f"  status      ok {status.get('ok', 0)}, failed {status.get('failed', 0)}, skipped {status.get('skipped', 0)}",
-        f"  routes      mini {routes.get('mini', 0)}, flagship {routes.get('flagship', 0)} "
+        f"  routes      {', '.join(f'{k} {v}' for k, v in routes.items()) or 'none'} "
         f"(escalation rate {run['escalation']['rate']:.1%})",
     ]
+    skips = {tier: counts["skip"] for tier, counts in run.get("by_tier", {}).items() if counts.get("skip")}
+    if skips:
+        lines.append(f"  skipped     {', '.join(f'{k} {v}' for k, v in skips.items())} (pre-gate)")
     if run["escalation"]["reasons"]:
         reasons = ", ".join(f"{k} {v}" for k, v in list(run["escalation"]["reasons"].items())[:6])
         lines.append(f"  escalated   {reasons}")

@@ -1,7 +1,7 @@
 """Prometheus metrics for one app instance, in its own registry (two apps never share counters).
 
 HTTP metrics are labelled by route template, never by raw path, and ticket metrics by
-values the graph bounds (routes, taxonomy categories, node names, model aliases), so
+values the graph bounds (tier names, taxonomy categories, node names, model aliases), so
 label cardinality stays fixed whatever clients send.
 """
 
@@ -45,12 +45,21 @@ class ServiceMetrics:
         self.in_flight = Gauge("triagegate_http_in_flight", "HTTP requests being answered.", registry=r)
         self.tickets = Counter(
             "triagegate_tickets",
-            "Tickets run, by route, status and category.",
+            "Tickets run, by the tier that answered (route), status and category.",
             ["route", "status", "category"],
             registry=r,
         )
         self.escalations = Counter(
-            "triagegate_escalations", "Escalations to the flagship tier, by reason.", ["reason"], registry=r
+            "triagegate_escalations",
+            "Reasons tickets went past a tier (a gate escalated them or the pre-gate skipped the tier).",
+            ["reason"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "triagegate_gate_decisions",
+            "Decisions on the cascade's edges, by tier and route (keep, escalate, skip).",
+            ["tier", "route"],
+            registry=r,
         )
         self.node_seconds = Histogram(
             "triagegate_node_duration_seconds",
@@ -98,6 +107,8 @@ class ServiceMetrics:
         self.tickets.labels(outcome.route, outcome.status, category).inc()
         for reason in outcome.escalation_reasons:
             self.escalations.labels(self._bounded_reason(reason)).inc()
+        for decision in outcome.decisions:
+            self.decisions.labels(decision.tier[:64], decision.route).inc()
         if outcome.confidence_fallback:
             self.confidence_fallbacks.labels(outcome.confidence_fallback[:64]).inc()
         for run in outcome.nodes:
