@@ -249,6 +249,27 @@ async def test_without_logprobs_a_stop_still_counts_what_arrived(server: OpenAIS
     assert result.usage.output_tokens == -(-len(result.text) // 4)
 
 
+async def test_streams_read_to_the_end_reuse_their_connection(server: OpenAIServer, build: Build) -> None:
+    """Regression: stopping at ``data: [DONE]`` without reading the body's end dropped the connection."""
+    backend = build({"mini": binding(server)})
+    for _ in range(3):
+        await chat_until(backend, TRIAGE, Seen())
+    assert len(server.peers) == 3 and len(set(server.peers)) == 1
+
+
+async def test_a_server_that_does_not_stream_is_read_as_one_completion(
+    server: OpenAIServer, build: Build
+) -> None:
+    backend = build({"mini": binding(server)})
+    whole = await backend.chat(TRIAGE)
+    server.stream_replies = False
+    seen = Seen(stop_at_code)
+    result = await chat_until(backend, TRIAGE, seen)
+    same_reply(result, whole)
+    assert len(seen.partials) == 1 and seen.partials[0].complete
+    assert server.streams == []
+
+
 async def test_finish_reads_to_the_end_without_asking_again(server: OpenAIServer, build: Build) -> None:
     backend = build({"mini": binding(server)})
     seen = Seen(lambda p: "finish" if len(p.logprobs) >= 2 else None)

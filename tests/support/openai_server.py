@@ -394,9 +394,11 @@ class OpenAIServer:
     tokens; ``choose(field, enum_values, body) -> value`` picks enum values; ``logprobs_mode``
     (one of :data:`LOGPROBS_MODES`); ``record`` (keep request bodies and headers; turn off
     for long benchmarks); ``timing`` ``{model: (ttft_s, per_token_s)}`` (key ``None``: any
-    other model) paces the tokens of a reply, streamed or not.
+    other model) paces the tokens of a reply, streamed or not; ``stream_replies`` (``False``:
+    answer ``stream: true`` with one completion, as servers without streaming do).
 
-    Counters: ``count`` requests received, ``model_counts`` per requested model,
+    Counters: ``count`` requests received, ``model_counts`` per requested model, ``peers``
+    the client address of each recorded request (one per connection used),
     ``status_counts`` per status sent, ``max_concurrency_seen`` most chat requests in flight
     at once, ``streams`` one :class:`StreamLog` per streamed reply once it has ended.
     """
@@ -438,6 +440,8 @@ class OpenAIServer:
             )
         self.logprobs_mode = logprobs_mode
         self.timing: dict[str | None, tuple[float, float]] = dict(timing or {})
+        self.stream_replies = True
+        self.peers: list[Any] = []
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.count = 0
@@ -519,6 +523,7 @@ class OpenAIServer:
             self._scripts.clear()
             self.requests.clear()
             self.request_headers.clear()
+            self.peers.clear()
             self.count = 0
             self.model_counts.clear()
             self.status_counts.clear()
@@ -591,10 +596,11 @@ class OpenAIServer:
                 self.request_headers.append(
                     {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
                 )
+                self.peers.append(tuple(scope.get("client") or ()))
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
             behaviour = self._next_behaviour(model)
-            if body.get("stream"):
+            if body.get("stream") and self.stream_replies:
                 await self._behave_streaming(behaviour, body, receive, send)
             else:
                 await self._behave(behaviour, body, receive, send)

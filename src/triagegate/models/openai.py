@@ -151,9 +151,33 @@ class _Streamed:
             choice["logprobs"] = {"content": self.entries}
         return {"choices": [choice], "usage": self.usage}
 
+    texts: list[str] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    tops: list[Any] = dataclasses.field(default_factory=list)
+    readable: bool = True
+    """Every entry so far has a token and a log-probability (as :meth:`RawTokenLogprobs.from_openai` checks)."""
+
+    def add_entries(self, entries: list[Any]) -> None:
+        if self.entries is None:
+            self.entries = []
+        self.entries.extend(entries)
+        if not self.readable:
+            return
+        try:
+            for entry in entries:
+                self.texts.append(str(entry["token"]))
+                self.logprobs.append(float(entry["logprob"]))
+                self.tops.append(entry.get("top_logprobs"))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            self.readable = False
+
     def partial(self) -> PartialReply:
-        tokens = RawTokenLogprobs.from_openai(list(self.entries)) if self.entries else None
-        return PartialReply("".join(self.parts), tokens or ())
+        """The reply so far; its token lists are copies, so ``decide`` may keep it."""
+        if not self.readable or not self.texts:
+            return PartialReply("".join(self.parts), ())
+        count = len(self.tops)
+        tokens = RawTokenLogprobs(self.texts[:count], self.logprobs[:count], self.tops[:count])
+        return PartialReply("".join(self.parts), tokens)
 
 
 class _LoopState:
@@ -718,59 +742,75 @@ class OpenAIBackend:
         return streamed
 
     async def _read_events(self, response: httpx.Response, streamed: _Streamed, decide: Decide) -> None:
-        """Read ``data:`` events into ``streamed``, asking ``decide`` after each new piece of reply."""
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+        """Read ``data:`` events into ``streamed``, asking ``decide`` after each new piece of reply.
+
+        Lines are split from the raw bytes here rather than with ``aiter_lines``: a reply is
+        one event per token, and httpx's text and line decoders cost more than the parsing.
+        """
+        pending = b""
+        async for data in response.aiter_bytes():
+            pending += data
+            end = pending.rfind(b"\n")
+            if end < 0:
                 continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                streamed.done = True
-                return
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                raise _Transient("garbage", "a stream event is not JSON", 200) from None
-            if not isinstance(chunk, dict):
-                raise _Transient("garbage", "a stream event is not a JSON object", 200)
-            if chunk.get("error") is not None:
-                error = chunk["error"]
-                message = error.get("message") if isinstance(error, dict) else error
-                text = self._redact(" ".join(str(message).split()))[:300]
-                raise _Transient("unavailable", f"the stream reported an error: {text}", 200)
-            if isinstance(chunk.get("usage"), dict):
-                streamed.usage = chunk["usage"]
-            choices = chunk.get("choices")
-            if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-                continue
-            choice = choices[0]
-            grew = False
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str) and content:
-                    streamed.parts.append(content)
-                    grew = True
-                elif content is not None and not isinstance(content, str):
-                    raise _Transient("garbage", "a stream delta's content is not a string", 200)
-                if isinstance(delta.get("refusal"), str):
-                    streamed.refusal = (streamed.refusal or "") + delta["refusal"]
-            logprobs = choice.get("logprobs")
-            entries = logprobs.get("content") if isinstance(logprobs, dict) else None
-            if isinstance(entries, list):
-                if streamed.entries is None:
-                    streamed.entries = []
-                streamed.entries.extend(entries)
-                grew = grew or bool(entries)
-            finish = choice.get("finish_reason")
-            if isinstance(finish, str):
-                streamed.finish_reason = finish
-            if grew and not streamed.decided:
-                verdict = decide(streamed.partial())
-                if verdict is not None:
-                    streamed.decided = True
-                    if verdict == "stop":
-                        streamed.stopped = True
-                        return
+            lines = pending[:end].split(b"\n")
+            pending = pending[end + 1 :]
+            for line in lines:
+                if self._read_event(line, streamed, decide):
+                    return
+        if pending:
+            self._read_event(pending, streamed, decide)
+
+    def _read_event(self, line: bytes, streamed: _Streamed, decide: Decide) -> bool:
+        """Take one SSE line into ``streamed``; True when ``decide`` stopped the reply."""
+        if not line.startswith(b"data:"):
+            return False
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            streamed.done = True
+            return False  # read on to the body's end, so the connection goes back to the pool
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise _Transient("garbage", "a stream event is not JSON", 200) from None
+        if not isinstance(chunk, dict):
+            raise _Transient("garbage", "a stream event is not a JSON object", 200)
+        if chunk.get("error") is not None:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            text = self._redact(" ".join(str(message).split()))[:300]
+            raise _Transient("unavailable", f"the stream reported an error: {text}", 200)
+        if isinstance(chunk.get("usage"), dict):
+            streamed.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return False
+        choice = choices[0]
+        grew = False
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                streamed.parts.append(content)
+                grew = True
+            elif content is not None and not isinstance(content, str):
+                raise _Transient("garbage", "a stream delta's content is not a string", 200)
+            if isinstance(delta.get("refusal"), str):
+                streamed.refusal = (streamed.refusal or "") + delta["refusal"]
+        logprobs = choice.get("logprobs")
+        entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if isinstance(entries, list):
+            streamed.add_entries(entries)
+            grew = grew or bool(entries)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str):
+            streamed.finish_reason = finish
+        if grew and not streamed.decided:
+            verdict = decide(streamed.partial())
+            if verdict is not None:
+                streamed.decided = True
+                streamed.stopped = verdict == "stop"
+        return streamed.stopped
 
     def _decode(self, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code
