@@ -135,7 +135,7 @@ def _draft_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Ca
 def _gate_label(tier: TierSpec) -> str:
     gate = tier.gate
     assert gate is not None
-    extra = f" ({len(gate.category_thresholds)} by category)" if gate.category_thresholds else ""
+    extra = f", {len(gate.category_thresholds)} by category" if gate.category_thresholds else ""
     return f"{gate.threshold}{extra}"
 
 
