@@ -377,3 +377,11 @@ def test_cli_says_which_confidence_method_is_in_use(openai_server: OpenAIServer)
     assert "0.900 (verbalized, not logprobs: the reply carried no usable log-probabilities)" in ran.stdout
     assert "logprobs_missing" in ran.stdout
     assert "logprobs_unusable" in ran.stderr
+    rows = [" ".join(line.split()) for line in ran.stdout.splitlines()]
+    assert "path mini -> flagship" in rows
+    assert "gate [mini] escalate: logprobs_missing (confidence 0.900 >= threshold 0.7)" in rows, (
+        "each gate decision, with the confidence it compared"
+    )
+    assert any(row.startswith("model [flagship] flagship: flagship-model via ") for row in rows), (
+        "regression: rich read '[flagship]' as markup and dropped it"
+    )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from triagegate.types import Outcome
+    from triagegate.types import GateDecision, Outcome
 
 GraphArg = Annotated[
     Path, typer.Argument(help="Graph file (YAML), e.g. graphs/support.yaml.", show_default=False)
@@ -34,18 +34,20 @@ def setup_logging(level: str | None) -> None:
 def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     """A readable summary of one Outcome, saying plainly which models ran."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    route = {"mini": "mini (answered by the triage tier)", "flagship": "flagship (escalated)"}.get(
-        outcome.route, outcome.route
-    )
     table.add_row("ticket", outcome.ticket_id)
     table.add_row("status", outcome.status)
-    table.add_row("route", route)
+    table.add_row("route", f"{outcome.route} (the tier that answered)" if outcome.route != "none" else "none")
+    if outcome.path:
+        table.add_row("path", " -> ".join(outcome.path))
+    for decision in outcome.decisions:
+        table.add_row(escape(f"gate [{decision.tier}]"), escape(_decision_line(decision)))
     table.add_row(
         "category", f"{outcome.category} (priority {outcome.priority}, complexity {outcome.complexity})"
     )
@@ -62,7 +64,10 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     for run in outcome.nodes:
         if run.model:
             detail = f"{run.model_alias}: {run.model} via {run.endpoint}, {run.input_tokens}+{run.output_tokens} tokens"
-            table.add_row(f"model [{run.node}]", f"{detail}, ${run.cost_usd:.6f}, {run.latency_ms:.0f} ms")
+            table.add_row(
+                escape(f"model [{run.node}]"),
+                escape(f"{detail}, ${run.cost_usd:.6f}, {run.latency_ms:.0f} ms"),
+            )
     table.add_row("cost", f"${outcome.cost_usd:.6f}")
     table.add_row("latency", f"{outcome.latency_ms:.0f} ms")
     for error in outcome.errors:
@@ -71,6 +76,19 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     if outcome.answer:
         console.print("\n[bold]answer[/bold]")
         console.print(outcome.answer, markup=False, highlight=False)
+
+
+def _decision_line(decision: GateDecision) -> str:
+    """One gate decision for people: ``escalate: low_confidence (0.412 < 0.8)``, ``skip (pre-gate): needs_vision``."""
+    if decision.route == "skip":
+        return f"skipped by the pre-gate: {', '.join(decision.reasons)}"
+    line = decision.route
+    if decision.reasons:
+        line += f": {', '.join(decision.reasons)}"
+    if decision.confidence is not None and decision.threshold is not None:
+        compare = "<" if decision.confidence < decision.threshold else ">="
+        line += f" (confidence {decision.confidence:.3f} {compare} threshold {decision.threshold})"
+    return line
 
 
 def percent(value: float | None) -> str:
