@@ -120,6 +120,29 @@ async def test_image_goes_to_the_vision_model_without_a_request_to_the_mini_tier
     assert urls == ["data:image/png;base64," + base64.b64encode(tiny_png()).decode()]
 
 
+async def test_early_gate_cancels_the_rest_of_an_escalating_mini_reply(openai_server: OpenAIServer) -> None:
+    """The mini tier's reply is streamed; once its option-code token shows a confidence under
+    the threshold, the ticket escalates and the rest of that reply is never read."""
+    openai_server.code_confidence = 0.3
+    openai_server.timing = {"mini-model": (0.0, 0.01)}
+    outcome = await run(openai_server, "Where is my refund for the parcel?")
+    assert (outcome.status, outcome.route, outcome.path) == ("ok", "flagship", ["mini", "flagship"])
+    assert [(d.tier, d.route) for d in outcome.decisions] == [("mini", "escalate")]
+    assert "low_confidence" in outcome.decisions[0].reasons
+    assert outcome.confidence == pytest.approx(0.3, abs=1e-6)
+    assert outcome.confidence_method == "logprobs"
+    (stream,) = [s for s in openai_server.wait_for_streams(1) if s.model == "mini-model"]
+    assert stream.client_left and stream.sent < stream.tokens, stream
+
+
+async def test_a_confident_mini_reply_is_streamed_to_its_end(openai_server: OpenAIServer) -> None:
+    openai_server.code_confidence = 0.95
+    outcome = await run(openai_server, "I was charged twice for my plan this month.")
+    assert (outcome.route, outcome.answer) == ("mini", "auto answer")
+    (stream,) = openai_server.wait_for_streams(1)
+    assert stream.done and stream.sent == stream.tokens and not stream.client_left
+
+
 async def test_server_errors_are_retried_then_succeed(openai_server: OpenAIServer) -> None:
     openai_server.script("mini-model", Status(500), Status(429, retry_after=0.05))
     outcome = await run(openai_server, "Where is my invoice?")
