@@ -321,3 +321,44 @@ def test_recorded_alternatives_replay_as_they_were_read() -> None:
     assert dict(good) == {"A": -0.1}
     with pytest.raises(MalformedLogprobs):
         dict(bad)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "served"),
+    [
+        (["error", "stopped", "whole"], "whole"),
+        (["whole", "stopped", "error"], "whole"),
+        (["stopped", "whole"], "whole"),
+        (["error", "stopped"], "stopped"),
+        (["stopped", "error"], "stopped"),
+        (["whole", "whole2"], "whole2"),
+    ],
+)
+def test_a_whole_reply_wins_over_a_stopped_one_and_either_over_a_failure(
+    tmp_path: Path, kinds: list[str], served: str
+) -> None:
+    """Whatever order the lines were appended in (streamed calls stopped early record what arrived)."""
+    request = ChatRequest(messages=(Message("user", "hello"),), top_logprobs=5)
+    canonical = canonical_request("mini", request)
+    key = request_key(canonical)
+
+    def line(kind: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"format": "triagegate-recording/1", "key": key, "alias": "mini"}
+        entry["op"], entry["request"] = "chat", canonical
+        if kind == "error":
+            entry["error"] = {"type": "ModelUnavailable", "message": "down", "status": 503}
+        else:
+            entry["response"] = {"text": kind, "model": "m", "usage": {}, "logprobs": None}
+            if kind == "stopped":
+                entry["response"]["stopped_early"] = True
+        return entry
+
+    path = tmp_path / "rec.jsonl"
+    path.write_text("".join(json.dumps(line(kind)) + "\n" for kind in kinds))
+    backend = ReplayBackend("mini", read_recording(path))
+    if served == "stopped":
+        with pytest.raises(ReplayMiss, match="stopped early when recorded"):
+            asyncio.run(backend.chat(request))
+        assert read_recording(path).entries[key]["response"]["text"] == "stopped"
+    else:
+        assert asyncio.run(backend.chat(request)).text == served

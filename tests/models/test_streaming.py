@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from tests.support.openai_server import (
     Reply,
     Stall,
     Status,
+    StreamError,
     _timing,
     tokenize,
 )
@@ -308,6 +311,16 @@ async def test_a_stream_that_ends_without_done_is_a_model_error(server: OpenAISe
         await chat_until(build({"mini": binding(server)}), TRIAGE, Seen())
 
 
+async def test_an_error_event_mid_stream_is_retried(server: OpenAIServer, build: Build) -> None:
+    server.script("mini-model", StreamError(after_tokens=5, message="overloaded"))
+    backend = build({"mini": binding(server)})
+    result = await chat_until(backend, TRIAGE, Seen())
+    assert result.usage.requests == 2 and json.loads(result.text)["category"] == "A"
+    server.script("mini-model", *[StreamError(after_tokens=1)] * 3)
+    with pytest.raises(ModelUnavailable, match="the stream reported an error: the server had an error"):
+        await chat_until(backend, TRIAGE, Seen())
+
+
 async def test_a_stalled_stream_is_bounded_by_the_timeout(server: OpenAIServer, build: Build) -> None:
     server.script("mini-model", Stall(after_tokens=4, seconds=30), Stall(after_tokens=4, seconds=30))
     backend = build({"mini": binding(server, timeout=0.4, max_retries=1)})
@@ -493,6 +506,39 @@ def test_early_triage_before_the_code_and_without_logprobs() -> None:
     bad_code = EarlyGate(SPEC, TRIAGE, lambda early: True)
     assert bad_code(partial('{"category": "', "Z")) == "finish"
     assert bad_code.reason == "no_option_code" and bad_code.reading is None
+
+
+async def test_the_standalone_server_paces_streams_from_its_flags(build: Build) -> None:
+    script = Path(__file__).parents[1] / "support" / "openai_server.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        "--port",
+        "0",
+        "--ttft",
+        "mini-model=0.3",
+        "--per-token",
+        "mini-model=0.01",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
+        url = line.split()[1]
+        backend = build({"mini": {**binding(OpenAIServer(port=1)), "base_url": url}})
+        arrivals: list[float] = []
+        started = time.perf_counter()
+
+        def note(partial: PartialReply) -> StreamVerdict | None:
+            arrivals.append(time.perf_counter() - started)
+            return None
+
+        result = await chat_until(backend, TRIAGE, note)
+        assert arrivals[0] >= 0.3
+        assert arrivals[-2] - arrivals[0] >= 0.01 * (len(result.logprobs or ()) - 2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
 
 
 def test_server_timing_flags() -> None:

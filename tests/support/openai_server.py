@@ -65,6 +65,7 @@ __all__ = [
     "Reply",
     "Stall",
     "Status",
+    "StreamError",
     "StreamLog",
     "auto_content",
     "code_spots",
@@ -155,7 +156,16 @@ class Stall:
     reply: Reply | None = None
 
 
-Behaviour = Reply | Status | Hang | Garbage | Delay | Cut | Stall
+@dataclass(frozen=True)
+class StreamError:
+    """Send ``after_tokens`` tokens, then an error event (``data: {"error": ...}``) and end the
+    stream, as providers do when generation fails part way. A non-streamed request gets a 500."""
+
+    after_tokens: int = 3
+    message: str = "the server had an error while processing your request"
+
+
+Behaviour = Reply | Status | Hang | Garbage | Delay | Cut | Stall | StreamError
 
 
 @dataclass
@@ -618,6 +628,8 @@ class OpenAIServer:
                 self.status_counts[499] += 1
                 return
             behaviour = behaviour.reply if isinstance(behaviour, Stall) else None
+        if isinstance(behaviour, StreamError):
+            behaviour = Status(500, body=_error(behaviour.message, "server_error"))
         if isinstance(behaviour, Cut):
             raw = json.dumps(self._completion(body, behaviour.reply)).encode()
             self.status_counts[200] += 1
@@ -674,15 +686,18 @@ class OpenAIServer:
         if isinstance(behaviour, Status | Garbage):
             await self._behave(behaviour, body, receive, send)
             return
-        reply = behaviour if isinstance(behaviour, Reply) or behaviour is None else behaviour.reply
-        fault = behaviour if isinstance(behaviour, Cut | Stall) else None
+        if isinstance(behaviour, StreamError):
+            reply, fault = None, behaviour
+        else:
+            reply = behaviour if isinstance(behaviour, Reply) or behaviour is None else behaviour.reply
+            fault = behaviour if isinstance(behaviour, Cut | Stall) else None
         await self._stream(body, reply, fault, receive, send)
 
     async def _stream(
         self,
         body: dict[str, Any],
         reply: Reply | None,
-        fault: Cut | Stall | None,
+        fault: Cut | Stall | StreamError | None,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -738,6 +753,11 @@ class OpenAIServer:
             )
             for index, (text, piece_entries) in enumerate(pieces):
                 if fault is not None and index == fault.after_tokens:
+                    if isinstance(fault, StreamError):
+                        error = json.dumps(_error(fault.message, "server_error")).encode()
+                        event = b"data: " + error + b"\n\n"
+                        await send({"type": "http.response.body", "body": event, "more_body": False})
+                        return
                     if isinstance(fault, Cut):
                         if fault.abrupt:
                             raise _StreamCut(f"scripted cut after {index} tokens")

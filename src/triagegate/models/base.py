@@ -229,6 +229,9 @@ StreamVerdict = Literal["stop", "finish"]
 """What ``decide`` answers once it has seen enough: ``"stop"`` cancels the rest of the reply,
 ``"finish"`` reads it to the end without asking again."""
 
+STOPPED_EARLY = "usage_estimated:stopped_early"
+"""The warning a reply stopped early carries when its usage is an estimate of what was sent."""
+
 Decide = Callable[[PartialReply], StreamVerdict | None]
 """Called with each :class:`PartialReply`; ``None`` means "not yet, ask again on the next chunk"."""
 
@@ -342,6 +345,6 @@ def stopped_result(result: ChatResult, count: int, usage: Usage) -> ChatResult:
         latency_ms=result.latency_ms,
         logprobs=tuple(tokens[:count]),
         finish_reason=None,
-        warnings=(*result.warnings, "usage_estimated:stopped_early"),
+        warnings=(*(w for w in result.warnings if w != STOPPED_EARLY), STOPPED_EARLY),
         stopped_early=True,
     )

@@ -54,6 +54,7 @@ from triagegate.log import get_logger
 from triagegate.models import BuildContext
 from triagegate.models._pool import transport_for
 from triagegate.models.base import (
+    STOPPED_EARLY,
     Capabilities,
     ChatRequest,
     ChatResult,
@@ -413,7 +414,7 @@ class OpenAIBackend:
         else:
             input_tokens = tokens_for_chars(prompt_chars)
             output_tokens = len(streamed.entries) if streamed.entries else tokens_for_chars(len(text))
-            warnings = ("usage_estimated:stopped_early",)
+            warnings = (STOPPED_EARLY,)
         log.debug("model_stream_stopped", endpoint=self.name, chars=len(text), tokens=output_tokens)
         return ChatResult(
             text=text,

@@ -165,6 +165,8 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
         if result.logprobs is None
         else [{"token": t.token, "logprob": t.logprob, "top": _alternatives(t)} for t in result.logprobs],
     }
+    if result.warnings:
+        response["warnings"] = list(result.warnings)
     if result.stopped_early:
         response["stopped_early"] = True
     return response

@@ -304,6 +304,7 @@ class ReplayBackend:
                 for t in logprobs
             ),
             finish_reason=r.get("finish_reason"),
+            warnings=tuple(str(w) for w in r.get("warnings") or ()),
             stopped_early=bool(r.get("stopped_early")),
         )
 
