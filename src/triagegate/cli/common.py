@@ -82,7 +82,7 @@ def _decision_line(decision: GateDecision) -> str:
     """One gate decision for people: ``escalate: low_confidence (0.412 < 0.8)``, ``skip (pre-gate): needs_vision``."""
     if decision.route == "skip":
         return f"skipped by the pre-gate: {', '.join(decision.reasons)}"
-    line = decision.route
+    line: str = decision.route
     if decision.reasons:
         line += f": {', '.join(decision.reasons)}"
     if decision.confidence is not None and decision.threshold is not None:
