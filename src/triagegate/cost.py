@@ -10,11 +10,13 @@
 * output tokens are each node's ``max_tokens``, so every estimate is an upper bound on output;
 * prices come from the graph's ``price`` table.
 
-The routes follow the graph. A ticket the mini tier keeps costs the triage call, plus the
-drafting call when triage is a classifier (a chat model drafts its answer in the triage
-reply). An escalated ticket costs the triage call and the flagship call, whose prompt
-quotes the mini tier's triage, draft answer included when triage drafts; the drafting call
-does not run on that path. A classifier call counts no tokens (it reports none).
+The routes follow the cascade. A ticket the first tier keeps costs that tier's call, plus
+its drafting call when the tier's model is a classifier (a chat model drafts its answer in
+the triage reply). An escalated ticket is costed along the whole cascade, as an upper
+bound: the first tier's call, the triage call of every tier between, and the last tier's,
+whose prompt quotes the previous tier's triage (draft answer included when that tier
+chats); drafting calls do not run on that path. A classifier call counts no tokens (it
+reports none). ``mini`` in the field names is the first tier, ``flagship`` the later ones.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from triagegate.models.base import Capabilities, Message
-from triagegate.prompts import GRAPH_NODES, Template
+from triagegate.prompts import DRAFT, Template
 from triagegate.replies import answer_request, escalate_request, triage_request
-from triagegate.spec import GraphSpec
+from triagegate.spec import GraphSpec, ModelBinding, NodeSpec
 from triagegate.types import Ticket, Triage
 
 CHARS_PER_TOKEN = 4
@@ -46,30 +48,30 @@ class CostEstimate(BaseModel):
     """Estimated USD per ticket on each route, and the assumptions behind the numbers."""
 
     kept_usd: float
-    """Mini triage, plus drafting when the triage model cannot write the answer itself."""
+    """The first tier's call, plus drafting when its model cannot write the answer itself."""
     escalated_usd: float
-    """Mini triage plus the flagship's escalation call."""
+    """The first tier's call plus every later tier's, to the last (an upper bound)."""
     tokens: dict[str, tuple[int, int]] = Field(default_factory=dict)
-    """``{node: (input_tokens, output_tokens)}`` assumed per call."""
+    """``{tier or "<tier>:draft": (input_tokens, output_tokens)}`` assumed per call."""
     basis: str = ""
 
     def per_1000(self, coverage: float) -> float:
-        """Estimated USD for 1,000 tickets when ``coverage`` of them stay with the mini tier."""
+        """Estimated USD for 1,000 tickets when ``coverage`` of them stay with the first tier."""
         return 1000 * (coverage * self.kept_usd + (1 - coverage) * self.escalated_usd)
 
 
 @dataclass(frozen=True, slots=True)
 class TicketEstimate:
-    """Tokens and USD for one ticket, answered by the mini tier or escalated."""
+    """Tokens and USD for one ticket, answered by the first tier or escalated along the cascade."""
 
     mini_input_tokens: int
     mini_output_tokens: int
     flagship_input_tokens: int
     flagship_output_tokens: int
     mini_usd: float
-    """The ticket kept by the mini tier."""
+    """The ticket kept by the first tier."""
     escalated_usd: float
-    """The ticket escalated: the triage call and the flagship's."""
+    """The ticket escalated: the first tier's call and every later tier's."""
 
     def expected_usd(self, escalation_rate: float) -> float:
         return self.mini_usd + escalation_rate * (self.escalated_usd - self.mini_usd)
@@ -78,25 +80,40 @@ class TicketEstimate:
 class Estimator:
     """Estimates for one graph; the fixed part of each prompt is rendered once.
 
-    ``triage`` is the triage backend's capabilities when it is known (``eval`` and
-    ``calibrate`` build it; a replayed alias presents the recorded ones). Without it, the
-    graph's binding decides: a ``classifier`` backend classifies, anything else chats.
+    ``triage`` is the first tier's backend capabilities when it is known (``eval`` and
+    ``calibrate`` build it; a replayed alias presents the recorded ones). Without it, and for
+    every other tier, the graph's binding decides: a ``classifier`` backend classifies,
+    anything else chats. ``templates`` are keyed as :func:`~triagegate.prompts.load_graph_templates`
+    keys them (tier names, and ``<tier>:draft``).
     """
 
     def __init__(
         self, spec: GraphSpec, templates: dict[str, Template], *, triage: Capabilities | None = None
     ) -> None:
         self.spec = spec
-        nodes = spec.nodes
-        self._bindings = {node: spec.models[getattr(nodes, node).model] for node in GRAPH_NODES}
-        binding = self._bindings["triage"]
-        if triage is None:
-            triage = Capabilities(
+        self._specs: dict[str, NodeSpec] = {}
+        self._bindings: dict[str, ModelBinding] = {}
+        self._chats: dict[str, bool] = {}
+        first_caps = triage or Capabilities()
+        for i, tier in enumerate(spec.tiers):
+            binding = spec.models[tier.model]
+            caps = Capabilities(
                 chat=binding.backend != "classifier",
                 vision=binding.capabilities.vision,
                 logprobs=binding.capabilities.logprobs,
             )
-        self.triage_chats = triage.chat
+            if i == 0:
+                caps = first_caps = triage or caps
+            self._specs[tier.name], self._bindings[tier.name], self._chats[tier.name] = (
+                tier,
+                binding,
+                caps.chat,
+            )
+            if tier.draft is not None:
+                key = tier.name + DRAFT
+                self._specs[key], self._bindings[key] = tier.draft, spec.models[tier.draft.model]
+        first = spec.first_tier
+        self.triage_chats = self._chats[first.name]
         probe = Ticket(id="probe", text=_PROBE)
         draft = Triage(
             category=spec.taxonomy.category_names[0],
@@ -104,64 +121,83 @@ class Estimator:
             confidence=0.5,
             confidence_method="verbalized",
         )
-        chat_caps = Capabilities(chat=True, vision=triage.vision, logprobs=triage.logprobs)
-        self._base = {
-            "triage": _chars(
-                triage_request(templates["triage"], spec, probe, [], chat_caps, nodes.triage).messages
-            ),
-            "answer": _chars(answer_request(templates["answer"], spec, probe, draft, []).messages),
-            "escalate": _chars(
-                escalate_request(templates["escalate"], spec, probe, draft, [], nodes.escalate).messages
-            ),
-        }
+        chat_caps = Capabilities(chat=True, vision=first_caps.vision, logprobs=first_caps.logprobs)
+        self._base: dict[str, int] = {}
+        for key, node in self._specs.items():
+            template = templates[key]
+            if key.endswith(DRAFT):
+                messages = answer_request(template, spec, probe, draft, []).messages
+            elif key == spec.last_tier.name:
+                messages = escalate_request(template, spec, probe, draft, [], node).messages
+            else:
+                messages = triage_request(template, spec, probe, [], chat_caps, node).messages
+            self._base[key] = _chars(messages)
 
     def _calls(self, extra_chars: float, images: int) -> dict[str, tuple[int, int]]:
-        """``{node: (input, output)}`` tokens per call for a ticket ``extra_chars`` longer than the probe."""
-        nodes = self.spec.nodes
+        """``{tier or draft: (input, output)}`` tokens per call for a ticket ``extra_chars`` longer than the probe."""
 
-        def tokens(node: str) -> int:
-            return tokens_for_chars(self._base[node] + extra_chars) + IMAGE_TOKENS * images
+        def tokens(key: str) -> int:
+            return tokens_for_chars(self._base[key] + extra_chars) + IMAGE_TOKENS * images
 
-        quoted_draft = nodes.triage.max_tokens if self.triage_chats else 0
-        return {
-            "triage": (tokens("triage"), nodes.triage.max_tokens) if self.triage_chats else (0, 0),
-            "answer": (tokens("answer"), nodes.answer.max_tokens),
-            "escalate": (tokens("escalate") + quoted_draft, nodes.escalate.max_tokens),
-        }
+        out: dict[str, tuple[int, int]] = {}
+        tiers = self.spec.tiers
+        for i, tier in enumerate(tiers):
+            if i == len(tiers) - 1:
+                previous = tiers[i - 1]
+                quoted = previous.max_tokens if self._chats[previous.name] else 0
+                out[tier.name] = (tokens(tier.name) + quoted, tier.max_tokens)
+            elif self._chats[tier.name]:
+                out[tier.name] = (tokens(tier.name), tier.max_tokens)
+            else:
+                out[tier.name] = (0, 0)
+            if tier.draft is not None:
+                key = tier.name + DRAFT
+                out[key] = (tokens(key), tier.draft.max_tokens)
+        return out
 
-    def _usd(self, node: str, tokens: tuple[int, int]) -> float:
-        return self._bindings[node].price.cost(*tokens)
+    def _usd(self, key: str, tokens: tuple[int, int]) -> float:
+        return self._bindings[key].price.cost(*tokens)
+
+    def _kept(self) -> list[str]:
+        """The calls of a ticket the first tier keeps."""
+        first = self.spec.first_tier
+        return [first.name] if self.triage_chats or first.draft is None else [first.name, first.name + DRAFT]
+
+    def _later(self) -> list[str]:
+        """The calls an escalated ticket adds after the first tier: every later tier's (an upper bound)."""
+        return [t.name for t in self.spec.tiers[1:]]
 
     def ticket(self, ticket: Ticket) -> TicketEstimate:
         """Tokens and USD for ``ticket`` on each route (``batch --dry-run`` and the budget)."""
         extra = len(ticket.text) - len(_PROBE) + (len(ticket.subject) + 10 if ticket.subject else 0)
         calls = self._calls(extra, len(ticket.attachments))
-        kept = ["triage"] if self.triage_chats else ["triage", "answer"]
-        triage_usd = self._usd("triage", calls["triage"])
-        flag_in, flag_out = calls["escalate"]
+        kept, later = self._kept(), self._later()
+        first = self.spec.first_tier.name
         return TicketEstimate(
             mini_input_tokens=sum(calls[n][0] for n in kept),
             mini_output_tokens=sum(calls[n][1] for n in kept),
-            flagship_input_tokens=flag_in,
-            flagship_output_tokens=flag_out,
+            flagship_input_tokens=sum(calls[n][0] for n in later),
+            flagship_output_tokens=sum(calls[n][1] for n in later),
             mini_usd=sum(self._usd(n, calls[n]) for n in kept),
-            escalated_usd=triage_usd + self._usd("escalate", calls["escalate"]),
+            escalated_usd=self._usd(first, calls[first]) + sum(self._usd(n, calls[n]) for n in later),
         )
 
     def routes(self, mean_text_chars: float) -> CostEstimate:
         """USD per ticket on each route for text-only tickets of ``mean_text_chars`` (``eval``, ``calibrate``)."""
         calls = self._calls(mean_text_chars - len(_PROBE), 0)
-        usd = {node: self._usd(node, tokens) for node, tokens in calls.items()}
-        if self.triage_chats:
-            calls.pop("answer")
+        usd = {key: self._usd(key, tokens) for key, tokens in calls.items()}
+        kept, later = self._kept(), self._later()
+        first = self.spec.first_tier.name
+        used = {key: calls[key] for key in calls if key in kept or key in later or key == first}
         basis = (
             f"estimate: input tokens = (prompt + mean ticket of {mean_text_chars:.0f} chars) / {CHARS_PER_TOKEN}; "
-            "output tokens = each node's max_tokens (an upper bound); prices from the graph's models"
+            "output tokens = each call's max_tokens (an upper bound); an escalated ticket goes through "
+            "every later tier; prices from the graph's models"
         )
         return CostEstimate(
-            kept_usd=usd["triage"] + (0.0 if self.triage_chats else usd["answer"]),
-            escalated_usd=usd["triage"] + usd["escalate"],
-            tokens=calls,
+            kept_usd=sum(usd[k] for k in kept),
+            escalated_usd=usd[first] + sum(usd[k] for k in later),
+            tokens=used,
             basis=basis,
         )
 

@@ -13,6 +13,10 @@ Precedence, highest first:
    ``low_confidence`` when confidence is under the category's threshold (or the global one).
 
 All matching reasons are reported, not just the first, so an outcome explains itself.
+
+:func:`pregate` is the other half of the gate: what is known about a ticket before a tier
+runs (an image the tier cannot see, suspected injection, a category the tier does not
+serve) skips that tier without calling its model.
 """
 
 from __future__ import annotations
@@ -20,10 +24,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from triagegate.spec import GatePolicy
+from triagegate.models.base import Capabilities
+from triagegate.spec import GatePolicy, TierSpec
 from triagegate.types import Triage
 
 HARD_REASONS = ("triage_failed", "logprobs_missing", "needs_vision", "suspected_injection")
+PREGATE_REASONS = ("needs_vision", "suspected_injection", "category_not_served", "category_unknown")
+"""Why :func:`pregate` skips a tier, in the order it reports them."""
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFacts:
+    """What is known about a ticket before a tier runs, for :func:`pregate`."""
+
+    has_images: bool = False
+    flags: tuple[str, ...] = ()
+    """Model-free screening flags (:func:`triagegate.screening.flags_for`), e.g. ``suspected_injection``."""
+    category: str | None = None
+    """The category the last visited tier assigned; ``None`` before any tier has run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +86,31 @@ def decide(triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False)
     if soft:
         return Decision("flagship", tuple(soft), threshold)
     return Decision("mini", (), threshold)
+
+
+def pregate(facts: TicketFacts, tier: TierSpec, capabilities: Capabilities) -> tuple[str, ...]:
+    """Why ``tier`` should be skipped for this ticket without calling it; empty means run it.
+
+    The hard rules that need no model reply apply before the call, under the tier's own
+    gate: ``needs_vision`` (the ticket has images, the tier's model cannot see them and the
+    gate has ``always_escalate.needs_vision_without_vision_model``) and
+    ``suspected_injection`` (screening flagged the text and the gate has
+    ``always_escalate.suspected_injection``). A tier with ``categories`` serves only those:
+    ``category_not_served`` when the category assigned so far is another, and
+    ``category_unknown`` when no tier has assigned one yet (at entry). The last tier has no
+    gate and no category filter (the graph file refuses them), so it is never skipped.
+    """
+    reasons: list[str] = []
+    gate = tier.gate
+    if gate is not None:
+        rules = gate.always_escalate
+        if facts.has_images and not capabilities.vision and rules.needs_vision_without_vision_model:
+            reasons.append("needs_vision")
+        if "suspected_injection" in facts.flags and rules.suspected_injection:
+            reasons.append("suspected_injection")
+    if tier.categories is not None:
+        if facts.category is None:
+            reasons.append("category_unknown")
+        elif facts.category not in tier.categories:
+            reasons.append("category_not_served")
+    return tuple(reasons)

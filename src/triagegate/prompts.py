@@ -135,32 +135,65 @@ def parse_template(text: str, *, node: str, path: str) -> Template:
     return Template(name=node, path=path, system=system, user=user)
 
 
-def load_template(prompts_dir: Path, filename: str, *, node: str) -> Template:
+def load_template(prompts_dir: Path, filename: str, *, node: str, key: str | None = None) -> Template:
+    """Read and check one template for role ``node``; ``key`` is the graph-file key naming the file."""
     path = prompts_dir / filename
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"prompt file not found (looked in {prompts_dir})", file=str(path), key=f"nodes.{node}.prompt"
+            f"prompt file not found (looked in {prompts_dir})",
+            file=str(path),
+            key=key or f"nodes.{node}.prompt",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read prompt file: {exc}", file=str(path)) from None
     return parse_template(text, node=node, path=str(path))
 
 
-GRAPH_NODES = ("triage", "answer", "escalate")
+DRAFT = ":draft"
+"""Suffix of a tier's drafting template key: ``"mini:draft"``."""
 
 
-def load_graph_templates(loaded: LoadedSpec, nodes: Iterable[str] = GRAPH_NODES) -> dict[str, Template]:
-    """The templates of a graph's nodes, read from its prompts folder and checked, keyed by node.
+def template_roles(loaded: LoadedSpec) -> dict[str, tuple[str, str, str]]:
+    """``{key: (role, filename, graph-file key)}`` for every template a graph uses, in tier order.
 
-    Everything that renders or measures a graph's prompts (the pipeline, ``graph check``, the
-    dry-run estimate, scoring) loads them here, so they all read the same files the same way.
+    Keys are tier names, plus ``"<tier>:draft"`` for a tier's ``draft``. The role fixes the
+    variables a template may use: ``triage`` for every tier but the last, ``escalate`` for the
+    last, ``answer`` for drafts.
     """
-    return {
-        node: load_template(loaded.prompts_dir, getattr(loaded.spec.nodes, node).prompt, node=node)
-        for node in nodes
-    }
+    spec = loaded.spec
+    out: dict[str, tuple[str, str, str]] = {}
+    for i, tier in enumerate(spec.tiers):
+        out[tier.name] = (spec.role(tier.name), tier.prompt, loaded.key(("tiers", i, "prompt")))
+        if tier.draft is not None:
+            out[tier.name + DRAFT] = (
+                "answer",
+                tier.draft.prompt,
+                loaded.key(("tiers", i, "draft", "prompt")),
+            )
+    return out
+
+
+def load_graph_templates(loaded: LoadedSpec, keys: Iterable[str] | None = None) -> dict[str, Template]:
+    """The templates of a graph's tiers, read from its prompts folder and checked.
+
+    Keyed by tier name, plus ``"<tier>:draft"`` for a tier's drafting template (see
+    :func:`template_roles`); ``keys`` limits the result to some of them. Everything that
+    renders or measures a graph's prompts (the pipeline, ``graph check``, the dry-run
+    estimate, scoring) loads them here, so they all read the same files the same way.
+    """
+    roles = template_roles(loaded)
+    wanted = list(roles) if keys is None else list(keys)
+    unknown = [k for k in wanted if k not in roles]
+    if unknown:
+        raise KeyError(f"no template {unknown[0]!r} in this graph (has: {', '.join(roles)})")
+    out: dict[str, Template] = {}
+    for name in wanted:
+        role, filename, key = roles[name]
+        template = load_template(loaded.prompts_dir, filename, node=role, key=key)
+        out[name] = Template(name=name, path=template.path, system=template.system, user=template.user)
+    return out
 
 
 _DELIMITER_START = re.compile(r"<(?=\s*/?\s*ticket\b)", re.IGNORECASE)

@@ -84,7 +84,7 @@ def test_calibrate_fits_on_one_part_and_reports_on_the_other(
     labels = [row["label"] for row in result["curve"]]
     assert "all mini" in labels and "all flagship" in labels and "fitted: single" in labels
     assert report["patch"].startswith("gate:\n  threshold: ")
-    assert report["wrote"] is None and load_spec(graph).spec.gate.threshold == 0.5
+    assert report["wrote"] is None and load_spec(graph).spec.gate_of("mini").threshold == 0.5
 
     # The same seed gives the same split and thresholds; another seed another split.
     again = calibrate_json(capsys, str(graph), str(data), "--target-accuracy", "0.9", "--resamples", "200")
@@ -168,8 +168,8 @@ def test_write_patches_a_copy_of_the_graph_keeping_comments(
     assert report["wrote"] == str(graph)
     after = graph.read_text(encoding="utf-8")
     spec = load_spec(graph).spec
-    assert spec.gate.threshold == policy["threshold"] != 0.5
-    assert spec.gate.category_thresholds == policy["category_thresholds"]
+    assert spec.gate_of("mini").threshold == policy["threshold"] != 0.5
+    assert spec.gate_of("mini").category_thresholds == policy["category_thresholds"]
     for kept in (
         "# A graph for calibration tests",
         "# tuned by hand last spring",

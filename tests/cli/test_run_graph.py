@@ -103,7 +103,7 @@ def test_graph_check_accepts_a_valid_graph(capsys: pytest.CaptureFixture[str], t
     path, _ = graph_file(tmp_path)
     assert main(["graph", "check", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"ok: {path} (scripted): 4 categories, threshold 0.7"
+    assert out[0] == f"ok: {path} (scripted): 4 categories, tiers mini -> flagship"
     assert "  mini: scripted mini-model" in out
     assert "  flagship: scripted flagship-model" in out
     assert "  confidence: triage model mini: verbalized (the model's stated confidence)" in out

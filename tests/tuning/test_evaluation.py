@@ -89,20 +89,20 @@ def test_route_costs_from_price_table() -> None:
         confidence_method="verbalized",
     )
     triage_in = _prompt_tokens(
-        triage_request(templates["triage"], spec, ticket, [], Capabilities(), spec.nodes.triage).messages
+        triage_request(templates["mini"], spec, ticket, [], Capabilities(), spec.tier("mini")).messages
     )
     escalate_in = _prompt_tokens(
-        escalate_request(templates["escalate"], spec, ticket, draft, [], spec.nodes.escalate).messages
+        escalate_request(templates["flagship"], spec, ticket, draft, [], spec.tier("flagship")).messages
     )
     chat = Estimator(spec, templates, triage=Capabilities(chat=True)).routes(100)
-    assert chat.tokens == {"triage": (triage_in, 512), "escalate": (escalate_in + 512, 512)}
+    assert chat.tokens == {"mini": (triage_in, 512), "flagship": (escalate_in + 512, 512)}
     assert chat.kept_usd == pytest.approx((triage_in * 1 + 512 * 2) / 1e6)
     assert chat.escalated_usd == pytest.approx((triage_in + 1024 + (escalate_in + 512) * 10 + 512 * 20) / 1e6)
     assert "estimate" in chat.basis and "/ 4" in chat.basis
 
     local = Estimator(spec, templates, triage=Capabilities(chat=False, classify=True)).routes(100)
-    assert local.tokens["triage"] == (0, 0) and local.tokens["escalate"] == (escalate_in, 512)
-    answer_in, answer_out = local.tokens["answer"]
+    assert local.tokens["mini"] == (0, 0) and local.tokens["flagship"] == (escalate_in, 512)
+    answer_in, answer_out = local.tokens["mini:draft"]
     assert answer_out == 512 and local.kept_usd == pytest.approx((answer_in + 1024) / 1e6)
     assert local.escalated_usd == pytest.approx((escalate_in * 10 + 512 * 20) / 1e6)
 

@@ -133,7 +133,7 @@ def test_what_cannot_be_kept_is_refused_with_the_snippet() -> None:
         assert "set these keys by hand instead:\ngate:\n  threshold: 0.7\n" in str(caught.value)
 
 
-def test_the_reference_graph_changes_only_in_its_gate(tmp_path: Path) -> None:
+def test_the_reference_graph_changes_only_in_its_first_tiers_gate(tmp_path: Path) -> None:
     graph = tmp_path / "support.yaml"
     shutil.copy(REPO / "graphs" / "support.yaml", graph)
     (tmp_path / "prompts").symlink_to(REPO / "prompts")
@@ -141,10 +141,52 @@ def test_the_reference_graph_changes_only_in_its_gate(tmp_path: Path) -> None:
     categories = load_spec(graph).spec.taxonomy.category_names
     patched = patch_file(graph, 0.61, {categories[0]: 0.9})
     assert graph.read_text(encoding="utf-8") == patched
-    spec = load_spec(graph).spec
-    assert spec.gate.threshold == 0.61 and spec.gate.category_thresholds == {categories[0]: 0.9}
-    start = text.splitlines().index("gate:")
-    end = next(i for i, line in enumerate(text.splitlines()) if i > start and line and not line[0].isspace())
-    old, new = text.splitlines(), patched.splitlines()
+    gate = load_spec(graph).spec.gate_of("mini")
+    assert gate.threshold == 0.61 and gate.category_thresholds == {categories[0]: 0.9}
+    lines = text.splitlines()
+    start = lines.index("    gate:")
+    end = next(i for i, line in enumerate(lines) if i > start and line.startswith("  - name:"))
+    old, new = lines, patched.splitlines()
     grown = len(new) - len(old)
     assert new[:start] == old[:start] and new[end + grown :] == old[end:]
+    assert grown == 2 and "      category_thresholds:" in new[start : end + grown]
+
+
+TIERS = """\
+models:
+  mini: {backend: scripted}
+  small: {backend: scripted}
+  big: {backend: scripted}
+tiers:
+  - name: first    # cheapest
+    model: mini
+    prompt: triage.md
+    gate:
+      threshold: 0.5   # tuned by hand
+      never_escalate: {categories: []}
+  - name: second
+    model: small
+    prompt: triage.md
+    gate:
+      threshold: 0.4
+  - name: last
+    model: big
+    prompt: escalate.md
+"""
+
+
+def test_a_tiers_file_gets_its_first_tiers_gate_patched_and_no_other() -> None:
+    after = patch_text(TIERS, 0.7, {"billing": 0.9})
+    assert after == TIERS.replace(
+        "      threshold: 0.5   # tuned by hand\n      never_escalate: {categories: []}\n",
+        "      threshold: 0.7   # tuned by hand\n      never_escalate: {categories: []}\n"
+        "      category_thresholds:\n        billing: 0.9\n",
+    )
+    assert yaml.safe_load(after)["tiers"][1]["gate"] == {"threshold": 0.4}
+
+
+def test_a_tiers_file_refuses_with_a_snippet_naming_the_first_tier() -> None:
+    text = TIERS.replace("  mini: {backend: scripted}", "  mini:   {backend: scripted}")
+    with pytest.raises(GatePatchError, match=r"line 2, outside 'tiers\[0\]\.gate'") as caught:
+        patch_text(text, 0.7, {})
+    assert "# the gate of the first tier (tiers[0], first):\ngate:\n  threshold: 0.7\n" in str(caught.value)

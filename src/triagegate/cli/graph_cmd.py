@@ -17,17 +17,45 @@ if TYPE_CHECKING:
 def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
     from triagegate.models import backend_class
     from triagegate.prompts import load_graph_templates
-    from triagegate.spec import load_spec
+    from triagegate.spec import LEGACY_NOTE, load_spec
 
     loaded = load_spec(graph)
     load_graph_templates(loaded)
-    lines = []
-    for alias, binding in loaded.spec.models.items():
+    spec = loaded.spec
+    lines = [f"legacy form: {graph} {LEGACY_NOTE}"] if loaded.legacy else []
+    for alias, binding in spec.models.items():
         backend_class(binding.backend)
         where = f" @ {binding.base_url}" if binding.base_url else ""
         lines.append(f"{alias}: {binding.backend} {binding.model}{where}")
-    lines.append(f"confidence: {_confidence_line(loaded.spec)}")
+    lines += _tier_lines(spec)
+    lines += [f"confidence: {_confidence_line(loaded, i)}" for i in range(len(spec.tiers) - 1)]
     return loaded, lines
+
+
+def _tier_lines(spec: GraphSpec) -> list[str]:
+    """One line per tier: its model, its gate or that it answers what reaches it, and what it serves."""
+    lines = []
+    for tier in spec.tiers:
+        parts = [tier.model]
+        if tier.gate is None:
+            parts.append("answers what reaches it")
+        else:
+            parts.append(f"threshold {tier.gate.threshold}")
+            if tier.gate.category_thresholds:
+                parts.append(
+                    "category thresholds "
+                    + ", ".join(f"{k} {v}" for k, v in tier.gate.category_thresholds.items())
+                )
+        if tier.categories is not None:
+            parts.append(f"serves {', '.join(tier.categories)}")
+        if tier.draft is not None and not spec.chats(tier.model):
+            parts.append(f"answers drafted by {tier.draft.model}")
+        lines.append(f"tier {tier.name}: {'; '.join(parts)}")
+        if tier.draft is not None and spec.chats(tier.model):
+            lines.append(
+                f"tier {tier.name}: draft ignored: {tier.model} is a chat model and writes its own answer"
+            )
+    return lines
 
 
 def _declared_capabilities(binding: ModelBinding) -> Capabilities:
@@ -43,8 +71,8 @@ def _declared_capabilities(binding: ModelBinding) -> Capabilities:
     return Capabilities(logprobs=binding.capabilities.logprobs)
 
 
-def _confidence_line(spec: GraphSpec) -> str:
-    """Which confidence the triage model's binding promises, and what a missing one means.
+def _confidence_line(loaded: LoadedSpec, index: int) -> str:
+    """Which confidence tier ``index``'s model binding promises, and what a missing one means.
 
     A fallback chain offers log-probabilities only when every endpoint in it does, as
     :class:`~triagegate.models.fallback.FallbackChain` does at run time.
@@ -52,7 +80,9 @@ def _confidence_line(spec: GraphSpec) -> str:
     from triagegate.confidence import OPTION_CODES
     from triagegate.replies import triage_confidence_method
 
-    alias = spec.nodes.triage.model
+    spec = loaded.spec
+    tier = spec.tiers[index]
+    alias = tier.model
     chain = [alias, *spec.models[alias].fallbacks]
     caps = [_declared_capabilities(spec.models[a]) for a in chain]
     if not all(c.chat for c in caps):
@@ -60,12 +90,13 @@ def _confidence_line(spec: GraphSpec) -> str:
     from triagegate.models.base import Capabilities
 
     method = triage_confidence_method(Capabilities(logprobs=all(c.logprobs for c in caps)), spec)
-    if method == "logprobs":
-        policy = spec.gate.on_missing_logprobs
+    if method == "logprobs" and tier.gate is not None:
+        policy = tier.gate.on_missing_logprobs
         then = "escalates" if policy == "escalate" else "keeps the model's stated confidence"
+        key = loaded.key(("tiers", index, "gate", "on_missing_logprobs"))
         return (
             f"triage model {alias}: logprobs; a reply without usable log-probabilities {then} "
-            f"(gate.on_missing_logprobs: {policy})"
+            f"({key}: {policy})"
         )
     why = "the model's stated confidence"
     if caps[0].logprobs and not all(c.logprobs for c in caps):
@@ -81,11 +112,16 @@ def _confidence_line(spec: GraphSpec) -> str:
 
 @graph_app.command("check")
 def check(graph: GraphArg) -> None:
-    """Validate GRAPH and its prompt templates; exit 2 with file, line and key on the first problem."""
+    """Validate GRAPH and its prompt templates; exit 2 with file, line and key on the first problem.
+
+    Then list the models, the tiers (model, gate threshold or "answers what reaches it",
+    categories served, drafter) and which confidence each tier's model gives.
+    """
     loaded, lines = _check(str(graph))
     spec = loaded.spec
     typer.echo(
-        f"ok: {graph} ({spec.name}): {len(spec.taxonomy.categories)} categories, threshold {spec.gate.threshold}"
+        f"ok: {graph} ({spec.name}): {len(spec.taxonomy.categories)} categories, "
+        f"tiers {' -> '.join(spec.tier_names)}"
     )
     for line in lines:
         typer.echo(f"  {line}")

@@ -108,10 +108,15 @@ def build_backend(alias: str, binding: ModelBinding, context: BuildContext) -> M
     return FallbackChain(alias, chain)
 
 
-def build_backends(context: BuildContext, aliases: list[str]) -> dict[str, ModelBackend]:
-    """Build the backends for ``aliases`` (in order, so later ones may use earlier ones)."""
+def build_backends(context: BuildContext, aliases: list[str] | None = None) -> dict[str, ModelBackend]:
+    """Build the backends for ``aliases`` (in order, so later ones may use earlier ones).
+
+    Without ``aliases``, every alias the graph's cascade calls: each tier's model and each
+    tier's ``draft`` model (:meth:`~triagegate.spec.GraphSpec.aliases`). A fallback is built
+    inside the chain of the alias that lists it, not as an alias of its own.
+    """
     models = context.loaded.spec.models
-    for alias in aliases:
+    for alias in context.loaded.spec.aliases() if aliases is None else aliases:
         if alias not in context.backends:
             context.backends[alias] = build_backend(alias, models[alias], context)
     return context.backends

@@ -1,16 +1,16 @@
-"""``triagegate calibrate`` without its printing: measure the triage tier, fit thresholds, build the report.
+"""``triagegate calibrate`` without its printing: measure the first tier, fit thresholds, build the report.
 
 :mod:`triagegate.tuning.calibration` holds the fitting, as pure functions of arrays; this
-module gathers what it fits on. The evaluated rows are triaged by the graph's triage tier
+module gathers what it fits on. The evaluated rows are triaged by the graph's first tier
 through the one runner (:func:`triagegate.tuning.scoring.triage_tickets`), so chat-model
 confidences, repair retries and failures are calibrated as they behave.
 
-The gate has rules besides confidence; :func:`forced_routes` applies the graph's own
+The gate has rules besides confidence; :func:`forced_routes` applies the first tier's own
 :func:`~triagegate.gate.decide` with the confidence thresholds taken out, so calibration
 knows which tickets escalate (or stay) whatever their confidence.
 
 The flagship can stand in for labels: :func:`~triagegate.tuning.scoring.flagship_view` is
-the graph with the triage node bound to the escalation alias, so the flagship triages a
+the graph with the first tier bound to the last tier's alias, so the flagship triages a
 sample with the same prompt (live, recorded with ``--record``, or replayed with
 ``--replay``) and its categories serve as the reference.
 """
@@ -62,7 +62,7 @@ class CalibrateOptions:
     replay: Path | None = None
     plot_path: Path | None = None
     write: bool = False
-    """Patch the graph file's gate in place when the objective is met on the calibration tickets."""
+    """Patch the first tier's gate in the graph file when the objective is met on the calibration tickets."""
 
 
 def forced_routes(triages: Sequence[Triage], policy: GatePolicy, *, mini_has_vision: bool) -> list[int]:
@@ -104,7 +104,7 @@ def _reference(
     given = options.flagship_accuracy
     if use_flagship:
         assert flagship is not None
-        escalate = spec.nodes.escalate.model
+        escalate = spec.last_tier.model
         keep = [i for i, t in enumerate(flagship) if t.error is None]
         labels = {i: flagship[i].category for i in keep}
         if labeled:
@@ -228,7 +228,8 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     if len(keep) < 4:
         raise InputError(f"only {len(keep)} tickets have a reference label; need at least 4")
     scored = [(ref.labels[i], mini[i].category, mini[i].confidence) for i in keep]
-    forced = forced_routes([mini[i] for i in keep], spec.gate, mini_has_vision=backend.capabilities.vision)
+    policy = spec.gate_of(spec.first_tier.name)
+    forced = forced_routes([mini[i] for i in keep], policy, mini_has_vision=backend.capabilities.vision)
     arrays = cal.Tickets.from_scored(scored, forced)
     fitting, held = cal.split_indices(len(scored), options.calibration_fraction, seed)
     cost = route_costs(loaded, backend, sum(len(rows[i].text) for i in keep) / len(keep))
@@ -265,7 +266,11 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
         calibration_fraction=options.calibration_fraction,
         cost=cost,
         result=result,
-        patch=snippet(result.policy.threshold, result.policy.category_thresholds),
+        patch=snippet(
+            result.policy.threshold,
+            result.policy.category_thresholds,
+            tier=None if loaded.legacy else spec.first_tier.name,
+        ),
         notes=notes,
     )
     if options.plot_path is not None:

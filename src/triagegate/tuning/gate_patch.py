@@ -2,14 +2,15 @@
 
 Graph files are edited by people and carry comments, ordering, quoting, anchors and flow
 style. The patch is a ruamel.yaml round trip: the file is loaded as a comment-preserving
-tree, ``gate.threshold`` and ``gate.category_thresholds`` are set in place (keys kept in
-their order, new ones appended sorted, comments on kept keys kept) and the tree is written
-back with the file's own indentation.
+tree, the first tier's ``threshold`` and ``category_thresholds`` are set in place (keys
+kept in their order, new ones appended sorted, comments on kept keys kept) and the tree is
+written back with the file's own indentation. The first tier's gate is ``tiers[0].gate``,
+or the top-level ``gate`` in a file of the legacy ``nodes:``/``gate:`` form.
 
 Two checks guard the result, and a failed one leaves the file untouched and raises
 :class:`GatePatchError` with the snippet to paste by hand instead:
 
-* every line outside the ``gate`` block must come back byte for byte (a round trip that
+* every line outside the gate block must come back byte for byte (a round trip that
   would re-indent or re-quote the rest of a file is refused rather than written);
 * the result must parse (:func:`triagegate.spec.parse_spec`, the graph loader itself) to
   the same graph except for the two keys, compared field by field.
@@ -33,7 +34,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from triagegate.errors import ConfigError
-from triagegate.spec import parse_spec
+from triagegate.spec import GraphSpec, parse_spec
 
 
 class GatePatchError(ConfigError):
@@ -49,15 +50,20 @@ def _key(name: str) -> str:
     return name if plain else DoubleQuotedScalarString(name)
 
 
-def snippet(threshold: float, category_thresholds: Mapping[str, float]) -> str:
-    """The ``gate`` keys to set, as YAML to paste into a graph file."""
+def snippet(threshold: float, category_thresholds: Mapping[str, float], *, tier: str | None = None) -> str:
+    """The ``gate`` keys to set, as YAML to paste into a graph file.
+
+    ``tier`` names the first tier of a file written as tiers, so the snippet says where it
+    goes (``tiers[0].gate``); without it, the snippet is the legacy top-level ``gate``.
+    """
     gate: dict[str, Any] = {"threshold": float(threshold)}
     gate["category_thresholds"] = CommentedMap(
         (_key(k), float(v)) for k, v in sorted(category_thresholds.items())
     )
     if not category_thresholds:
         gate["category_thresholds"].fa.set_flow_style()
-    return _dump({"gate": gate}, mapping=2, sequence=4, offset=2)
+    text = _dump({"gate": gate}, mapping=2, sequence=4, offset=2)
+    return text if tier is None else f"# the gate of the first tier (tiers[0], {tier}):\n{text}"
 
 
 def _dump(data: Any, *, mapping: int, sequence: int, offset: int) -> str:
@@ -91,10 +97,40 @@ def _mapping_indent(root: CommentedMap) -> int:
     return 2
 
 
+def _first_tier(root: CommentedMap) -> CommentedMap | None:
+    """The first tier's mapping in a file written as ``tiers``; ``None`` in the legacy form."""
+    tiers = root.get("tiers")
+    if tiers is None:
+        return None
+    if not isinstance(tiers, list) or not tiers or not isinstance(tiers[0], CommentedMap):
+        raise ValueError("'tiers' is not a list that starts with a tier mapping")
+    if tiers[0].fa.flow_style():
+        raise ValueError("the first tier is written in flow style")
+    return tiers[0]
+
+
+def _gate_holder(root: CommentedMap) -> tuple[CommentedMap, int | None]:
+    """The mapping that holds the first tier's ``gate``, and the line where what follows it starts.
+
+    For ``tiers[0]`` that is the next tier, or the next top-level key after ``tiers``
+    (``None``: the end of the file); for the legacy form, the root mapping itself.
+    """
+    first = _first_tier(root)
+    if first is None:
+        return root, None
+    tiers = root["tiers"]
+    if len(tiers) > 1:
+        return first, int(tiers.lc.item(1)[0])
+    keys = list(root)
+    later = [int(root.lc.key(k)[0]) for k in keys[keys.index("tiers") + 1 :]]
+    return first, min(later) if later else None
+
+
 def _set_thresholds(root: CommentedMap, threshold: float, thresholds: Mapping[str, float]) -> None:
-    gate = root.get("gate")
+    holder, _ = _gate_holder(root)
+    gate = holder.get("gate")
     if gate is None:
-        gate = root["gate"] = CommentedMap()
+        gate = holder["gate"] = CommentedMap()
     if not isinstance(gate, CommentedMap):
         raise ValueError("'gate' is not a mapping")
     gate["threshold"] = float(threshold)
@@ -114,19 +150,22 @@ def _set_thresholds(root: CommentedMap, threshold: float, thresholds: Mapping[st
 
 
 def _editable(root: CommentedMap, lines: int) -> tuple[range, set[int]]:
-    """The original lines the ``gate`` block spans, and those of them the patch may rewrite.
+    """The original lines the first tier's ``gate`` block spans, and those of them the patch may rewrite.
 
     Lines may be inserted anywhere in the block; rewritten or removed only where they hold
     ``threshold`` or ``category_thresholds`` (or the whole block, for a flow-style or empty
     gate, which ruamel writes on one line).
     """
-    keys = list(root)
+    holder, after = _gate_holder(root)
+    keys = list(holder)
     if "gate" not in keys:
         return range(lines, lines), set()
-    start = int(root.lc.key("gate")[0])
-    later = [int(root.lc.key(k)[0]) for k in keys[keys.index("gate") + 1 :]]
+    start = int(holder.lc.key("gate")[0])
+    later = [int(holder.lc.key(k)[0]) for k in keys[keys.index("gate") + 1 :]]
+    if after is not None:
+        later.append(after)
     block = range(start, min(later) if later else lines)
-    gate = root["gate"]
+    gate = holder["gate"]
     if not isinstance(gate, CommentedMap) or gate.fa.flow_style() or not gate:
         return block, set(block)
     rows = [int(gate.lc.key(k)[0]) for k in gate] + [block.stop]
@@ -140,11 +179,13 @@ def _editable(root: CommentedMap, lines: int) -> tuple[range, set[int]]:
 def patch_text(
     text: str, threshold: float, category_thresholds: Mapping[str, float], *, source: str = "<graph>"
 ) -> str:
-    """``text`` with ``gate.threshold`` and ``gate.category_thresholds`` set; raises :class:`GatePatchError`.
+    """``text`` with the first tier's ``threshold`` and ``category_thresholds`` set; raises :class:`GatePatchError`.
 
     Setting no category thresholds removes the key (the gate then uses the global one).
     """
-    manual = f"set these keys by hand instead:\n{snippet(threshold, category_thresholds)}"
+    manual = (
+        f"set these keys by hand instead:\n{snippet(threshold, category_thresholds, tier=_tier_name(text))}"
+    )
     try:
         _, sequence, offset = load_yaml_guess_indent(text)
         probe = _yaml().load(text)
@@ -170,17 +211,31 @@ def patch_text(
             continue
         kept = next((i for i in range(i1, i2) if i not in editable), None)
         if kept is not None:
-            where = "outside 'gate'" if kept not in block else "in 'gate' besides the thresholds"
+            label = "gate" if _first_tier(root) is None else "tiers[0].gate"
+            where = f"outside '{label}'" if kept not in block else f"in '{label}' besides the thresholds"
             raise GatePatchError(
                 f"writing the file back would change line {kept + 1}, {where}; {manual}", file=source
             )
     return new
 
 
-def _without_thresholds(spec: Any) -> dict[str, Any]:
+def _tier_name(text: str) -> str | None:
+    """The first tier's name when ``text`` is written as tiers (for the snippet), else ``None``."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    tiers = raw.get("tiers") if isinstance(raw, dict) else None
+    if isinstance(tiers, list) and tiers and isinstance(tiers[0], dict):
+        return str(tiers[0].get("name", "tiers[0]"))
+    return None
+
+
+def _without_thresholds(spec: GraphSpec) -> dict[str, Any]:
     dumped: dict[str, Any] = spec.model_dump(mode="json")
-    dumped["gate"].pop("threshold")
-    dumped["gate"].pop("category_thresholds")
+    gate = dumped["tiers"][0]["gate"]
+    gate.pop("threshold")
+    gate.pop("category_thresholds")
     return dumped
 
 
@@ -194,7 +249,9 @@ def patch_file(path: str | Path, threshold: float, category_thresholds: Mapping[
     source = str(path)
     text = path.read_text(encoding="utf-8")
     new = patch_text(text, threshold, category_thresholds, source=source)
-    manual = f"set these keys by hand instead:\n{snippet(threshold, category_thresholds)}"
+    manual = (
+        f"set these keys by hand instead:\n{snippet(threshold, category_thresholds, tier=_tier_name(text))}"
+    )
     before = parse_spec(text, source=source, base_dir=path.parent, environ={}).spec
     try:
         after = parse_spec(new, source=source, base_dir=path.parent, environ={}).spec
@@ -202,9 +259,10 @@ def patch_file(path: str | Path, threshold: float, category_thresholds: Mapping[
         raise GatePatchError(
             f"the patched file would not validate ({exc.reason}); {manual}", file=source
         ) from None
+    gate = after.gate_of(after.first_tier.name)
     if (
-        after.gate.threshold != threshold
-        or after.gate.category_thresholds != dict(category_thresholds)
+        gate.threshold != threshold
+        or gate.category_thresholds != dict(category_thresholds)
         or _without_thresholds(after) != _without_thresholds(before)
     ):
         raise GatePatchError(f"the patched file would change more than the thresholds; {manual}", file=source)

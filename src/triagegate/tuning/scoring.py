@@ -1,10 +1,10 @@
-"""Run a graph's triage tier over labelled tickets: the one runner behind ``eval`` and ``calibrate``.
+"""Run a graph's first tier over labelled tickets: the one runner behind ``eval`` and ``calibrate``.
 
-Only the triage alias is built (not the drafting or flagship models), so evaluating a
-classifier needs neither network nor a local LLM. Each ticket goes through the same code as
-in production: :func:`triagegate.nodes.triage_node`, which applies
-:func:`triagegate.gate.decide`, so a chat model's log-probs, repair retry and failure
-handling are measured as they behave. A bare
+Only the first tier's alias is built (not the drafting or later tiers' models), so
+evaluating a classifier needs neither network nor a local LLM. Each ticket goes through the
+same code as in production: :func:`triagegate.nodes.triage_ticket`, the tier node's triage,
+then :func:`triagegate.gate.decide` with the tier's gate, so a chat model's log-probs,
+repair retry and failure handling are measured as they behave. A bare
 :class:`~triagegate.models.classifier.ClassifierBackend` is scored in one vectorised call
 instead; :func:`classifier_triage` builds the same :class:`Triage` the node would (a test
 checks the two agree).
@@ -41,8 +41,6 @@ from triagegate.tuning.datasets import DatasetError, LabeledText
 from triagegate.types import Ticket, Triage
 
 if TYPE_CHECKING:
-    from langgraph.runtime import Runtime
-
     from triagegate.cost import CostEstimate
     from triagegate.state import RunContext
     from triagegate.tuning.evaluation import EvalReport, Scored
@@ -60,30 +58,32 @@ def triage_backend(
     cache_dir: Path,
     extras: dict[str, object] | None = None,
 ) -> tuple[str, ModelBackend]:
-    """Build only the graph's triage backend (with its fallbacks), as the pipeline would."""
-    alias = loaded.spec.nodes.triage.model
+    """Build only the graph's first-tier backend (with its fallbacks), as the pipeline would."""
+    alias = loaded.spec.first_tier.model
     context = BuildContext(loaded=loaded, environ=environ, cache_dir=cache_dir, extras=dict(extras or {}))
     return alias, build_backends(context, [alias])[alias]
 
 
 def triage_template(loaded: LoadedSpec) -> Template:
-    return load_graph_templates(loaded, ["triage"])["triage"]
+    """The first tier's (triage-role) template."""
+    name = loaded.spec.first_tier.name
+    return load_graph_templates(loaded, [name])[name]
 
 
 def flagship_view(loaded: LoadedSpec) -> LoadedSpec:
-    """The graph with its triage node bound to the escalation alias (same prompt and budget).
+    """The graph with its first tier bound to the last tier's alias (same prompt and budget).
 
-    Running the triage tier of this view triages with the flagship, whose categories can
+    Running the first tier of this view triages with the flagship, whose categories can
     then stand in for labels.
     """
-    nodes = loaded.spec.nodes
-    triage = nodes.triage.model_copy(update={"model": nodes.escalate.model})
-    spec = loaded.spec.model_copy(update={"nodes": nodes.model_copy(update={"triage": triage})})
-    return loaded.model_copy(update={"spec": spec})
+    spec = loaded.spec
+    first = spec.first_tier.model_copy(update={"model": spec.last_tier.model, "draft": None})
+    view = spec.model_copy(update={"tiers": [first, *spec.tiers[1:]]})
+    return loaded.model_copy(update={"spec": view})
 
 
 def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[str, float]) -> Triage:
-    """The :class:`Triage` that ``triage_node`` makes from a classifier's probabilities."""
+    """The :class:`Triage` that ``triage_ticket`` makes from a classifier's probabilities."""
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
     category, confidence = ranked[0]
     return Triage(
@@ -131,36 +131,34 @@ class _MissWatch:
         await self._backend.aclose()
 
 
-def _runtime(spec: GraphSpec, alias: str, backend: ModelBackend, template: Template) -> Runtime[RunContext]:
-    from langgraph.runtime import Runtime
-
+def _context(spec: GraphSpec, backend: ModelBackend, template: Template) -> RunContext:
+    """A run context holding only the first tier's backend and template."""
     from triagegate.state import RunContext
 
-    context = RunContext(
+    first = spec.first_tier
+    return RunContext(
         spec=spec,
         graph_name=spec.name,
         graph_hash="tuning",
-        templates={"triage": template},
-        backends={alias: backend},
+        templates={first.name: template},
+        backends={first.model: backend},
     )
-    return Runtime(context=context)
 
 
-async def _triage_one(runtime: Runtime[RunContext], ticket: Ticket) -> Triage:
-    from triagegate.nodes import triage_node
-    from triagegate.state import TicketState
+async def _triage_one(context: RunContext, ticket: Ticket) -> Triage:
+    from triagegate.nodes import triage_ticket
 
-    state: TicketState = {"run_id": "tuning", "ticket": ticket, "images": []}
-    update = await triage_node(state, runtime)
-    triage: Triage = update["triage"]
+    triage, _ = await triage_ticket(context, context.spec.first_tier, ticket)
     return triage
 
 
 async def _node_triage(
     spec: GraphSpec, backend: ModelBackend, alias: str, template: Template, ticket: Ticket
 ) -> Triage:
-    """One ticket through ``triage_node``, as :func:`triage_tickets` runs a chat model."""
-    return await _triage_one(_runtime(spec, alias, backend, template), ticket)
+    """One ticket through the first tier's triage, as :func:`triage_tickets` runs a chat model."""
+    if alias != spec.first_tier.model:
+        raise ValueError(f"the backend must serve the first tier's alias {spec.first_tier.model!r}")
+    return await _triage_one(_context(spec, backend, template), ticket)
 
 
 async def triage_tickets(
@@ -171,9 +169,9 @@ async def triage_tickets(
     concurrency: int = 8,
     replay_misses: Literal["raise", "fail"] = "raise",
 ) -> list[Triage]:
-    """Triage every ticket with ``backend`` as the graph's triage node does, in input order.
+    """Triage every ticket with ``backend`` as the graph's first tier does, in input order.
 
-    ``backend`` serves the triage node's alias of ``loaded`` (``flagship_view(loaded)`` for
+    ``backend`` serves the first tier's alias of ``loaded`` (``flagship_view(loaded)`` for
     the flagship). Model failures come back as failed triages. A replay miss raises
     :class:`ReplayMiss` once the tickets in flight finish (no further ticket starts), unless
     ``replay_misses`` is ``"fail"``: then it is a failed triage like any other error (for a
@@ -191,7 +189,7 @@ async def triage_tickets(
             for t, probs in zip(tickets, await backend.classify_many(texts), strict=True)
         ]
     watch = _MissWatch(backend)
-    runtime = _runtime(spec, spec.nodes.triage.model, watch, triage_template(loaded))
+    context = _context(spec, watch, triage_template(loaded))
     out: list[Triage | None] = [None] * len(tickets)
     queue = iter(range(len(tickets)))
 
@@ -199,7 +197,7 @@ async def triage_tickets(
         for i in queue:
             if watch.miss is not None and replay_misses == "raise":
                 return
-            out[i] = await _triage_one(runtime, tickets[i])
+            out[i] = await _triage_one(context, tickets[i])
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(tickets))))))
     if watch.miss is not None and replay_misses == "raise":
@@ -231,18 +229,19 @@ async def score_rows(
     *,
     concurrency: int = 8,
 ) -> ScoredRun:
-    """Triage every row (:func:`triage_tickets`) and apply the graph's gate to each.
+    """Triage every row (:func:`triage_tickets`) and apply the first tier's gate to each.
 
-    ``alias`` names the alias ``backend`` serves; it must be the triage node's (the default).
+    ``alias`` names the alias ``backend`` serves; it must be the first tier's (the default).
     """
-    if alias is not None and alias != loaded.spec.nodes.triage.model:
-        raise ValueError(f"the backend must serve the triage alias {loaded.spec.nodes.triage.model!r}")
-    spec = loaded.spec
+    first = loaded.spec.first_tier
+    if alias is not None and alias != first.model:
+        raise ValueError(f"the backend must serve the first tier's alias {first.model!r}")
+    policy = loaded.spec.gate_of(first.name)
     started = time.perf_counter()
     triages = await triage_tickets(loaded, tickets_for(rows), backend, concurrency=concurrency)
     run = ScoredRun(seconds=time.perf_counter() - started)
     for row, triage in zip(rows, triages, strict=True):
-        decision = decide(triage, spec.gate, mini_has_vision=backend.capabilities.vision)
+        decision = decide(triage, policy, mini_has_vision=backend.capabilities.vision)
         run.scored.append((row.label, triage.category, triage.confidence))
         run.gate_kept.append(not decision.escalate)
         run.gate_reasons.update(decision.reasons)
@@ -288,7 +287,7 @@ def mini_backend(
     record: Path | None,
     environ: Mapping[str, str],
 ) -> tuple[str, ModelBackend, str | None]:
-    """The triage backend to measure: fitted on ``train_rows`` (``--train``) or built from the graph.
+    """The first tier's backend to measure: fitted on ``train_rows`` (``--train``) or built from the graph.
 
     Wrapped to record its calls when ``record`` (or the env) names a file. Returns the
     alias, the backend and a note for the report (how the classifier was fitted), if any.
@@ -308,18 +307,18 @@ def mini_backend(
 def fit_triage_classifier(
     spec: GraphSpec, graph: str | Path, data: str | Path, train_rows: Sequence[LabeledText]
 ) -> tuple[str, ModelBackend, str]:
-    """Fit the graph's classifier triage model on ``train_rows`` (``--train`` of eval and calibrate).
+    """Fit the graph's first-tier classifier on ``train_rows`` (``--train`` of eval and calibrate).
 
     Returns the alias, a ready backend and a note for the report. Raises :class:`ConfigError`
-    when the triage model is not a classifier or the training part lacks categories.
+    when the first tier's model is not a classifier or the training part lacks categories.
     """
     from triagegate.tuning import training
 
-    alias = spec.nodes.triage.model
+    alias = spec.first_tier.model
     binding = spec.models[alias]
     if binding.backend != "classifier":
         raise ConfigError(
-            f"--train fits a classifier, but the triage model {alias!r} uses backend {binding.backend!r}",
+            f"--train fits a classifier, but the first tier's model {alias!r} uses backend {binding.backend!r}",
             file=str(graph),
             key=f"models.{alias}.backend",
         )
@@ -402,7 +401,7 @@ def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) 
         graph=str(options.graph),
         data=str(options.data),
         triage_model=f"{alias}: {spec.models[alias].backend} {backend.model}",
-        threshold=spec.gate.threshold,
+        threshold=spec.gate_of(spec.first_tier.name).threshold,
         cost=route_costs(loaded, backend, run.mean_text_chars),
         gate_kept=run.gate_kept,
         gate_reasons=dict(run.gate_reasons.most_common()),
