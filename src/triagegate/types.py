@@ -54,8 +54,22 @@ def new_ticket_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+class Turn(BaseModel):
+    """One earlier message of the conversation a ticket continues (untrusted, like ``text``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["customer", "agent"]
+    content: str
+
+
 class Ticket(BaseModel):
-    """A customer-support ticket. ``text`` is untrusted customer input."""
+    """A customer-support ticket. ``text`` is untrusted customer input.
+
+    ``messages`` is the conversation before ``text``, oldest first (the OpenAI-compatible
+    endpoint fills it from earlier turns). It is carried on the ticket and stored with it;
+    the prompts do not render it yet.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +78,7 @@ class Ticket(BaseModel):
     subject: str | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    messages: list[Turn] = Field(default_factory=list)
 
     @field_validator("text")
     @classmethod

@@ -29,7 +29,7 @@ import triagegate
 from triagegate.errors import InputError
 from triagegate.log import get_logger
 from triagegate.pipeline import Pipeline, failed_outcome, ticket_id_of
-from triagegate.serve import readiness
+from triagegate.serve import openai_api, readiness
 from triagegate.serve.auth import KeyRing
 from triagegate.serve.errors import ApiError, error_json, error_responses
 from triagegate.serve.intake import (
@@ -48,6 +48,7 @@ from triagegate.types import Outcome, Ticket
 
 log = get_logger("triagegate.serve")
 ROUTES = frozenset({"/v1/tickets", "/v1/tickets:batch", "/healthz", "/readyz", "/metrics", "/openapi.json"})
+ROUTES |= {"/v1/chat/completions", "/v1/models"}
 JSON = "application/json"
 
 
@@ -78,7 +79,10 @@ UPLOAD_SCHEMA: dict[str, Any] = {
 
 def _error_response(exc: ApiError) -> Response:
     return Response(
-        error_json(exc.code, exc.message), status_code=exc.status, headers=exc.headers, media_type=JSON
+        error_json(exc.code, exc.message, exc.param),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type=JSON,
     )
 
 
@@ -147,7 +151,8 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     _, extra = models_json_schema(
-        [(Ticket, "validation"), (BatchRequest, "validation")], ref_template="#/components/schemas/{model}"
+        [(Ticket, "validation"), (BatchRequest, "validation"), *openai_api.SCHEMA_MODELS],
+        ref_template="#/components/schemas/{model}",
     )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(extra.get("$defs", {}))
@@ -157,6 +162,10 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         "properties": {k: v for k, v in UPLOAD_SCHEMA["properties"].items() if k != "images"},
     }
     _describe_http_limits(schemas, settings, max_images)
+    name = app.state.pipeline.name
+    openai_api.describe_openapi(
+        schemas, models=[f"{openai_api.MODEL_PREFIX}{name}", name], max_images=max_images
+    )
     if settings.api_keys or settings.metrics_token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in doc["paths"].items():
@@ -196,7 +205,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         version=triagegate.__version__,
         description=(
             f"Support-ticket triage for graph '{pipeline.name}' ({pipeline.graph_hash}). "
-            'Errors are {"error": {"code", "message"}} with a stable code.'
+            'Errors are {"error": {"code", "message", "type", "param"}} with a stable code '
+            "(OpenAI's error shape). /v1/chat/completions and /v1/models are OpenAI-compatible."
         ),
         docs_url=None,
         redoc_url=None,
@@ -340,6 +350,11 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         """
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    app.include_router(
+        openai_api.openai_router(
+            pipeline, run=run_one, max_images=limits.max_images, max_image_bytes=max_image_bytes
+        )
+    )
     app.openapi = lambda: _openapi(app, settings, limits.max_images)  # type: ignore[method-assign]
     keys = KeyRing(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)

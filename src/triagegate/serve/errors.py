@@ -1,8 +1,10 @@
-"""Every error the API returns has one JSON shape, ``{"error": {"code": ..., "message": ...}}``.
+"""Every error the API returns has one JSON shape, ``{"error": {"code", "message", "type", "param"}}``.
 
 ``code`` is stable and meant for programs (clients branch on it); ``message`` is for
 people and may change. The table :data:`CODES` is the complete list, so the OpenAPI
-description and the tests can check against it.
+description and the tests can check against it. ``type`` (from the status) and ``param``
+(the request field at fault, or null) make the same body OpenAI's error shape, so the
+OpenAI-compatible routes and the middleware in front of every route share one error.
 """
 
 from __future__ import annotations
@@ -26,13 +28,33 @@ CODES: dict[str, int] = {
     "invalid_ticket": 422,
     "rate_limited": 429,
     "internal_error": 500,
+    "invalid_request": 400,
+    "model_not_found": 404,
+    "model_failed": 502,
+    "model_unavailable": 503,
 }
 """Stable error codes and the HTTP status each one is sent with."""
+
+
+def error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for a status: what the official SDKs and proxies expect to read."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
 
 
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code: " + ", ".join(CODES))
     message: str = Field(description="What went wrong and what to do, for people.")
+    type: str = Field(
+        description="OpenAI's error type: invalid_request_error, authentication_error, rate_limit_error "
+        "or server_error."
+    )
+    param: str | None = Field(description="The request field at fault, when there is one.")
 
 
 class ErrorResponse(BaseModel):
@@ -42,7 +64,14 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """Raised anywhere in a request to answer with ``code``'s status and a JSON error body."""
 
-    def __init__(self, code: str, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
@@ -50,10 +79,12 @@ class ApiError(Exception):
         self.status = CODES[code]
         self.message = message
         self.headers = dict(headers or {})
+        self.param = param
 
 
-def error_json(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+def error_json(code: str, message: str, param: str | None = None) -> bytes:
+    error = {"code": code, "message": message, "type": error_type(CODES[code]), "param": param}
+    return json.dumps({"error": error}).encode()
 
 
 async def send_error(send: Send, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:

@@ -76,6 +76,18 @@ def ticket_from_value(value: Any, index: int) -> Ticket:
         ) from None
 
 
+def checked_ticket(fields: dict[str, Any], max_image_bytes: int, *, where: str = "") -> Ticket:
+    """A ticket built from ``fields`` by another front door (the OpenAI-compatible route), validated
+    and refused exactly as a JSON ``/v1/tickets`` body would be (422 ``invalid_ticket``, 413
+    ``image_too_large``, server paths refused); ``where`` prefixes the field in messages."""
+    try:
+        ticket = Ticket.model_validate(fields)
+    except ValidationError as exc:
+        raise ApiError("invalid_ticket", f"invalid ticket: {_validation_message(exc, where)}") from None
+    check_ticket_for_http(ticket, max_image_bytes)
+    return ticket
+
+
 async def _image_attachment(upload: UploadFile, max_image_bytes: int, allowed: list[str]) -> Attachment:
     data = await upload.read(max_image_bytes + 1)
     name = upload.filename or IMAGE_FIELD
