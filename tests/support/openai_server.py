@@ -742,6 +742,8 @@ class OpenAIServer:
                 payload["usage"] = None
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
         try:
             self.status_counts[200] += 1
             await send(
@@ -765,7 +767,9 @@ class OpenAIServer:
                         return
                     if await wait(fault.seconds):
                         break
-                if await wait(ttft if index == 0 else per_token):
+                    begun += fault.seconds
+                due = begun + ttft + per_token * index  # on a clock, so waits' overshoot does not add up
+                if await wait(due - loop.time()):
                     break
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
                 await send(
