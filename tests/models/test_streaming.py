@@ -322,13 +322,15 @@ async def test_an_error_event_mid_stream_is_retried(server: OpenAIServer, build:
 
 
 async def test_a_stalled_stream_is_bounded_by_the_timeout(server: OpenAIServer, build: Build) -> None:
-    server.script("mini-model", Stall(after_tokens=4, seconds=30), Stall(after_tokens=4, seconds=30))
     backend = build({"mini": binding(server, timeout=0.4, max_retries=1)})
+    await backend.chat(HELLO)  # the client's set-up (its TLS context) is not the stream's time
+    server.script("mini-model", Stall(after_tokens=4, seconds=30), Stall(after_tokens=4, seconds=30))
     started = time.perf_counter()
     with pytest.raises(ModelTimeout, match="stalled"):
         await chat_until(backend, TRIAGE, Seen())
     assert time.perf_counter() - started < 2.0
-    assert [log.client_left for log in server.wait_for_streams(2)] == [True, True]
+    assert [log.sent for log in server.wait_for_streams(2)] == [4, 4]
+    assert all(log.client_left for log in server.streams)
 
 
 async def test_a_stall_shorter_than_the_timeout_is_waited_out(server: OpenAIServer, build: Build) -> None:
