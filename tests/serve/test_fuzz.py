@@ -10,7 +10,10 @@ used to disagree with the server (an empty attachment URL, more images than the 
 allows, a batch over ``max_batch`` answered 413, batch items that are not objects), and
 every operation the document marks as needing a bearer token must refuse a request without
 one (``ignored_auth``; ``/metrics`` used to be open with keys configured). The
-one exception is an image's bytes, which no schema can describe: a well-formed request
+OpenAI-compatible routes are fuzzed the same way: conversations (every role, text and image
+parts, fields the route ignores), streamed answers (each server-sent event checked against
+the document) and the model list; a positive run must get at least one answered
+conversation. The one exception is an image's bytes, which no schema can describe: a well-formed request
 whose image is not a real PNG/JPEG/GIF/WebP is refused by content, and that refusal is
 not counted against the document. Examples are bounded per operation and mode to keep
 the run short. (Hypothesis drives schemathesis' strategies directly: its pytest fixture
@@ -95,8 +98,11 @@ def test_api_never_fails_on_generated_input(live_url: str, mode: GenerationMode)
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/{model}",
     }
-    calls: list[int] = []
+    calls: list[tuple[str, int]] = []
     if mode is GenerationMode.NEGATIVE:
         found = [op for op in found if op.method.upper() == "POST"]  # nothing invalid to make for bare GETs
     for operation in found:
@@ -107,7 +113,10 @@ def test_api_never_fails_on_generated_input(live_url: str, mode: GenerationMode)
         )
         def fuzz(case: Any) -> None:
             response = case.call_and_validate(base_url=live_url, headers=AUTH, checks=CHECKS, timeout=15)
-            calls.append(response.status_code)
+            calls.append((case.operation.path, response.status_code))
 
         fuzz()
     assert len(calls) >= len(found), "every operation was called"
+    if mode is GenerationMode.POSITIVE:
+        answered = {path for path, status in calls if status == 200}
+        assert "/v1/chat/completions" in answered, "generated conversations reach the pipeline"

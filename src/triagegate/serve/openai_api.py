@@ -229,6 +229,20 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk object as JSON, an error object as JSON, or [DONE].",
+        },
+        "event": {"type": "string"},
+    },
+    "description": "One server-sent event; comment lines (keep-alives) are not events.",
+}
+"""What the OpenAPI document says each event of a streamed completion is."""
+
 SCHEMA_MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ChatCompletionRequest, "validation")
 ]
@@ -451,7 +465,7 @@ def openai_router(
         responses={
             200: {
                 "description": "The final answer; with stream: true, chat.completion.chunk events.",
-                "content": {SSE: {"schema": {"type": "string"}}},
+                "content": {SSE: {"schema": SSE_EVENT}},
             },
             **error_responses(
                 "invalid_request",
