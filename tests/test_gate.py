@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triagegate.gate import HARD_REASONS, decide
-from triagegate.spec import AlwaysEscalate, GatePolicy, NeverEscalate
+from triagegate.gate import HARD_REASONS, PREGATE_REASONS, TicketFacts, decide, pregate
+from triagegate.models.base import Capabilities
+from triagegate.spec import AlwaysEscalate, GatePolicy, NeverEscalate, TierSpec
 from triagegate.types import Triage
 
 CATEGORIES = ["billing", "shipping", "security", "feedback"]
@@ -282,3 +283,77 @@ def test_on_missing_logprobs_verbalized_gates_the_stated_confidence() -> None:
     assert decide(kept, policy).route == "mini"
     low = kept.model_copy(update={"confidence": 0.2})
     assert decide(low, policy).reasons == ("low_confidence",)
+
+
+# The pre-gate: what is known before a tier runs skips it without a call.
+
+FLAGS = ["suspected_injection", "other_flag"]
+
+
+@st.composite
+def facts(draw: st.DrawFn) -> TicketFacts:
+    return TicketFacts(
+        has_images=draw(st.booleans()),
+        flags=tuple(draw(st.lists(st.sampled_from(FLAGS), unique=True, max_size=2))),
+        category=draw(st.none() | st.sampled_from(CATEGORIES)),
+    )
+
+
+@st.composite
+def tiers(draw: st.DrawFn) -> TierSpec:
+    return TierSpec(
+        name="t",
+        model="m",
+        prompt="triage.md",
+        categories=draw(
+            st.none() | st.lists(st.sampled_from(CATEGORIES), unique=True, min_size=1, max_size=3)
+        ),
+        gate=draw(st.none() | policies()),
+    )
+
+
+@given(facts(), tiers(), st.booleans())
+def test_pregate_reasons_are_exactly_the_rules_that_apply(
+    facts: TicketFacts, tier: TierSpec, vision: bool
+) -> None:
+    expected = []
+    rules = tier.gate.always_escalate if tier.gate else None
+    if rules and facts.has_images and not vision and rules.needs_vision_without_vision_model:
+        expected.append("needs_vision")
+    if rules and "suspected_injection" in facts.flags and rules.suspected_injection:
+        expected.append("suspected_injection")
+    if tier.categories is not None and facts.category is None:
+        expected.append("category_unknown")
+    if tier.categories is not None and facts.category is not None and facts.category not in tier.categories:
+        expected.append("category_not_served")
+    reasons = pregate(facts, tier, Capabilities(vision=vision))
+    assert list(reasons) == expected
+    assert set(reasons) <= set(PREGATE_REASONS)
+    assert pregate(facts, tier, Capabilities(vision=vision)) == reasons
+
+
+@given(facts(), st.booleans())
+def test_a_tier_without_gate_or_filter_is_never_skipped(facts: TicketFacts, vision: bool) -> None:
+    """The last tier has neither (the graph file refuses them), so it answers what reaches it."""
+    last = TierSpec(name="last", model="m", prompt="escalate.md")
+    assert pregate(facts, last, Capabilities(vision=vision)) == ()
+
+
+def test_an_image_skips_a_tier_that_cannot_see_it_unless_its_gate_allows_it() -> None:
+    tier = TierSpec(name="t", model="m", prompt="triage.md", gate=GatePolicy())
+    image = TicketFacts(has_images=True)
+    assert pregate(image, tier, Capabilities(vision=False)) == ("needs_vision",)
+    assert pregate(image, tier, Capabilities(vision=True)) == ()
+    relaxed = tier.model_copy(
+        update={"gate": GatePolicy(always_escalate=AlwaysEscalate(needs_vision_without_vision_model=False))}
+    )
+    assert pregate(image, relaxed, Capabilities(vision=False)) == ()
+
+
+def test_a_specialist_skips_other_categories_and_unknown_ones() -> None:
+    tier = TierSpec(name="billing", model="m", prompt="triage.md", categories=["billing"], gate=GatePolicy())
+    assert pregate(TicketFacts(category="billing"), tier, Capabilities()) == ()
+    assert pregate(TicketFacts(category="shipping"), tier, Capabilities()) == ("category_not_served",)
+    assert pregate(TicketFacts(), tier, Capabilities()) == ("category_unknown",)
+    both = TicketFacts(flags=("suspected_injection",), category="shipping")
+    assert pregate(both, tier, Capabilities()) == ("suspected_injection", "category_not_served")

@@ -238,3 +238,68 @@ def test_any_text_either_parses_and_renders_cleanly_or_is_refused(text: str) -> 
     for part in (system, user):
         assert "{{" not in part
         assert "{%" not in part
+
+
+# A graph's templates: one per tier (plus "<tier>:draft"), each checked for its role.
+
+GRAPHS = Path(__file__).resolve().parent / "graphs"
+
+
+def _cascade(tmp_path: Path, **files: str) -> Path:
+    """graphs/cascade.yaml with its prompts in ``tmp_path/prompts``, some of them replaced."""
+    (tmp_path / "prompts").mkdir()
+    for name in ("triage.md", "answer.md", "escalate.md"):
+        text = files.get(name.replace(".md", ""), (PROMPTS / name).read_text(encoding="utf-8"))
+        (tmp_path / "prompts" / name).write_text(text, encoding="utf-8")
+    (tmp_path / "graphs").mkdir()
+    graph = tmp_path / "graphs" / "cascade.yaml"
+    graph.write_text(
+        (PROMPTS.parent / "graphs" / "cascade.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    return graph
+
+
+def test_graph_templates_are_keyed_by_tier_and_draft() -> None:
+    from triagegate.prompts import load_graph_templates, template_roles
+    from triagegate.spec import load_spec
+
+    loaded = load_spec(PROMPTS.parent / "graphs" / "cascade.yaml", environ={})
+    templates = load_graph_templates(loaded)
+    assert list(templates) == ["classifier", "classifier:draft", "small", "flagship"]
+    assert [role for role, _, _ in template_roles(loaded).values()] == [
+        "triage",
+        "answer",
+        "triage",
+        "escalate",
+    ]
+    assert templates["small"].name == "small" and templates["small"].path.endswith("triage.md")
+    assert list(load_graph_templates(loaded, ["small"])) == ["small"]
+    with pytest.raises(KeyError, match="no template 'nope'"):
+        load_graph_templates(loaded, ["nope"])
+
+
+def test_a_middle_tier_gets_the_triage_variables_and_the_last_the_escalate_ones(tmp_path: Path) -> None:
+    """mini_triage (the previous tier's notes) exists for the last tier only."""
+    from triagegate.prompts import load_graph_templates
+    from triagegate.spec import load_spec
+
+    graph = _cascade(tmp_path, triage=template_text("Sort it.", "{{ticket}}\n{{mini_triage}}"))
+    with pytest.raises(ConfigError) as info:
+        load_graph_templates(load_spec(graph, environ={}))
+    assert info.value.key == "mini_triage" and "'triage' prompt" in info.value.reason
+
+
+def test_a_missing_tier_prompt_names_the_tier_key(tmp_path: Path) -> None:
+    from triagegate.prompts import load_graph_templates
+    from triagegate.spec import load_spec
+
+    graph = _cascade(tmp_path)
+    (tmp_path / "prompts" / "answer.md").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_graph_templates(load_spec(graph, environ={}))
+    assert info.value.key == "tiers[0].draft.prompt"
+    legacy = load_spec(GRAPHS / "scripted.yaml", environ={})
+    missing = legacy.model_copy(update={"prompts_dir": tmp_path / "nowhere"})
+    with pytest.raises(ConfigError) as info:
+        load_graph_templates(missing)
+    assert info.value.key == "nodes.triage.prompt"

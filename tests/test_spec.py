@@ -420,3 +420,316 @@ def test_on_missing_logprobs_defaults_to_escalate() -> None:
         edited("threshold: 0.7", "threshold: 0.7\n  on_missing_logprobs: verbalized"), environ={}
     )
     assert relaxed.spec.gate_of("mini").on_missing_logprobs == "verbalized"
+
+
+# Tiers: the cascade form.
+
+TIERS = """\
+version: 1
+name: tiers
+prompts: ../../prompts
+models:
+  mini: {backend: scripted, model: mini-model}
+  small: {backend: scripted, model: small-model, capabilities: {logprobs: true}}
+  flagship: {backend: scripted, model: flagship-model, capabilities: {vision: true}}
+  sorter: {backend: classifier, options: {train_from: taxonomy}}
+tiers:
+  - name: first
+    model: mini
+    prompt: triage.md
+    gate:
+      threshold: 0.8
+      always_escalate:
+        categories: [security]
+  - name: second
+    model: small
+    prompt: triage.md
+    max_tokens: 300
+    gate: {threshold: 0.7}
+  - name: last
+    model: flagship
+    prompt: escalate.md
+taxonomy:
+  categories:
+    - {name: billing, description: charges and invoices}
+    - {name: shipping, description: deliveries}
+    - {name: security, description: hacked accounts, priority: urgent}
+    - {name: feedback, description: compliments and complaints, priority: low}
+"""
+
+CLOSED_GATE = (
+    "{threshold: 0, always_escalate: {needs_vision_without_vision_model: false, suspected_injection: false, "
+    "complexity: [], priorities: []}, on_missing_logprobs: verbalized}"
+)
+"""A gate that keeps every ticket: no threshold, no escalate rule, no hard rule."""
+
+
+def tiers_edited(old: str, new: str, text: str = TIERS) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def test_a_tiers_file_loads_with_its_helpers() -> None:
+    loaded = parse_spec(TIERS, environ={})
+    spec = loaded.spec
+    assert not loaded.legacy
+    assert spec.tier_names == ["first", "second", "last"]
+    assert (spec.first_tier.name, spec.last_tier.name) == ("first", "last")
+    assert spec.tier("second").max_tokens == 300 and spec.tier("second").categories is None
+    assert [spec.role(n) for n in spec.tier_names] == ["triage", "triage", "escalate"]
+    assert spec.gate_of("first").always_escalate.categories == ["security"]
+    assert spec.last_tier.gate is None
+    assert spec.aliases() == ["mini", "small", "flagship"]
+    with pytest.raises(KeyError, match="first, second, last"):
+        spec.tier("nope")
+
+
+def test_a_specialist_tier_and_a_classifier_with_a_drafter_load() -> None:
+    text = tiers_edited("    model: mini\n", "    model: sorter\n    draft: {model: mini}\n")
+    text = tiers_edited("    max_tokens: 300\n", "    max_tokens: 300\n    categories: [billing]\n", text)
+    spec = parse_spec(text, environ={}).spec
+    assert spec.tier("second").categories == ["billing"]
+    draft = spec.first_tier.draft
+    assert draft is not None and (draft.model, draft.prompt, draft.max_tokens) == ("mini", "answer.md", 512)
+    assert spec.aliases() == ["sorter", "mini", "small", "flagship"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "needle", "says"),
+    [
+        (
+            "    model: small\n",
+            "    model: smal\n",
+            "tiers[1].model",
+            "    model: smal",
+            "'smal', which is not defined",
+        ),
+        (
+            "    model: mini\n",
+            "    model: mini\n    draft: {model: drafter}\n",
+            "tiers[0].draft.model",
+            "draft: {model: drafter}",
+            "'drafter', which is not defined",
+        ),
+        (
+            "    max_tokens: 300\n",
+            "    max_tokens: 300\n    categories: [biling]\n",
+            "tiers[1].categories[0]",
+            "categories: [biling]",
+            "tiers[1].categories names unknown categories: biling",
+        ),
+        (
+            "      threshold: 0.8\n",
+            "      threshold: 0.8\n      category_thresholds: {refund: 0.9}\n",
+            "tiers[0].gate.category_thresholds",
+            "category_thresholds: {refund",
+            "unknown categories: refund",
+        ),
+        (
+            "        categories: [security]\n",
+            "        categories: [securty]\n",
+            "tiers[0].gate.always_escalate.categories[0]",
+            "[securty]",
+            "unknown categories: securty",
+        ),
+        (
+            "    gate: {threshold: 0.7}\n",
+            "    gate: {threshold: 0.7, never_escalate: {categories: [feedbak]}}\n",
+            "tiers[1].gate.never_escalate.categories[0]",
+            "feedbak",
+            "unknown categories: feedbak",
+        ),
+        (
+            "        categories: [security]\n",
+            "        categories: [security]\n        priorities: [asap]\n",
+            "tiers[0].gate.always_escalate.priorities[0]",
+            "priorities: [asap]",
+            "unknown priorities: asap",
+        ),
+        (
+            "  - name: second\n",
+            "  - name: first  # again\n",
+            "tiers[1].name",
+            "# again",
+            "already the name of tiers[0]",
+        ),
+        ("  - name: second\n", "  - name: human\n", "tiers[1].name", "name: human", "reserved"),
+        ("  - name: second\n", "  - name: Second Tier\n", "tiers[1].name", "Second Tier", "pattern"),
+        (
+            "    prompt: escalate.md\n",
+            "    prompt: escalate.md\n    gate: {threshold: 0.5}\n",
+            "tiers[2].gate",
+            "gate: {threshold: 0.5}",
+            "is the last tier",
+        ),
+        (
+            "    prompt: escalate.md\n",
+            "    prompt: escalate.md\n    categories: [billing]\n",
+            "tiers[2].categories",
+            "categories: [billing]",
+            "cannot be limited to some categories",
+        ),
+        ("    gate: {threshold: 0.7}\n", "", "tiers[1]", "- name: second", "has no gate"),
+        (
+            "    model: mini\n",
+            "    model: sorter\n",
+            "tiers[0].model",
+            "model: sorter",
+            "cannot write an answer: add draft:",
+        ),
+        (
+            "    max_tokens: 300\n",
+            "    max_tokens: 300\n    categories: [no]\n",
+            "tiers[1].categories[0]",
+            "categories: [no]",
+            'YAML 1.1 reads the unquoted no as the boolean false; write it in quotes ("no")',
+        ),
+        (
+            "    max_tokens: 300\n",
+            "    max_tokens: 300\n    temprature: 0.2\n",
+            "tiers[1].temprature",
+            "temprature",
+            "unknown key",
+        ),
+    ],
+)
+def test_bad_tiers_name_file_line_and_key(old: str, new: str, key: str, needle: str, says: str) -> None:
+    text = tiers_edited(old, new)
+    err = config_error(text)
+    assert (err.file, err.line, err.key) == ("graphs/broken.yaml", line_of(text, needle), key)
+    assert says in err.reason
+
+
+def test_a_tier_behind_one_that_never_escalates_is_unreachable() -> None:
+    text = tiers_edited(
+        "    gate:\n      threshold: 0.8\n      always_escalate:\n        categories: [security]\n",
+        f"    gate: {CLOSED_GATE}\n",
+    )
+    err = config_error(text)
+    assert (err.key, err.line) == ("tiers[1]", line_of(text, "- name: second"))
+    assert "tiers[1] (second) can never be reached" in err.reason
+    assert "tiers[0] (first) serves every category and never escalates" in err.reason
+
+
+def test_a_specialist_no_earlier_tier_can_escalate_to_is_unreachable() -> None:
+    gate = CLOSED_GATE.replace("threshold: 0,", "threshold: 0.8, never_escalate: {categories: [billing]},")
+    text = tiers_edited(
+        "    gate:\n      threshold: 0.8\n      always_escalate:\n        categories: [security]\n",
+        f"    gate: {gate}\n",
+    )
+    text = tiers_edited("    max_tokens: 300\n", "    max_tokens: 300\n    categories: [billing]\n", text)
+    err = config_error(text)
+    assert err.key == "tiers[1]"
+    assert "no earlier tier can escalate a ticket of billing" in err.reason
+    # The same specialist is reachable once the first tier may escalate billing tickets.
+    reachable = text.replace("never_escalate: {categories: [billing]}", "never_escalate: {categories: []}")
+    assert parse_spec(reachable, environ={}).spec.tier("second").categories == ["billing"]
+
+
+def test_a_category_filtered_first_tier_is_unreachable() -> None:
+    text = tiers_edited("    model: mini\n", "    model: mini\n    categories: [billing]\n")
+    err = config_error(text)
+    assert err.key == "tiers[0]"
+    assert "no tier before it assigns one" in err.reason
+
+
+def test_a_blocking_tier_is_fine_when_it_is_the_one_before_the_last() -> None:
+    text = tiers_edited("    gate: {threshold: 0.7}\n", f"    gate: {CLOSED_GATE}\n")
+    err = config_error(text)  # the last tier can never be reached behind it
+    assert err.key == "tiers[2]"
+    two = (
+        TIERS.split("  - name: second\n")[0]
+        + "  - name: last\n    model: flagship\n    prompt: escalate.md\n"
+        + "taxonomy:"
+        + TIERS.split("taxonomy:")[1]
+    )
+    assert parse_spec(two, environ={}).spec.tier_names == ["first", "last"]
+
+
+def test_one_tier_is_not_a_cascade() -> None:
+    one = (
+        TIERS.split("tiers:\n")[0]
+        + "tiers:\n  - name: last\n    model: flagship\n    prompt: escalate.md\n"
+        + "taxonomy:"
+        + TIERS.split("taxonomy:")[1]
+    )
+    err = config_error(one)
+    assert err.key == "tiers" and "at least 2" in err.reason
+
+
+@pytest.mark.parametrize("legacy", ["nodes", "gate"])
+def test_tiers_and_the_legacy_form_in_one_file_are_refused(legacy: str) -> None:
+    extra = (
+        "nodes:\n  triage: {model: mini, prompt: triage.md}\n"
+        if legacy == "nodes"
+        else "gate: {threshold: 0.5}\n"
+    )
+    text = TIERS.replace("taxonomy:\n", extra + "taxonomy:\n")
+    err = config_error(text)
+    assert (err.key, err.line) == (legacy, line_of(text, extra.splitlines()[0]))
+    assert "move the gate into the first tier (tiers[0].gate)" in err.reason
+
+
+# The legacy form: nodes:/gate: read as two tiers.
+
+SCRIPTED_AS_TIERS = (
+    BASE[: BASE.index("nodes:\n")]
+    + """\
+tiers:
+  - name: mini
+    model: mini
+    prompt: triage.md
+    draft: {model: mini, prompt: answer.md}
+    gate:
+      threshold: 0.7
+      always_escalate:
+        categories: [security]
+      never_escalate:
+        categories: [feedback]
+  - name: flagship
+    model: flagship
+    prompt: escalate.md
+"""
+    + BASE[BASE.index("taxonomy:\n") :]
+)
+
+
+def test_the_legacy_form_is_read_as_tiers_mini_and_flagship() -> None:
+    legacy, tiers = parse_spec(BASE, environ={}), parse_spec(SCRIPTED_AS_TIERS, environ={})
+    assert legacy.legacy and not tiers.legacy
+    assert legacy.spec == tiers.spec
+    assert legacy.content_hash() == tiers.content_hash()
+    spec = legacy.spec
+    assert spec.tier_names == ["mini", "flagship"]
+    assert spec.first_tier.draft is not None and spec.first_tier.draft.prompt == "answer.md"
+    assert spec.gate_of("mini").never_escalate.categories == ["feedback"]
+    assert not hasattr(spec, "nodes") and not hasattr(spec, "gate")
+
+
+def test_a_legacy_file_without_a_gate_gets_the_default_gate() -> None:
+    text = BASE[: BASE.index("gate:\n")] + BASE[BASE.index("taxonomy:\n") :]
+    spec = parse_spec(text, environ={}).spec
+    assert spec.gate_of("mini").threshold == 0.8
+
+
+def test_legacy_keys_are_spelled_as_the_file_spells_them() -> None:
+    loaded = parse_spec(BASE, environ={})
+    assert loaded.key(("tiers", 0, "prompt")) == "nodes.triage.prompt"
+    assert loaded.key(("tiers", 0, "draft", "prompt")) == "nodes.answer.prompt"
+    assert loaded.key(("tiers", 1, "prompt")) == "nodes.escalate.prompt"
+    assert loaded.key(("tiers", 0, "gate", "threshold")) == "gate.threshold"
+    assert parse_spec(TIERS, environ={}).key(("tiers", 1, "prompt")) == "tiers[1].prompt"
+
+
+def test_a_legacy_unknown_draft_alias_names_nodes_answer() -> None:
+    text = edited("answer: {model: mini", "answer: {model: minu")
+    err = config_error(text)
+    assert (err.key, err.line) == ("nodes.answer.model", line_of(text, "answer: {model: minu"))
+    assert "nodes.answer.model refers to 'minu'" in err.reason
+
+
+def test_a_legacy_gate_on_an_unknown_category_threshold_names_gate() -> None:
+    text = edited("  threshold: 0.7\n", "  threshold: 0.7\n  category_thresholds: {refnd: 0.9}\n")
+    err = config_error(text)
+    assert (err.key, err.line) == ("gate.category_thresholds", line_of(text, "refnd"))
+    assert "gate.category_thresholds names unknown categories: refnd" in err.reason

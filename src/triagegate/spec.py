@@ -307,7 +307,7 @@ class GraphSpec(_Strict):
             mixed = next((k for k in ("nodes", "gate") if k in data), None)
             if mixed is not None:
                 raise _RefError(
-                    (mixed,),
+                    (mixed, "[key]"),
                     f"'{mixed}' belongs to the legacy form and this file also has 'tiers': move the gate "
                     "into the first tier (tiers[0].gate) and delete 'nodes' and the top-level 'gate'",
                 )
