@@ -218,12 +218,11 @@ def test_graph_show_prints_mermaid(capsys: pytest.CaptureFixture[str], tmp_path:
     path, _ = graph_file(tmp_path)
     assert main(["graph", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("flowchart TD\n")
-    assert "%% graph: scripted" in out
-    assert 'triage["triage<br/>mini: scripted mini-model"] --> gate' in out
-    assert "threshold 0.7" in out
-    assert 'escalate["escalate<br/>flagship: scripted flagship-model"] --> done' in out
-    assert "gate -- escalate --> escalate" in out
+    assert "\ngraph TD;\n" in out, "LangGraph's own drawing of the compiled graph"
+    assert "\tmini(mini<hr/><small><em>model = mini\nthreshold = 0.7</em></small>)" in out
+    assert "\tflagship(flagship<hr/><small><em>model = flagship</em></small>)" in out
+    assert "mini -. &nbsp;escalate&nbsp; .-> flagship;" in out
+    assert "mini -. &nbsp;keep&nbsp; .-> __end__;" in out
 
 
 def test_graph_show_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -231,7 +230,7 @@ def test_graph_show_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert main(["graph", "show", str(path), "--format", "json"]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["name"] == "scripted"
-    assert spec["gate"]["never_escalate"]["categories"] == ["feedback"]
+    assert spec["tiers"][0]["gate"]["never_escalate"]["categories"] == ["feedback"]
 
 
 def test_run_with_a_missing_graph_file_exits_2_with_one_line(
@@ -260,7 +259,8 @@ def test_run_prints_a_readable_summary(
     use_scripted_load(monkeypatch, lambda _r: triage_reply(0.95), lambda _r: "unused")
     assert main(["run", str(SCRIPTED), "I was charged twice"]) == 0
     out = capsys.readouterr().out
-    assert "mini (answered by the triage tier)" in out
+    assert "mini (the tier that answered)" in out
+    assert "(confidence 0.950 >= threshold 0.7)" in out
     assert "We will refund the duplicate charge." in out
 
 
