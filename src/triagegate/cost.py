@@ -126,7 +126,7 @@ class Estimator:
         for key, node in self._specs.items():
             template = templates[key]
             if key.endswith(DRAFT):
-                messages = answer_request(template, spec, probe, draft, []).messages
+                messages = answer_request(template, spec, probe, draft, [], node).messages
             elif key == spec.last_tier.name:
                 messages = escalate_request(template, spec, probe, draft, [], node).messages
             else:
