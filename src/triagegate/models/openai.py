@@ -162,7 +162,7 @@ class _Streamed:
         if self.entries is None:
             self.entries = []
         self.entries.extend(entries)
-        if not self.readable:
+        if not self.readable or self.decided:  # only decide reads the token lists
             return
         try:
             for entry in entries:
@@ -757,7 +757,7 @@ class OpenAIBackend:
             lines = pending[:end].split(b"\n")
             pending = pending[end + 1 :]
             for line in lines:
-                if self._read_event(line, streamed, decide):
+                if line.startswith(b"data:") and self._read_event(line, streamed, decide):
                     return
         if pending:
             self._read_event(pending, streamed, decide)
@@ -771,7 +771,7 @@ class OpenAIBackend:
             streamed.done = True
             return False  # read on to the body's end, so the connection goes back to the pool
         try:
-            chunk = json.loads(payload)
+            chunk = json.loads(payload.decode())
         except ValueError:
             raise _Transient("garbage", "a stream event is not JSON", 200) from None
         if not isinstance(chunk, dict):
