@@ -84,6 +84,7 @@ def test_sdk_plain_completion_carries_the_answer_usage_and_extras(serve: Serve) 
     assert raw.headers["x-triagegate-graph-hash"] == service.pipeline.graph_hash
     assert raw.headers["x-triagegate-escalation-reasons"] == ""
     assert raw.headers["x-request-id"]
+    assert {h for h in raw.headers if h.startswith("x-triagegate-")} == set(openai_api.OUTCOME_HEADERS)
     sent = prompt_text(seen[0])
     assert "I was charged\ntwice." in sent
     assert "pirate" not in sent, "a client's system message is ignored: the graph's prompts own it"
@@ -415,3 +416,16 @@ def test_unsupported_media_type_and_malformed_json(serve: Serve) -> None:
             "param": None,
         }
     }
+
+
+def test_browser_clients_can_read_the_outcome_headers(serve: Serve) -> None:
+    origin = "https://support.example"
+    service = serve(cors_origins=(origin,), api_keys=(KEY_A,))
+    response = service.client.post(
+        "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY_A}", "Origin": origin},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "charged twice"}]},
+    )
+    assert response.status_code == 200
+    exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
+    assert exposed >= set(openai_api.OUTCOME_HEADERS)

@@ -376,7 +376,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
                 allow_origins=list(cors),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                expose_headers=["X-Request-ID", "Retry-After"],
+                expose_headers=["X-Request-ID", "Retry-After", *openai_api.OUTCOME_HEADERS],
             )
         return outer
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from triagegate.pipeline import Pipeline
 from triagegate.serve.errors import ApiError, error_json, error_responses
 from triagegate.serve.intake import checked_ticket, is_json, media_type
-from triagegate.types import Outcome, Ticket
+from triagegate.types import GateDecision, Outcome, Ticket
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -195,7 +195,7 @@ class TriagegateExtras(BaseModel):
     graph_hash: str | None
     route: str = Field(description="The tier that answered (Outcome.route).")
     path: list[str] = Field(description="The tiers that ran, in order.")
-    decisions: list[dict[str, Any]]
+    decisions: list[GateDecision]
     escalated: bool
     escalation_reasons: list[str]
     category: str | None
@@ -256,7 +256,6 @@ def describe_openapi(schemas: dict[str, Any], *, models: list[str], max_images: 
     content = schemas["UserMessage"]["properties"]["content"]
     for branch in content.get("anyOf", []):
         if branch.get("type") == "array":
-            branch["contains"] = NON_BLANK_TEXT_PART
             branch["allOf"] = [
                 {
                     "contains": {
@@ -342,6 +341,20 @@ def outcome_error(outcome: Outcome) -> ApiError:
     return ApiError("model_failed", f"the graph produced no answer: {reasons}")
 
 
+OUTCOME_HEADERS = (
+    "x-triagegate-route",
+    "x-triagegate-tier",
+    "x-triagegate-escalated",
+    "x-triagegate-escalation-reasons",
+    "x-triagegate-cost-usd",
+    "x-triagegate-ticket-id",
+    "x-triagegate-graph-hash",
+    "x-triagegate-confidence",
+    "x-triagegate-category",
+)
+"""Every header :func:`outcome_headers` may set (CORS exposes them to browser clients)."""
+
+
 def _header(value: str) -> str:
     return value.encode("latin-1", "backslashreplace").decode("latin-1").replace("\r", " ").replace("\n", " ")
 
@@ -371,7 +384,7 @@ def extras(outcome: Outcome) -> TriagegateExtras:
         graph_hash=outcome.graph_hash,
         route=outcome.route,
         path=outcome.path,
-        decisions=[d.model_dump() for d in outcome.decisions],
+        decisions=outcome.decisions,
         escalated=outcome.escalated,
         escalation_reasons=outcome.escalation_reasons,
         category=outcome.category,
