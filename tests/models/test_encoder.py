@@ -173,8 +173,8 @@ def test_few_examples_fit_a_tempered_regression_that_round_trips(tmp_path: Path)
 @needs_encoder
 def test_binary_and_cross_fitted_models() -> None:
     words = {"pos": ["good", "great", "lovely", "fine"], "neg": ["bad", "awful", "broken", "terrible"]}
-    texts = [f"it is {w} number {i}" for label in words for i, w in enumerate(words[label] * 10)]
-    labels = [label for label in words for _ in range(40)]
+    texts = [f"it is {w} number {i}" for label in words for i, w in enumerate(words[label] * 15)]
+    labels = [label for label in words for _ in range(60)]
     model = training.fit(texts, labels)
     assert model.metadata.method == "cross-fitted-svm" and model.coef.shape[0] == 1
     assert model.predict_one("really great") == pytest.approx(
