@@ -228,8 +228,9 @@ async def test_images_without_vision_capability_are_refused_before_any_request(
 
 
 async def test_429_waits_for_retry_after(server: OpenAIServer, build: Build) -> None:
-    server.script(None, Status(429, retry_after=0.2), Reply("fine"))
     backend = build({"mini": binding(server)})
+    await backend.chat(HELLO)  # set the client up (its TLS context takes a second on a loaded machine)
+    server.script(None, Status(429, retry_after=0.2), Reply("fine"))
     started = time.perf_counter()
     result = await backend.chat(HELLO)
     elapsed = time.perf_counter() - started
@@ -291,8 +292,9 @@ async def test_unreachable_endpoint_raises_unavailable(build: Build) -> None:
 
 
 async def test_hang_raises_timeout(server: OpenAIServer, build: Build) -> None:
-    server.script(None, Hang(5))
     backend = build({"mini": binding(server, timeout=0.3, max_retries=0)})
+    await backend.chat(HELLO)  # set the client up first: the bound is for the hang alone
+    server.script(None, Hang(5))
     started = time.perf_counter()
     with pytest.raises(ModelTimeout, match=r"0\.3 s"):
         await backend.chat(HELLO)
@@ -666,3 +668,21 @@ async def test_classify_carries_usage_warnings(server: OpenAIServer, build: Buil
     backend = build({"mini": binding(server)})
     result = await backend.classify(ClassifyRequest(text="hi", labels=("billing", "technical")))
     assert result.warnings == ("usage_out_of_bounds:prompt_tokens",)
+
+
+def test_a_sharded_pool_builds_one_tls_context_for_all_its_shards() -> None:
+    """Regression: each shard built its own TLS context (~0.1 s of CPU loading the CA bundle),
+    so the first request of a backend with the default pool of 100 paid over a second."""
+    from triagegate.models._pool import ShardedTransport
+
+    def cpu(build: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            started = time.process_time()
+            build()
+            times.append(time.process_time() - started)
+        return min(times)
+
+    sharded = ShardedTransport(100)
+    assert sharded.shards == 13
+    assert cpu(lambda: ShardedTransport(100)) < 4 * cpu(httpx.AsyncHTTPTransport)
