@@ -229,7 +229,7 @@ async def test_images_without_vision_capability_are_refused_before_any_request(
 
 async def test_429_waits_for_retry_after(server: OpenAIServer, build: Build) -> None:
     backend = build({"mini": binding(server)})
-    await backend.chat(HELLO)  # set the client up (its TLS context takes a second on a loaded machine)
+    await backend.chat(HELLO)  # set the client up first: the bound is for the retry alone
     server.script(None, Status(429, retry_after=0.2), Reply("fine"))
     started = time.perf_counter()
     result = await backend.chat(HELLO)

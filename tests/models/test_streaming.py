@@ -323,7 +323,7 @@ async def test_an_error_event_mid_stream_is_retried(server: OpenAIServer, build:
 
 async def test_a_stalled_stream_is_bounded_by_the_timeout(server: OpenAIServer, build: Build) -> None:
     backend = build({"mini": binding(server, timeout=0.4, max_retries=1)})
-    await backend.chat(HELLO)  # the client's set-up (its TLS context) is not the stream's time
+    await backend.chat(HELLO)  # set the client up first: the bound is for the stream alone
     server.script("mini-model", Stall(after_tokens=4, seconds=30), Stall(after_tokens=4, seconds=30))
     started = time.perf_counter()
     with pytest.raises(ModelTimeout, match="stalled"):
