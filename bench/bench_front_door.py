@@ -10,7 +10,7 @@ the server's own ``pipeline.run`` (round trip minus the Outcome's ``latency_ms``
 service process's CPU per request (``/proc/<pid>/stat``). Prints the ratios front door /
 tickets and writes ``bench/out/bench_front_door.json``.
 
-    .venv/bin/python bench/bench_front_door.py [--samples 2000] [--blocks 10] [--quick]
+    .venv/bin/python bench/bench_front_door.py [--samples 2000] [--blocks 100] [--quick]
 """
 
 from __future__ import annotations
@@ -68,12 +68,12 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2000, help="requests per route")
-    parser.add_argument("--blocks", type=int, default=10, help="alternating blocks per route")
+    parser.add_argument("--blocks", type=int, default=100, help="alternating blocks per route")
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="smoke sizes: 200 samples in 4 blocks")
+    parser.add_argument("--quick", action="store_true", help="smoke sizes: 200 samples in 10 blocks")
     args = parser.parse_args()
     if args.quick:
-        args.samples, args.blocks, args.warmup = 200, 4, 20
+        args.samples, args.blocks, args.warmup = 200, 10, 20
     load_before = os.getloadavg()
     model = openai_server(0.0)
     env = {
