@@ -429,3 +429,16 @@ def test_browser_clients_can_read_the_outcome_headers(serve: Serve) -> None:
     assert response.status_code == 200
     exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
     assert exposed >= set(openai_api.OUTCOME_HEADERS)
+
+
+def test_a_body_over_the_limit_is_refused_before_the_route(serve: Serve) -> None:
+    service = keyed(serve, max_body_bytes=4096)
+    with pytest.raises(openai.APIStatusError) as too_big:
+        sdk(service).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 5000}])
+    assert too_big.value.status_code == 413
+    assert too_big.value.body == {
+        "code": "body_too_large",
+        "message": "request body is over the limit of 4096 bytes",
+        "type": "invalid_request_error",
+        "param": None,
+    }
