@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +61,7 @@ from overhead_impls import (
 
 OUT_DIR = ROOT / "bench" / "out"
 SERVER = ROOT / "bench" / "loopback_server.py"
-TARGETS = {"cpu_vs_peer": 0.7, "cpu_vs_floor": 2.0, "help_ms": 300.0, "import_ms": 500.0}
+TARGETS = {"cpu_vs_peer": 0.5, "cpu_vs_floor": 2.0, "help_ms": 300.0, "import_ms": 500.0}
 
 
 class Impl(Protocol):
@@ -134,10 +133,9 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
     """CPU per ``ainvoke`` of LangGraph graphs whose nodes do nothing.
 
     ``empty_4_nodes``: four no-op async nodes in a line over a four-key state.
-    ``triagegate_shape``: ``triagegate.graph.build_graph()`` itself (topology, routing,
-    channels, run context) with its node functions swapped for stubs
-    that return updates of the same shape and call nothing: what LangGraph itself costs
-    triagegate per mini-tier ticket.
+    ``triagegate_shape``: ``triagegate.graph.build_graph()`` itself (topology, routers,
+    reducers, run context) with its tier nodes swapped for stubs that return updates of the
+    same shape and call nothing: what LangGraph itself costs triagegate per mini-tier ticket.
     """
     from typing import TypedDict
     from unittest import mock
@@ -146,8 +144,8 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
 
     from triagegate import graph as tg_graph
     from triagegate import nodes as tg_nodes
-    from triagegate.gate import Decision
-    from triagegate.state import Reply, Trail
+    from triagegate.state import Reply, Visit
+    from triagegate.types import GateDecision
 
     class Small(TypedDict, total=False):
         a: int
@@ -171,23 +169,21 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
     small.add_edge("d", END)
     empty = small.compile()
 
-    def stub(update: dict[str, Any]) -> Callable[..., Awaitable[dict[str, Any]]]:
+    def stub(tier: Any, *, last: bool) -> Callable[..., Awaitable[dict[str, Any]]]:
+        reply = Reply("answer", "billing", "normal", route=tier.name)
+        keep = GateDecision(tier=tier.name, route="keep", confidence=0.95, threshold=0.7)
+        update: dict[str, Any] = {"reply": reply, "runs": []}
+        if not last:
+            update["visits"] = [Visit(tier.name, None, keep)]
+
         async def step(state: Any, runtime: Any) -> dict[str, Any]:
             return dict(update)
 
         return step
 
-    mini = Reply("answer", "billing", "normal", route="mini")
-    with (
-        mock.patch.object(
-            tg_nodes, "triage_node", stub({"decision": Decision("mini"), "reply": mini, "trail": Trail()})
-        ),
-        mock.patch.object(tg_nodes, "answer_node", stub({"reply": mini, "trail": Trail()})),
-        mock.patch.object(
-            tg_nodes, "escalate_node", stub({"reply": replace(mini, route="flagship"), "trail": Trail()})
-        ),
-    ):
-        stubbed = tg_graph.build_graph()
+    capabilities = {alias: b.capabilities for alias, b in pipeline.backends.items()}
+    with mock.patch.object(tg_nodes, "tier_node", stub):
+        stubbed = tg_graph.build_graph(pipeline.spec, capabilities)
     ticket = make_tickets(1)[0]
     context = pipeline._run_context
 
@@ -197,7 +193,9 @@ async def empty_graph_runs(n: int, rounds: int, pipeline: Any) -> dict[str, list
             ("empty_4_nodes", lambda: empty.ainvoke({"a": 0})),
             (
                 "triagegate_shape",
-                lambda: stubbed.ainvoke({"run_id": "x", "ticket": ticket, "images": []}, context=context),
+                lambda: stubbed.ainvoke(
+                    {"run_id": "x", "ticket": ticket, "images": [], "flags": []}, context=context
+                ),
             ),
         ):
             gc.collect()

@@ -13,8 +13,9 @@ measured tickets run, and the counters are dumped. Instructions are not CPU time
 code runs fewer instructions per cycle than httpx's, so the CPU ratio is higher), but a change
 that removes instructions removes time.
 
-``--shapes`` counts LangGraph alone instead: graphs of empty nodes in the shape triagegate's
-graph had (``StateGraph``) and has (Pregel API), per run (see :func:`langgraph_shape`).
+``--shapes`` counts LangGraph alone instead: graphs of empty nodes in the shapes triagegate's
+graph has had (``StateGraph`` with ``Command`` routing before issue 7; ``StateGraph`` with
+conditional edges since issue 13), per run (see :func:`langgraph_shape`).
 
     .venv/bin/python bench/count_instructions.py                 # 200 tickets each, ~2 min
     .venv/bin/python bench/count_instructions.py --shapes        # ~2 min
@@ -36,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from bench_overhead import loopback_server
-from overhead_impls import ROOT, Floor, NodesOnly, Triagegate, capture_bodies, expected_route, make_tickets
+from overhead_impls import (
+    ROOT,
+    Floor,
+    NodesOnly,
+    Triagegate,
+    capture_bodies,
+    expected_route,
+    make_tickets,
+    whole_replies,
+)
 
 OUT_DIR = ROOT / "bench" / "out"
 IMPLS = ("floor", "tg-no-langgraph", "triagegate")
@@ -58,9 +68,11 @@ async def _measured(setup: Callable[[], Awaitable[Callable[[int], Awaitable[None
     await loop.run_in_executor(None, sys.stdin.readline)
 
 
-async def _impl_child(impl_name: str, base_url: str, count: int) -> None:
+async def _impl_child(impl_name: str, base_url: str, count: int, whole: bool = False) -> None:
     from triagegate import log as tg_log
 
+    if whole:
+        whole_replies()
     with tempfile.TemporaryFile("w") as log_file:
         tg_log.configure(level="INFO", json=True, stream=log_file)
         tickets = make_tickets(WARM_UP + count)
@@ -105,26 +117,24 @@ def langgraph_shape(shape: str) -> tuple[Any, dict[str, Any]]:
 
     ``stategraph``: a ``StateGraph`` over a state of ``keys`` keys (one with an ``operator.add``
     reducer), each node returning a ``Command`` that routes to the next or ends, as triagegate's
-    graph did; ``pregel``: the Pregel API with one channel into each node and the state passed
-    whole, as triagegate's graph does now (``keys`` is then the size of the dict passed along).
+    graph did before issue 7; ``conditional``: the same state with the routing on conditional
+    edges (from ``START`` and after the first node), as triagegate's graph does since issue 13.
     """
     import operator
     from typing import Annotated, TypedDict
 
-    from langgraph.channels import EphemeralValue, LastValue
     from langgraph.graph import END, START, StateGraph
-    from langgraph.pregel import NodeBuilder, Pregel
-    from langgraph.pregel._write import ChannelWriteEntry
     from langgraph.types import Command
 
     api, keys_part, steps_part = shape.split("-")
     keys, steps = int(keys_part.removesuffix("keys")), int(steps_part.removesuffix("step"))
     names = ["run_id", "ticket", "outcome", "trail"] + [f"k{i}" for i in range(max(0, keys - 4))]
     state = {"run_id": "r", "ticket": "t"}
+    hints: dict[str, Any] = dict.fromkeys(names, Any)
+    hints["trail"] = Annotated[list, operator.add]
+    schema = TypedDict("Schema", hints, total=False)  # type: ignore[operator]
+    builder = StateGraph(schema)
     if api == "stategraph":
-        hints: dict[str, Any] = dict.fromkeys(names, Any)
-        hints["trail"] = Annotated[list, operator.add]
-        schema = TypedDict("Schema", hints, total=False)  # type: ignore[operator]
 
         async def first(_state: Any) -> Command[str]:
             return Command(update={"k0": 1, "trail": [1]}, goto="second" if steps == 2 else END)
@@ -132,37 +142,25 @@ def langgraph_shape(shape: str) -> tuple[Any, dict[str, Any]]:
         async def second(_state: Any) -> Command[str]:
             return Command(update={"outcome": 1, "trail": [2]}, goto=END)
 
-        builder = StateGraph(schema)
         builder.add_node("first", first, destinations=("second", END))
         builder.add_node("second", second, destinations=(END,))
         builder.add_edge(START, "first")
         return builder.compile(), state
-    if api != "pregel":
+    if api != "conditional":
         raise ValueError(f"unknown shape {shape!r}")
 
-    async def first_p(value: dict[str, Any]) -> tuple[str, Any]:
-        after = {**value, **dict.fromkeys(names[len(value) :], 1)}
-        return ("second", after) if steps == 2 else ("end", 1)
+    async def first_c(_state: Any) -> dict[str, Any]:
+        return {"k0": 1, "trail": [1]}
 
-    async def second_p(_value: dict[str, Any]) -> tuple[str, Any]:
-        return ("end", 1)
+    async def second_c(_state: Any) -> dict[str, Any]:
+        return {"outcome": 1, "trail": [2]}
 
-    def to(channel: str, when: str) -> ChannelWriteEntry:
-        return ChannelWriteEntry(channel, mapper=lambda r: r[1] if r[0] == when else None, skip_none=True)
-
-    nodes: dict[str, Any] = {
-        "first": NodeBuilder()
-        .subscribe_only("in")
-        .do(first_p)
-        .write_to(to("to:second", "second"), to("out", "end")),
-        "second": NodeBuilder().subscribe_only("to:second").do(second_p).write_to(to("out", "end")),
-    }
-    channels: dict[str, Any] = {
-        "in": EphemeralValue(dict),
-        "to:second": EphemeralValue(dict),
-        "out": LastValue(int),
-    }
-    return Pregel(nodes=nodes, channels=channels, input_channels="in", output_channels="out"), state
+    builder.add_node("first", first_c)
+    builder.add_node("second", second_c)
+    builder.add_conditional_edges(START, lambda _s: "first", ["first", "second"])
+    builder.add_conditional_edges("first", lambda _s: "second" if steps == 2 else END, ["second", END])
+    builder.add_edge("second", END)
+    return builder.compile(), state
 
 
 def count(name: str, child_args: list[str], workdir: Path) -> int:
@@ -219,12 +217,10 @@ def count(name: str, child_args: list[str], workdir: Path) -> int:
 
 
 SHAPES = (
-    "stategraph-14keys-1step",
-    "stategraph-14keys-2step",
     "stategraph-8keys-1step",
     "stategraph-8keys-2step",
-    "pregel-8keys-1step",
-    "pregel-8keys-2step",
+    "conditional-8keys-1step",
+    "conditional-8keys-2step",
 )
 
 
@@ -237,12 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="count LangGraph graphs of empty nodes instead (see langgraph_shape)",
     )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="fetch the mini tier's reply whole, not streamed (as before issue 13), in every implementation",
+    )
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        asyncio.run(_impl_child(args.child, args.url, args.tickets))
+        asyncio.run(_impl_child(args.child, args.url, args.tickets, args.whole))
         return 0
     if args.shape:
         asyncio.run(_shape_child(args.shape, args.tickets))
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             with loopback_server() as base_url:
                 for name in IMPLS:
                     child = ["--child", name, "--url", base_url, "--tickets", str(args.tickets)]
+                    child += ["--whole"] if args.whole else []
                     per_unit[name] = count(name, child, Path(tmp)) / args.tickets
             floor = per_unit["floor"]
             print(f"\n{'':18} {'M instr/ticket':>15} {'/ floor':>8}")

@@ -7,7 +7,10 @@ bench can check that all three took the same route for every ticket:
 * :class:`Floor`: asyncio + httpx and nothing else. It replays the exact request bodies
   triagegate sent for each ticket (captured by :func:`capture_bodies`), decodes the reply,
   reads the option-code confidence from the log-probabilities and escalates below the
-  threshold. It is what the same HTTP traffic costs with no framework at all.
+  threshold. It is what the same HTTP traffic costs with no framework at all. Since issue 13
+  triagegate streams the mini tier's reply (the early gate), so the floor does too: it reads
+  the server-sent events, stops reading once the option-code token shows a confidence under
+  the threshold, and reads to the end otherwise.
 * :class:`Peer`: the same graph shape in LangGraph over ``langchain-openai``'s ``ChatOpenAI``
   with structured output, i.e. what a user would write instead of triagegate. Its bodies
   differ in detail (pydantic-generated schemas, ``max_completion_tokens``) but not in size.
@@ -79,6 +82,38 @@ def code_confidence(tokens: Sequence[dict[str, Any]], code: str, codes: Sequence
     return 0.0
 
 
+def early_confidence(tokens: Sequence[dict[str, Any]], codes: Sequence[str]) -> float | None:
+    """The chosen option code's share, once its token (the one after ``"category": "``) has arrived."""
+    seen = ""
+    for entry in tokens:
+        if seen.endswith(('"category": "', '"category":"')):
+            code = entry["token"][:1]
+            mass = {alt["token"]: math.exp(alt["logprob"]) for alt in entry["top_logprobs"]}
+            total = sum(p for c, p in mass.items() if c in codes)
+            return mass.get(code, 0.0) / total if total else 0.0
+        seen += entry["token"]
+    return None
+
+
+def whole_replies() -> None:
+    """Make triagegate fetch every reply whole, as before issue 13 (a diagnostic for this process).
+
+    The early gate streams a tier's reply when its model gives log-probabilities; this swaps
+    the streaming call in the tier node for the one backends without streaming get
+    (:func:`triagegate.models.base.chat_until`'s fallback: ``chat``, then one verdict on the
+    whole reply), so the same cascade can be counted with and without streaming.
+    """
+    from triagegate import nodes
+    from triagegate.models.base import PartialReply
+
+    async def whole(backend: Any, request: Any, decide: Any) -> Any:
+        result = await backend.chat(request)
+        decide(PartialReply(result.text, result.logprobs or (), complete=True))
+        return result
+
+    nodes.chat_until = whole  # type: ignore[assignment]
+
+
 class _Recorder(httpx.AsyncBaseTransport):
     """Forwards to a real transport and keeps ``(url, body bytes)`` of every request."""
 
@@ -131,16 +166,48 @@ class Floor:
             timeout=10.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
         )
 
+    async def _streamed(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The streamed mini reply, or ``None`` once its option code shows it escalates."""
+        parts: list[str] = []
+        tokens: list[dict[str, Any]] = []
+        decided = False
+        async with self.client.stream("POST", url, json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                choices = json.loads(data).get("choices") or ()
+                if not choices:
+                    continue
+                parts.append(choices[0].get("delta", {}).get("content") or "")
+                if not decided:
+                    tokens += (choices[0].get("logprobs") or {}).get("content") or ()
+                    confidence = early_confidence(tokens, self.codes)
+                    if confidence is not None:
+                        if confidence < 0.7:
+                            return None
+                        decided = True
+        reply: dict[str, Any] = json.loads("".join(parts))
+        return reply
+
     async def run(self, i: int) -> str:
         calls = self.bodies[i]
         url, body = calls[0]
-        response = await self.client.post(url, json=body)
-        response.raise_for_status()
-        choice = response.json()["choices"][0]
-        reply = json.loads(choice["message"]["content"])
-        confidence = code_confidence(choice["logprobs"]["content"], reply["category"], self.codes)
-        if confidence >= 0.7 and reply["answer"]:
-            return "mini"
+        if body.get("stream"):
+            streamed = await self._streamed(url, body)
+            if streamed is not None and streamed["answer"]:
+                return "mini"
+        else:
+            response = await self.client.post(url, json=body)
+            response.raise_for_status()
+            choice = response.json()["choices"][0]
+            reply = json.loads(choice["message"]["content"])
+            confidence = code_confidence(choice["logprobs"]["content"], reply["category"], self.codes)
+            if confidence >= 0.7 and reply["answer"]:
+                return "mini"
         url, body = calls[1]
         response = await self.client.post(url, json=body)
         response.raise_for_status()
@@ -189,8 +256,10 @@ class Peer:
         codes = [chr(ord("A") + n) for n in range(len(names))]
         code_to_name = dict(zip(codes, names, strict=True))
         priorities = tuple(spec.taxonomy.priorities)
-        threshold = spec.gate.threshold
-        rules = spec.gate.always_escalate
+        gate = spec.tiers[0].gate
+        assert gate is not None
+        threshold = gate.threshold
+        rules = gate.always_escalate
         prompts = GRAPH.parent / "../../prompts"
         categories = "\n".join(
             f"{c}) {cat.name}: {cat.description}"
@@ -231,12 +300,12 @@ class Peer:
         }
         mini = ChatOpenAI(
             model="mini-model",
-            max_tokens=spec.nodes.triage.max_tokens,
+            max_tokens=spec.tiers[0].max_tokens,
             logprobs=True,
             top_logprobs=20,
             **common,
         )
-        flagship = ChatOpenAI(model="flagship-model", max_tokens=spec.nodes.escalate.max_tokens, **common)
+        flagship = ChatOpenAI(model="flagship-model", max_tokens=spec.tiers[-1].max_tokens, **common)
         triage_llm = mini.with_structured_output(
             triage_reply, method="json_schema", strict=True, include_raw=True
         )
@@ -337,17 +406,31 @@ class Triagegate:
 class NodesOnly:
     """Diagnostic, not a way to run triagegate: its node functions driven by a plain loop.
 
-    Same nodes, routing, state merging and logging as ``Pipeline.run``, minus LangGraph, so the
-    gap to :class:`Triagegate` is what LangGraph costs in place (with real I/O), and the gap
-    to :class:`Floor` is what triagegate's own code costs.
+    Same tier nodes, routing (the graph's own pure routers), reducers, Outcome assembly and
+    logging as ``Pipeline.run``, minus LangGraph, so the gap to :class:`Triagegate` is what
+    LangGraph costs in place (with real I/O), and the gap to :class:`Floor` is what
+    triagegate's own code costs.
     """
 
     def __init__(self, tg: Triagegate) -> None:
         from types import SimpleNamespace
 
-        self.pipeline = tg.pipeline
+        from triagegate import graph, nodes
+
+        pipeline = tg.pipeline
+        self.pipeline = pipeline
         self.tickets = tg.tickets
-        self.runtime = SimpleNamespace(context=tg.pipeline._run_context)
+        self.runtime = SimpleNamespace(context=pipeline._run_context)
+        self.cascade = pipeline._cascade
+        tiers = pipeline.spec.tiers
+        names = [t.name for t in tiers]
+        self.nodes = {t.name: nodes.tier_node(t, last=i == len(tiers) - 1) for i, t in enumerate(tiers)}
+        self.enter = graph._entry_router(self.cascade, hops := graph._hops(names, -1, "enter"))
+        self.enter_to = hops
+        self.routers = {
+            t.name: (graph._tier_router(self.cascade, i, h := graph._hops(names, i, "escalate")), h)
+            for i, t in enumerate(tiers[:-1])
+        }
 
     async def run(self, i: int) -> str:
         import time
@@ -355,28 +438,30 @@ class NodesOnly:
 
         import structlog
 
-        from triagegate import graph, nodes
+        from triagegate.graph import build_outcome
         from triagegate.pipeline import as_ticket, check_limits, log_ticket_done
+        from triagegate.screening import flags_for
 
         ticket = as_ticket(self.tickets[i])
         check_limits(ticket, self.pipeline.spec.limits)
         run_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
-            state: Any = {"run_id": run_id, "ticket": ticket, "images": []}
-
-            async def step(node: Any) -> None:
-                nonlocal state
-                state = graph.merge(state, await node(state, self.runtime))
-
-            await step(nodes.triage_node)
-            goto = nodes.route_after_triage(state)
-            if goto == "answer":
-                await step(nodes.answer_node)
-                goto = nodes.route_after_answer(state)
-            if goto == "escalate":
-                await step(nodes.escalate_node)
-            outcome = graph.build_outcome(state, self.runtime.context)
+            flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
+            state: Any = {"run_id": run_id, "ticket": ticket, "images": [], "flags": flags}
+            goto = self.enter_to[self.enter(state)]
+            while goto != "__end__":
+                update = await self.nodes[goto](state, runtime=self.runtime)
+                for key, value in update.items():
+                    state[key] = (
+                        state[key] + value if key in ("visits", "runs", "errors") and key in state else value
+                    )
+                if goto not in self.routers:
+                    break
+                router, hops = self.routers[goto]
+                label = router(state)
+                goto = "__end__" if label == "keep" else hops[label]
+            outcome = build_outcome(state, self.cascade, self.runtime.context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             log_ticket_done(outcome)
         route: str = outcome.route
