@@ -1,7 +1,8 @@
 """Prompt templates: files users edit, checked when the graph loads, rendered per ticket.
 
 A template is a Markdown file with ``{{ name }}`` placeholders. An optional line reading
-exactly ``<!-- user -->`` splits it into a system part and a user part. Each node offers a
+exactly ``<!-- user -->`` splits it into a system part and a user part. Each role (``triage`` for
+every tier but the last, ``escalate`` for the last, ``answer`` for a tier's draft) offers a
 fixed set of variables; a placeholder outside that set is a :class:`ConfigError` at load
 time (with file, line and the variable), not a surprise in production.
 

@@ -1,8 +1,10 @@
 """The graph file: its schema, and loading it with errors that point at file, line and key.
 
-A graph file (``graphs/*.yaml``) is what users edit: which models play which part, the
-taxonomy, the prompts each node uses and the gate policy. Everything is validated here,
-before any model is built, so a typo fails at load time with the exact place to fix.
+A graph file (``graphs/*.yaml``) is what users edit: the models, the taxonomy, and the
+cascade of ``tiers`` (cheapest first), each with its model, prompt, budget and gate. The
+legacy ``nodes:``/``gate:`` form is read as two tiers, ``mini`` and ``flagship``.
+Everything is validated here, before any model is built, so a typo or a tier no ticket can
+reach fails at load time with the exact place to fix.
 
 Model bindings can be overridden from the environment so one file serves dev and prod:
 

@@ -140,14 +140,12 @@ taxonomy:
 """
 
 
-def commented_graph(path: Path) -> Path:
+def commented_graph(path: Path, template: str = GRAPH_WITH_COMMENTS) -> Path:
     categories = "\n".join(
         f"    - name: {name}\n      examples:\n" + "\n".join(f"        - {text}" for text in texts)
         for name, texts in EXAMPLES.items()
     )
-    path.write_text(
-        GRAPH_WITH_COMMENTS.format(prompts=REPO / "prompts", categories=categories), encoding="utf-8"
-    )
+    path.write_text(template.format(prompts=REPO / "prompts", categories=categories), encoding="utf-8")
     return path
 
 
@@ -330,3 +328,45 @@ def test_flagship_accuracy_measured_from_a_recording(
     assert report["result"]["flagship_accuracy_source"].startswith(
         "measured: the recorded flagship triage matched DATA's labels on 40 of 40"
     )
+
+
+LEGACY_PART = GRAPH_WITH_COMMENTS[
+    GRAPH_WITH_COMMENTS.index("nodes:\n") : GRAPH_WITH_COMMENTS.index("taxonomy:\n")
+]
+TIERS_PART = """\
+tiers:
+  - name: mini
+    model: mini
+    prompt: triage.md
+    draft: {{model: flagship}}
+    gate:
+      # tuned by hand last spring
+      threshold: 0.5   # too low?
+      never_escalate:
+        categories: []
+  - name: flagship   # answers the rest
+    model: flagship
+    prompt: escalate.md
+"""
+
+
+def test_write_patches_the_first_tiers_gate_of_a_tiers_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = noisy_tickets(tmp_path / "tickets.csv")
+    graph = commented_graph(tmp_path / "graph.yaml", GRAPH_WITH_COMMENTS.replace(LEGACY_PART, TIERS_PART))
+    assert not load_spec(graph).legacy
+    before = graph.read_text(encoding="utf-8")
+    report = calibrate_json(
+        capsys, str(graph), str(data), "--target-accuracy", "0.85", "--write", "--resamples", "100"
+    )
+    assert report["patch"].startswith("# the gate of the first tier (tiers[0], mini):\ngate:\n")
+    assert report["wrote"] == str(graph)
+    chosen = report["result"]["chosen"]
+    policy = report["result"]["per_category" if chosen == "per_category" else "single"]
+    after = graph.read_text(encoding="utf-8")
+    gate = load_spec(graph).spec.gate_of("mini")
+    assert gate.threshold == policy["threshold"] != 0.5
+    assert gate.category_thresholds == policy["category_thresholds"]
+    assert re.search(rf"      threshold: {re.escape(repr(policy['threshold']))} +# too low\?", after)
+    assert all(line in after.splitlines() for line in before.splitlines() if "threshold" not in line)
