@@ -591,6 +591,13 @@ def test_a_specialist_tier_and_a_classifier_with_a_drafter_load() -> None:
             "temprature",
             "unknown key",
         ),
+        (
+            "    max_tokens: 300\n",
+            "    max_tokens: 300\n    categories: []\n",
+            "tiers[1].categories",
+            "categories: []",
+            "at least 1 item",
+        ),
     ],
 )
 def test_bad_tiers_name_file_line_and_key(old: str, new: str, key: str, needle: str, says: str) -> None:

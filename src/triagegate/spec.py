@@ -216,7 +216,7 @@ class TierSpec(NodeSpec):
     """
 
     name: str = Field(pattern=TIER_NAME)
-    categories: list[str] | None = None
+    categories: list[str] | None = Field(default=None, min_length=1)
     draft: DraftSpec | None = None
     gate: GatePolicy | None = None
 
