@@ -174,7 +174,23 @@ def test_graph_check_notes_the_legacy_form_with_its_fix(capsys: pytest.CaptureFi
         f"  legacy form: {legacy} uses nodes:/gate: (read as 2 tiers mini -> flagship); "
         "to write it as tiers see README 'Tiers'"
     ) in out
-    assert "  tier mini: draft ignored: mini is a chat model and writes its own answer" in out
+    assert "  tier mini: mini; threshold 0.7" in out
+    assert not any("draft ignored" in line for line in out)
+
+
+def test_graph_check_says_a_draft_on_a_chat_tier_is_ignored(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from triagegate.cli import main
+
+    text = CASCADE.read_text(encoding="utf-8").replace(
+        "    max_tokens: 400\n", "    max_tokens: 400\n    draft: {model: flagship}\n", 1
+    )
+    graph = cascade(tmp_path, classifier_threshold=0.9)
+    graph.write_text(text, encoding="utf-8")
+    assert main(["graph", "check", str(graph)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  tier small: draft ignored: small is a chat model and writes its own answer" in out
 
 
 def test_dry_run_estimates_the_cascade_along_every_tier(tmp_path: Path) -> None:

@@ -27,13 +27,17 @@ def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
         backend_class(binding.backend)
         where = f" @ {binding.base_url}" if binding.base_url else ""
         lines.append(f"{alias}: {binding.backend} {binding.model}{where}")
-    lines += _tier_lines(spec)
+    lines += _tier_lines(spec, legacy=loaded.legacy)
     lines += [f"confidence: {_confidence_line(loaded, i)}" for i in range(len(spec.tiers) - 1)]
     return loaded, lines
 
 
-def _tier_lines(spec: GraphSpec) -> list[str]:
-    """One line per tier: its model, its gate or that it answers what reaches it, and what it serves."""
+def _tier_lines(spec: GraphSpec, *, legacy: bool) -> list[str]:
+    """One line per tier: its model, its gate or that it answers what reaches it, and what it serves.
+
+    A ``draft`` on a chat model is ignored, and said so, except in a legacy file, whose
+    required ``nodes.answer`` is that draft.
+    """
     lines = []
     for tier in spec.tiers:
         parts = [tier.model]
@@ -51,7 +55,7 @@ def _tier_lines(spec: GraphSpec) -> list[str]:
         if tier.draft is not None and not spec.chats(tier.model):
             parts.append(f"answers drafted by {tier.draft.model}")
         lines.append(f"tier {tier.name}: {'; '.join(parts)}")
-        if tier.draft is not None and spec.chats(tier.model):
+        if tier.draft is not None and spec.chats(tier.model) and not legacy:
             lines.append(
                 f"tier {tier.name}: draft ignored: {tier.model} is a chat model and writes its own answer"
             )
