@@ -53,7 +53,7 @@ NO_CAPS = Capabilities()
 
 
 def make_request(caps: Capabilities = NO_CAPS, images: list[ImagePart] | None = None) -> ChatRequest:
-    return triage_request(template("triage"), SPEC, ticket(), images or [], caps, SPEC.nodes.triage)
+    return triage_request(template("triage"), SPEC, ticket(), images or [], caps, SPEC.tier("mini"))
 
 
 def result(text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> ChatResult:
@@ -118,7 +118,7 @@ def test_triage_request_puts_codes_in_system_and_ticket_in_user() -> None:
     assert "D) feedback" in system.text
     assert "charged twice" not in system.text
     assert user.text == "<ticket>\nI was charged twice this month.\n</ticket>"
-    assert request.max_tokens == SPEC.nodes.triage.max_tokens
+    assert request.max_tokens == SPEC.tier("mini").max_tokens
 
 
 @pytest.mark.parametrize(("logprobs", "expected"), [(True, TOP_LOGPROBS), (False, 0)])
@@ -137,9 +137,9 @@ def test_images_go_to_a_vision_model_only() -> None:
 def test_attachment_note_says_whether_images_are_visible() -> None:
     t = ticket(attachments=[Attachment.image("shot.png")])
     images = [ImagePart("data:image/png;base64,AAAA")]
-    seen = triage_request(template("triage"), SPEC, t, images, Capabilities(vision=True), SPEC.nodes.triage)
+    seen = triage_request(template("triage"), SPEC, t, images, Capabilities(vision=True), SPEC.tier("mini"))
     unseen = triage_request(
-        template("triage"), SPEC, t, images, Capabilities(vision=False), SPEC.nodes.triage
+        template("triage"), SPEC, t, images, Capabilities(vision=False), SPEC.tier("mini")
     )
     assert "1 image attachment(s), included below" in seen.messages[0].text
     assert "1 image attachment(s), not visible to you" in unseen.messages[0].text
@@ -345,7 +345,7 @@ def test_escalate_request_carries_mini_triage_and_ticket() -> None:
         answer="draft reply",
     )
     request = escalate_request(
-        template("escalate"), SPEC, ticket(), triage, [], SPEC.nodes.escalate, vision=True
+        template("escalate"), SPEC, ticket(), triage, [], SPEC.tier("flagship"), vision=True
     )
     system, user = request.messages
     assert "category: billing (confidence 0.31, logprobs)" in user.text
@@ -373,11 +373,13 @@ def test_summary_of_a_failed_triage_says_so() -> None:
 
 def test_answer_request_describes_the_category() -> None:
     triage = Triage(category="shipping", priority="low", confidence=0.9, confidence_method="classifier")
-    request = answer_request(template("answer"), SPEC, ticket(), triage, [])
+    draft = SPEC.first_tier.draft
+    assert draft is not None
+    request = answer_request(template("answer"), SPEC, ticket(), triage, [], draft)
     assert "**shipping**" in request.messages[0].text
     assert "(deliveries)" in request.messages[0].text
     assert request.json_schema is None
-    assert request.max_tokens == SPEC.nodes.answer.max_tokens
+    assert request.max_tokens == draft.max_tokens
 
 
 def escalation_json(**overrides: Any) -> str:
