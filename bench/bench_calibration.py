@@ -16,7 +16,7 @@ test rows leaves few categories with the 30 calibration tickets a threshold of t
 needs, so a cross-fitted variant (``--cross-fit-folds``, in process) also calibrates on
 out-of-fold predictions for the 10,003 training rows and holds out the whole test file. Calibration time is
 measured in process on 10,000 tickets drawn (seeded, with replacement) from the BANKING77
-test predictions: the whole :func:`triagegate.calibration.calibrate` (single and
+test predictions: the whole :func:`triagegate.tuning.calibration.calibrate` (single and
 per-category fits, 5-fold cross-validation, 1,000 bootstrap resamples, curves).
 
     .venv/bin/python bench/bench_calibration.py [--write-results]
@@ -59,9 +59,9 @@ from bench_classifier import (  # noqa: E402
     write_graph,
 )
 
-from triagegate import calibration as cal  # noqa: E402
 from triagegate.cli import main as cli  # noqa: E402
-from triagegate.datasets import LabeledText, load_labeled, split  # noqa: E402
+from triagegate.tuning import calibration as cal  # noqa: E402
+from triagegate.tuning.datasets import LabeledText, load_labeled, split  # noqa: E402
 
 
 def write_csv(path: Path, rows: list[LabeledText], text: str = "text", label: str = "category") -> Path:
@@ -419,7 +419,7 @@ def markdown(results: dict[str, Any], rows: list[tuple[str, str, str, bool | Non
         "- The seed rows repeat the BANKING77 calibration in process on the same test predictions for 20 seeds "
         f"of the 50/50 split ({SEED} is the CLI run above): a split fits on 1,540 tickets and checks on 1,540 "
         "others, so one seed's held-out numbers move by a couple of points with the draw.",
-        "- The timing row calls `triagegate.calibration.calibrate` in process on 10,000 tickets drawn with "
+        "- The timing row calls `triagegate.tuning.calibration.calibrate` in process on 10,000 tickets drawn with "
         "replacement from the BANKING77 test predictions (single and per-category fits, cross-validation, "
         "bootstrap and curves; triage itself is not included).",
         "",

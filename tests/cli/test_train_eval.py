@@ -131,11 +131,11 @@ def test_eval_train_split_on_bitext(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_score_rows_with_a_chat_model_mini(tmp_path: Path) -> None:
     """A chat-model mini goes through triage_node: option codes, failures recorded, not raised."""
-    from triagegate.tuning.datasets import LabeledText
     from triagegate.models.base import ChatRequest
     from triagegate.replies import category_codes
-    from triagegate.tuning.scoring import score_rows, triage_backend
     from triagegate.spec import load_spec
+    from triagegate.tuning.datasets import LabeledText
+    from triagegate.tuning.scoring import score_rows, triage_backend
 
     doc = yaml.safe_load(write_graph(tmp_path).read_text(encoding="utf-8"))
     doc["models"]["mini"] = {"backend": "scripted", "model": "chatty"}

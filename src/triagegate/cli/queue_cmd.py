@@ -26,7 +26,8 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
 
 RedisOpt = Annotated[
-    str, typer.Option("--redis", envvar=environment.REDIS_URL, help=f"Redis URL (env {environment.REDIS_URL}).")
+    str,
+    typer.Option("--redis", envvar=environment.REDIS_URL, help=f"Redis URL (env {environment.REDIS_URL})."),
 ]
 StreamOpt = Annotated[str, typer.Option("--stream", help="Redis stream holding the tickets.")]
 GroupOpt = Annotated[str, typer.Option("--group", help="Consumer group of the workers.")]

@@ -60,11 +60,11 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
+    from triagegate.errors import ConfigError
+    from triagegate.spec import load_spec
     from triagegate.tuning import training
     from triagegate.tuning.datasets import label_counts, load_labeled, split
-    from triagegate.errors import ConfigError
     from triagegate.tuning.evaluation import accuracy
-    from triagegate.spec import load_spec
 
     started = time.perf_counter()
     loaded = load_spec(graph)

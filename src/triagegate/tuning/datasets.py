@@ -60,9 +60,7 @@ def _pick(
         shown += f" and {len(available) - 30} more"
     if wanted is not None:
         if wanted not in available:
-            raise DatasetError(
-                f"no {kind} column {quoted(wanted)}; the file has: {shown}", file=path, line=1
-            )
+            raise DatasetError(f"no {kind} column {quoted(wanted)}; the file has: {shown}", file=path, line=1)
         return wanted
     found = next((c for c in defaults if c in available), None)
     if found is None:

@@ -322,7 +322,9 @@ def fit_triage_classifier(
             file=str(graph),
             key=f"models.{alias}.backend",
         )
-    model = training.fit([r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name)
+    model = training.fit_for_graph(
+        spec, [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
+    )
     problem = training.label_mismatch(model.labels, spec.taxonomy.category_names)
     if problem:
         raise ConfigError(f"{data}: after the split the training part lacks some categories ({problem})")
