@@ -54,69 +54,36 @@ def train(
 
     Example: triagegate train graphs/support.yaml tickets.csv -o models/support.skops --split 0.2
     """
-    import json
-    import time
-
     from rich.console import Console
     from rich.table import Table
 
-    from triagegate.errors import ConfigError
-    from triagegate.spec import load_spec
-    from triagegate.tuning import training
-    from triagegate.tuning.datasets import label_counts, load_labeled, split
-    from triagegate.tuning.evaluation import accuracy
+    from triagegate.tuning.train import TrainOptions, train
 
-    started = time.perf_counter()
-    loaded = load_spec(graph)
-    rows = load_labeled(data, text_col=text_col, label_col=label_col)
-    categories = loaded.spec.taxonomy.category_names
-    problem = training.label_mismatch(sorted({r.label for r in rows}), categories)
-    if problem:
-        raise ConfigError(
-            f"{data}: labels differ from the graph's taxonomy ({problem}); "
-            f"the taxonomy has: {', '.join(categories)}",
-            file=str(graph),
-            key="taxonomy.categories",
+    report = train(
+        TrainOptions(
+            graph=Path(graph),
+            data=data,
+            output=output,
+            text_col=text_col,
+            label_col=label_col,
+            split_fraction=split_fraction,
+            seed=seed,
         )
-    train_rows, test_rows = split(rows, split_fraction, seed) if split_fraction else (rows, [])
-    if test_rows:
-        missing = training.label_mismatch(sorted({r.label for r in train_rows}), categories)
-        if missing:
-            raise ConfigError(f"{data}: after the split the training part lacks some categories ({missing})")
-    model = training.fit_for_graph(
-        loaded.spec, [r.text for r in train_rows], [r.label for r in train_rows], source=Path(data).name
     )
-    held_out = None
-    if test_rows:
-        probs = model.predict_proba([r.text for r in test_rows])
-        predicted = [model.labels[i] for i in probs.argmax(axis=1)]
-        held_out = accuracy([(r.label, p, 0.0) for r, p in zip(test_rows, predicted, strict=True)])
-    training.save(model, output)
-    seconds = time.perf_counter() - started
-    summary = {
-        "output": str(output),
-        "labels": label_counts(train_rows),
-        "train_rows": len(train_rows),
-        "test_rows": len(test_rows),
-        "split": {"fraction": split_fraction, "seed": seed} if split_fraction else None,
-        "held_out_accuracy": held_out,
-        "train_seconds": model.metadata.train_seconds,
-        "total_seconds": round(seconds, 3),
-        "training_sha256": model.metadata.training_sha256,
-    }
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(report.model_dump_json())
         return
     console = Console()
-    table = Table(title=f"{len(categories)} labels, {len(train_rows)} training rows")
+    table = Table(title=f"{report.categories} labels, {report.train_rows} training rows ({report.model})")
     table.add_column("label")
     table.add_column("rows", justify="right")
-    for label, count in label_counts(train_rows).items():
+    for label, count in report.labels.items():
         table.add_row(label, str(count))
     console.print(table)
-    if held_out is not None:
+    if report.held_out_accuracy is not None:
         console.print(
-            f"held-out accuracy: {held_out:.4f} on {len(test_rows)} rows (split {split_fraction}, seed {seed})"
+            f"held-out accuracy: {report.held_out_accuracy:.4f} on {report.test_rows} rows "
+            f"(split {split_fraction}, seed {seed})"
         )
-    console.print(f"fitted in {model.metadata.train_seconds:.2f} s, {seconds:.2f} s in all")
-    console.print(f"wrote {output}")
+    console.print(f"fitted in {report.train_seconds:.2f} s, {report.total_seconds:.2f} s in all")
+    console.print(f"wrote {report.output}")
