@@ -126,8 +126,6 @@ def _check(outcome: Outcome) -> None:
     assert outcome.route in ("mini", "flagship")
     assert outcome.answer and outcome.answer.strip()
     assert outcome.category is not None
-    assert outcome.confidence is not None and 0.0 <= outcome.confidence <= 1.0
-    assert outcome.confidence_method in ("logprobs", "verbalized")
     assert outcome.input_tokens > 0 and outcome.output_tokens > 0
     assert all(run.endpoint is None or "@127.0.0.1:" in run.endpoint for run in outcome.nodes)
 
@@ -135,7 +133,9 @@ def _check(outcome: Outcome) -> None:
 async def test_graph_runs_against_llama_cpp_server(llama_server: str, tmp_path: Path) -> None:
     outcome = await _run(llama_server, tmp_path, "I was charged twice for my subscription this month.")
     _check(outcome)
-    triage = next(run for run in outcome.nodes if run.node == "triage")
+    assert outcome.confidence is not None and 0.0 <= outcome.confidence <= 1.0
+    assert outcome.confidence_method in ("logprobs", "verbalized")
+    triage = next(run for run in outcome.nodes if run.node == "mini")
     assert triage.input_tokens > 0 and triage.requests >= 1
 
 
@@ -148,5 +148,9 @@ async def test_escalation_runs_against_llama_cpp_server(llama_server: str, tmp_p
     _check(outcome)
     assert outcome.route == "flagship"
     assert "suspected_injection" in outcome.escalation_reasons
-    escalate = next(run for run in outcome.nodes if run.node == "escalate")
-    assert escalate.output_tokens > 0
+    # The pre-gate skips the mini tier for a suspected injection: it is never asked, so there
+    # is no mini confidence, and only the flagship ran.
+    assert [(d.tier, d.route) for d in outcome.decisions] == [("mini", "skip")]
+    assert outcome.confidence is None
+    assert [run.node for run in outcome.nodes] == ["flagship"]
+    assert outcome.nodes[0].output_tokens > 0
