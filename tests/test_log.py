@@ -140,18 +140,18 @@ async def test_each_node_logs_once_with_ticket_and_run_ids(structlog_config: Non
     assert outcome.route == "flagship"
 
     node_done = [e for e in events if e["event"] == "node_done"]
-    assert [e["node"] for e in node_done] == ["triage", "escalate"]
+    assert [e["node"] for e in node_done] == ["mini", "flagship"]
     for event in node_done:
         assert event["ticket_id"] == "tk-42"
         assert event["run_id"] == outcome.run_id
         assert event["log_level"] == "debug"
     by_node = {e["node"]: e for e in node_done}
-    assert by_node["triage"]["model"] == "mini"
-    assert by_node["escalate"]["tokens_in"] == outcome.nodes[-1].input_tokens
+    assert by_node["mini"]["model"] == "mini"
+    assert by_node["flagship"]["tokens_in"] == outcome.nodes[-1].input_tokens
     (done,) = [e for e in events if e["event"] == "ticket_done"]
     assert done["log_level"] == "info"
     assert (done["ticket_id"], done["route"], done["reasons"]) == ("tk-42", "flagship", ["low_confidence"])
-    assert done["path"] == ["triage", "gate", "escalate"]
+    assert done["path"] == ["mini", "flagship"]
     # The ids are unbound once the ticket is done.
     assert "ticket_id" not in structlog.contextvars.get_contextvars()
 
@@ -180,8 +180,8 @@ async def test_a_failed_node_logs_a_warning_and_the_ticket_line_stays_at_info(st
     outcome = await pipeline.run(Ticket(id="tk-7", text="I was charged twice."))
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(e["event"], e["level"]) for e in events] == [("node_failed", "warning"), ("ticket_done", "info")]
-    assert events[0]["node"] == "triage" and "mini is down" in events[0]["error"]
-    assert events[1]["path"] == outcome.path == ["triage", "gate", "escalate"]
+    assert events[0]["node"] == "mini" and "mini is down" in events[0]["error"]
+    assert events[1]["path"] == outcome.path == ["mini", "flagship"]
 
 
 LIBRARY_USER = """
