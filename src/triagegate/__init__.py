@@ -27,7 +27,7 @@ from triagegate.errors import (
     TriagegateError,
     UnsupportedOperation,
 )
-from triagegate.types import Attachment, NodeRun, Outcome, Ticket, Triage, Usage
+from triagegate.types import Attachment, GateDecision, NodeRun, Outcome, Ticket, Triage, Turn, Usage
 
 if TYPE_CHECKING:
     from triagegate.gate import Decision, decide
@@ -51,6 +51,7 @@ __all__ = [
     "BadModelOutput",
     "ConfigError",
     "Decision",
+    "GateDecision",
     "GatePolicy",
     "GraphSpec",
     "InputError",
@@ -65,6 +66,7 @@ __all__ = [
     "Ticket",
     "Triage",
     "TriagegateError",
+    "Turn",
     "UnsupportedOperation",
     "Usage",
     "__version__",

@@ -76,7 +76,7 @@ class _Meter:
             if warning not in self.warnings:
                 self.warnings.append(warning)
 
-    def finish(self, error: str | None = None) -> NodeRun:
+    def finish(self, error: str | None = None, error_type: str | None = None) -> NodeRun:
         """The node's NodeRun, logged as ``node_done`` at DEBUG or ``node_failed`` at WARNING.
 
         A node that worked is logged at DEBUG only: at INFO, ``ticket_done`` is one line per
@@ -104,6 +104,7 @@ class _Meter:
             cost_usd=self.cost_usd,
             latency_ms=latency_ms,
             error=error,
+            error_type=error_type,
             warnings=self.warnings,
         )
 
@@ -189,6 +190,7 @@ async def triage_ticket(
     taxonomy = spec.taxonomy
     policy = tier.gate
     error: str | None = None
+    error_type: str | None = None
     try:
         if backend.capabilities.chat:
             request = replies.triage_request(
@@ -240,6 +242,7 @@ async def triage_ticket(
             )
     except ModelError as exc:
         error = f"triage failed: {type(exc).__name__}: {exc}"
+        error_type = type(exc).__name__
         triage = Triage(
             category="unknown",
             priority=taxonomy.default_priority,
@@ -249,7 +252,7 @@ async def triage_ticket(
             flags=flags,
             error=error,
         )
-    return triage, meter.finish(error)
+    return triage, meter.finish(error, error_type)
 
 
 def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool) -> GateDecision:
@@ -312,7 +315,7 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
             message = f"escalation failed: {type(exc).__name__}: {exc}"
             return {
                 "reply": Reply(None, None, None, route=tier.name, status="failed"),
-                "runs": [meter.finish(message)],
+                "runs": [meter.finish(message, type(exc).__name__)],
                 "errors": [message],
             }
         return {
@@ -362,7 +365,7 @@ def draft_node(tier: TierSpec) -> Node:
             failed = GateDecision(tier=name, route="escalate", reasons=["answer_failed"])
             return {
                 "visits": [Visit(name, None, failed)],
-                "runs": [meter.finish(message)],
+                "runs": [meter.finish(message, type(exc).__name__)],
                 "errors": [message],
             }
         return {

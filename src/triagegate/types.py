@@ -155,6 +155,9 @@ class NodeRun(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    error_type: str | None = None
+    """The failure's :mod:`triagegate.errors` class name (``ModelUnavailable``, ``RateLimited``, ...), so a
+    caller can tell kinds of failure apart without reading ``error``'s text."""
     warnings: list[str] = Field(default_factory=list)
     """Replies the node used but did not take as given, as codes: ``usage_out_of_bounds:prompt_tokens``
     (a reported token count past what the request could cost, replaced by an estimate), ``usage_missing``,

@@ -46,7 +46,8 @@ JSON = "application/json"
 SSE = "text/event-stream"
 MODEL_PREFIX = "triagegate/"
 KEEPALIVE_SECONDS = 10.0
-UNAVAILABLE = re.compile(r"\b(ModelUnavailable|RateLimited|ModelTimeout)\b")
+UNAVAILABLE = frozenset({"ModelUnavailable", "RateLimited", "ModelTimeout"})
+"""Failures (``NodeRun.error_type``) that mean a model could not be had: 503 with ``Retry-After``."""
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 _TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "text", "image_url"})
 
@@ -332,7 +333,7 @@ def ticket_from_chat(chat: ChatCompletionRequest, *, max_images: int, max_image_
 def outcome_error(outcome: Outcome) -> ApiError:
     """The error for an Outcome without an answer: 503 when a model could not be had, else 502."""
     reasons = "; ".join(outcome.errors) or "no tier produced an answer"
-    if any(UNAVAILABLE.search(e) for e in outcome.errors):
+    if any(run.error_type in UNAVAILABLE for run in outcome.nodes):
         return ApiError(
             "model_unavailable",
             f"the models behind this graph are unavailable, retry later: {reasons}",
