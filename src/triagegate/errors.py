@@ -41,7 +41,15 @@ class ConfigError(TriagegateError):
 
 
 class InputError(TriagegateError):
-    """A ticket (or a row of a batch) is malformed: missing text, unreadable image, too large."""
+    """A ticket (or a row of a batch) is malformed: missing text, unreadable image, too large.
+
+    ``code`` names the kind of problem (``text_too_long``, ``too_many_attachments``, ...) for
+    callers that group or map failures, so none of them reads the message's text.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_input") -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class ModelError(TriagegateError):

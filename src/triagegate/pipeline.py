@@ -64,11 +64,13 @@ def check_limits(ticket: Ticket, limits: Limits) -> None:
     if len(ticket.text) > limits.max_text_chars:
         raise InputError(
             f"ticket {ticket.id}: text is {len(ticket.text)} characters, over the limit of {limits.max_text_chars} "
-            "(raise limits.max_text_chars in the graph file to accept it)"
+            "(raise limits.max_text_chars in the graph file to accept it)",
+            code="text_too_long",
         )
     if len(ticket.attachments) > limits.max_images:
         raise InputError(
-            f"ticket {ticket.id}: {len(ticket.attachments)} attachments, over the limit of {limits.max_images}"
+            f"ticket {ticket.id}: {len(ticket.attachments)} attachments, over the limit of {limits.max_images}",
+            code="too_many_attachments",
         )
 
 

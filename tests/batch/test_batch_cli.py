@@ -371,7 +371,7 @@ def test_report_contents_and_retrying_failed_tickets(
     assert latency["count"] == 200
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert run["throughput_per_s"] > 0
-    assert run["failures"]["by_kind"] == {"escalation:ModelError": 2}
+    assert run["failures"]["by_kind"] == {"flagship:ModelError": 2}
     assert {e["ticket_id"] for e in run["failures"]["examples"]} <= {
         r["id"] for r in rows if ESCALATE in r["text"]
     }

@@ -140,8 +140,7 @@ def _problem(
     try:
         check_limits(ticket, limits)
     except InputError as exc:
-        kind = "text_too_long" if "characters" in str(exc) else "too_many_attachments"
-        return kind, f"line {row.line}: {exc}"
+        return exc.code, f"line {row.line}: {exc}"
     for attachment in ticket.attachments:
         try:
             check_attachment(attachment, limits)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from array import array
 from collections import Counter
@@ -24,15 +23,14 @@ from typing import Any
 from triagegate.types import Outcome
 
 MAX_EXAMPLES = 20
-_NODE_FAILURE = re.compile(r"^(triage|answer|escalation) failed: (\w+)")
 
 
 def failure_kind(outcome: Outcome) -> str:
-    """A short label for why an outcome failed, for grouping (``triage:RateLimited``, ``text_too_long``...)."""
+    """A short label for why an outcome failed, for grouping (``<node>:<error class>`` such as ``mini:RateLimited``, ``text_too_long``...)."""
+    failed = next((run for run in outcome.nodes if run.error_type), None)
+    if failed is not None:
+        return f"{failed.node}:{failed.error_type}"
     first = outcome.errors[0] if outcome.errors else ""
-    match = _NODE_FAILURE.match(first)
-    if match:
-        return f"{match.group(1)}:{match.group(2)}"
     if "characters, over the limit" in first:
         return "text_too_long"
     if "attachments, over the limit" in first:

@@ -29,7 +29,7 @@ from triagegate.errors import InputError
 from triagegate.gate import decide
 from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.tuning import calibration as cal
-from triagegate.tuning.datasets import DatasetError, LabeledText, load_unlabeled
+from triagegate.tuning.datasets import LabeledText, MissingColumn, load_unlabeled
 from triagegate.tuning.report import CalibrateReport
 from triagegate.types import Triage
 
@@ -168,12 +168,8 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     try:
         rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
         labeled = True
-    except DatasetError as exc:
-        if (
-            options.label_col is not None
-            or not exc.reason.startswith("no label column")
-            or options.reference == "labels"
-        ):
+    except MissingColumn as exc:
+        if exc.kind != "label" or options.label_col is not None or options.reference == "labels":
             raise
         rows, labeled = load_unlabeled(options.data, options.text_col), False
     use_flagship = options.reference == "flagship" or not labeled

@@ -44,6 +44,14 @@ class DatasetError(InputError):
         super().__init__(f"{where}: {message}")
 
 
+class MissingColumn(DatasetError):
+    """The file has no text (or no label) column; ``kind`` says which, so a caller can fall back."""
+
+    def __init__(self, kind: str, message: str, *, file: str | Path) -> None:
+        super().__init__(message, file=file, line=1)
+        self.kind = kind
+
+
 @dataclass(frozen=True, slots=True)
 class LabeledText:
     text: str
@@ -60,16 +68,16 @@ def _pick(
         shown += f" and {len(available) - 30} more"
     if wanted is not None:
         if wanted not in available:
-            raise DatasetError(f"no {kind} column {quoted(wanted)}; the file has: {shown}", file=path, line=1)
+            raise MissingColumn(kind, f"no {kind} column {quoted(wanted)}; the file has: {shown}", file=path)
         return wanted
     found = next((c for c in defaults if c in available), None)
     if found is None:
         tried = ", ".join(repr(c) for c in defaults)
         flag = "--text-col" if kind == "text" else "--label-col"
-        raise DatasetError(
+        raise MissingColumn(
+            kind,
             f"no {kind} column (looked for {tried}); the file has: {shown}. Name it with {flag}",
             file=path,
-            line=1,
         )
     return found
 
