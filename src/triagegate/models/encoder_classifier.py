@@ -22,8 +22,6 @@ from the installed one (other weights, another window) is refused with a
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from triagegate.errors import ConfigError
+from triagegate.models import artifacts
 from triagegate.models import encoder as enc
 from triagegate.models.encoder import EncoderIdentity
 
@@ -182,26 +181,16 @@ class EncoderClassifier:
 
 def save(model: EncoderClassifier, path: str | Path) -> Path:
     """Write ``model`` to ``path`` with skops, atomically; the encoder is named, not stored."""
-    import skops.io as sio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "metadata": model.metadata.model_dump_json(),
-        "features": model.features,
-        "coef": model.coef,
-        "intercept": model.intercept,
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sio.dump(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return artifacts.dump(
+        {
+            "format": FORMAT,
+            "metadata": model.metadata.model_dump_json(),
+            "features": model.features,
+            "coef": model.coef,
+            "intercept": model.intercept,
+        },
+        path,
+    )
 
 
 def from_payload(payload: dict[str, Any], where: str) -> EncoderClassifier:

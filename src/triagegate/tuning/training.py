@@ -47,8 +47,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +59,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from triagegate.errors import ConfigError
+from triagegate.models import artifacts
 
 if TYPE_CHECKING:
     from triagegate.models.encoder_classifier import EncoderClassifier, EncoderTrainConfig
@@ -389,26 +388,16 @@ def fit_tfidf(
 
 def save_tfidf(model: TrainedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` with skops, atomically (a reader never sees half a file)."""
-    import skops.io as sio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "metadata": model.metadata.model_dump_json(),
-        "features": model.features,
-        "coef": model.coef,
-        "intercept": model.intercept,
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sio.dump(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return artifacts.dump(
+        {
+            "format": FORMAT,
+            "metadata": model.metadata.model_dump_json(),
+            "features": model.features,
+            "coef": model.coef,
+            "intercept": model.intercept,
+        },
+        path,
+    )
 
 
 def label_mismatch(have: Sequence[str], want: Sequence[str]) -> str | None:
