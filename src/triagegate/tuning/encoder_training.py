@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from triagegate.models import encoder as enc
 from triagegate.models.encoder_classifier import EncoderClassifier, EncoderModelMetadata, EncoderTrainConfig
+from triagegate.tuning import training
 
 Matrix = npt.NDArray[np.float64]
 
@@ -100,18 +101,6 @@ def _logistic(x: Any, y: npt.NDArray[np.int64], config: EncoderTrainConfig) -> t
     return np.asarray(model.coef_, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64)
 
 
-def _svm(x: Any, y: npt.NDArray[np.int64], config: EncoderTrainConfig) -> tuple[Matrix, Matrix]:
-    from sklearn.svm import LinearSVC
-
-    svm = LinearSVC(C=config.C, class_weight="balanced", max_iter=config.max_iter, random_state=0).fit(x, y)
-    coef = np.asarray(svm.coef_, dtype=np.float64)
-    intercept = np.asarray(svm.intercept_, dtype=np.float64)
-    if coef.shape[0] > 1:
-        coef = coef - coef.mean(axis=0, keepdims=True)
-        intercept = intercept - intercept.mean()
-    return coef, intercept
-
-
 def fit(
     texts: Sequence[str],
     labels: Sequence[str],
@@ -168,7 +157,13 @@ def fit(
             coef_sum = np.zeros((rows, x.shape[1]))
             intercept_sum = np.zeros(rows)
             for train_rows, held_rows in splitter.split(np.zeros(len(y)), y):
-                coef, intercept = _svm(x[train_rows], y[train_rows], config)
+                coef, intercept = training.linear_svm(
+                    x[train_rows],
+                    y[train_rows],
+                    C=config.C,
+                    class_weight="balanced",
+                    max_iter=config.max_iter,
+                )
                 scores[held_rows] = x[held_rows] @ coef.T + intercept
                 coef_sum += coef
                 intercept_sum += intercept

@@ -289,18 +289,18 @@ def build_features(config: TrainConfig) -> Any:
     )
 
 
-def _linear_svm(x: Any, y: npt.NDArray[np.int64], config: TrainConfig) -> tuple[Matrix, Matrix]:
+def linear_svm(
+    x: Any, y: npt.NDArray[np.int64], *, C: float, class_weight: str | None, max_iter: int
+) -> tuple[Matrix, Matrix]:
     """Weights and bias of a LinearSVC on ``x, y``: one row per label, or one row for two labels.
 
     With more than two labels the rows are centred (their mean removed): softmax ignores a
     shift shared by all labels, and centred scores let the calibrator converge in a third of
-    the iterations.
+    the iterations. Both classifier kinds cross-fit their SVMs with this.
     """
     from sklearn.svm import LinearSVC
 
-    svm = LinearSVC(
-        C=config.C, class_weight=config.class_weight, max_iter=config.max_iter, random_state=0
-    ).fit(x, y)
+    svm = LinearSVC(C=C, class_weight=class_weight, max_iter=max_iter, random_state=0).fit(x, y)
     coef = np.asarray(svm.coef_, dtype=np.float64)
     intercept = np.asarray(svm.intercept_, dtype=np.float64)
     if coef.shape[0] > 1:
@@ -360,7 +360,13 @@ def fit_tfidf(
             intercept_sum = np.zeros(rows)
             splitter = StratifiedKFold(config.folds, shuffle=True, random_state=0)
             for train_rows, held_rows in splitter.split(np.zeros(len(y)), y):
-                coef, intercept = _linear_svm(x[train_rows], y[train_rows], config)
+                coef, intercept = linear_svm(
+                    x[train_rows],
+                    y[train_rows],
+                    C=config.C,
+                    class_weight=config.class_weight,
+                    max_iter=config.max_iter,
+                )
                 scores[held_rows] = x[held_rows] @ coef.T + intercept
                 coef_sum += coef
                 intercept_sum += intercept
