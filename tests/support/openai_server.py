@@ -484,6 +484,7 @@ class OpenAIServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             _App(self),
+            log_config=None,  # leave the process's logging as the test set it up
             log_level="warning",
             access_log=False,
             lifespan="off",
