@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 
 def dump(payload: dict[str, Any], path: str | Path) -> Path:
@@ -27,3 +29,30 @@ def dump(payload: dict[str, Any], path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+class LinearModel(Protocol):
+    """What both classifier kinds store: fitted features, one linear layer, and their metadata."""
+
+    @property
+    def metadata(self) -> BaseModel: ...
+    @property
+    def features(self) -> Any: ...
+    @property
+    def coef(self) -> Any: ...
+    @property
+    def intercept(self) -> Any: ...
+
+
+def dump_linear(model: LinearModel, file_format: str, path: str | Path) -> Path:
+    """Write a linear classifier's file: its format tag, metadata (JSON), features and weights."""
+    return dump(
+        {
+            "format": file_format,
+            "metadata": model.metadata.model_dump_json(),
+            "features": model.features,
+            "coef": model.coef,
+            "intercept": model.intercept,
+        },
+        path,
+    )

@@ -181,16 +181,7 @@ class EncoderClassifier:
 
 def save(model: EncoderClassifier, path: str | Path) -> Path:
     """Write ``model`` to ``path`` with skops, atomically; the encoder is named, not stored."""
-    return artifacts.dump(
-        {
-            "format": FORMAT,
-            "metadata": model.metadata.model_dump_json(),
-            "features": model.features,
-            "coef": model.coef,
-            "intercept": model.intercept,
-        },
-        path,
-    )
+    return artifacts.dump_linear(model, FORMAT, path)
 
 
 def from_payload(payload: dict[str, Any], where: str) -> EncoderClassifier:

@@ -394,16 +394,7 @@ def fit_tfidf(
 
 def save_tfidf(model: TrainedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` with skops, atomically (a reader never sees half a file)."""
-    return artifacts.dump(
-        {
-            "format": FORMAT,
-            "metadata": model.metadata.model_dump_json(),
-            "features": model.features,
-            "coef": model.coef,
-            "intercept": model.intercept,
-        },
-        path,
-    )
+    return artifacts.dump_linear(model, FORMAT, path)
 
 
 def label_mismatch(have: Sequence[str], want: Sequence[str]) -> str | None:
