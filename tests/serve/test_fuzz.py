@@ -70,6 +70,10 @@ CHECKS = [
     negative_data_rejection,
     ignored_auth,
 ]
+FORM_CHECKS = [check for check in CHECKS if check is not negative_data_rejection]
+"""For multipart forms: every form field is text on the wire, so a field "made invalid" by
+changing its type (a number or a boolean where the document says string) arrives as valid
+text, and the server is right to accept it. The other checks still apply to forms."""
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 EXAMPLES = 30
 
@@ -112,7 +116,8 @@ def test_api_never_fails_on_generated_input(live_url: str, mode: GenerationMode)
             max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def fuzz(case: Any) -> None:
-            response = case.call_and_validate(base_url=live_url, headers=AUTH, checks=CHECKS, timeout=15)
+            checks = FORM_CHECKS if (case.media_type or "").startswith("multipart/") else CHECKS
+            response = case.call_and_validate(base_url=live_url, headers=AUTH, checks=checks, timeout=15)
             calls.append((case.operation.path, response.status_code))
 
         fuzz()
