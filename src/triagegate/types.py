@@ -74,7 +74,8 @@ class Ticket(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(default_factory=new_ticket_id, min_length=1, max_length=200)
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, json_schema_extra={"pattern": r"\S"})
+    """At least one character that is not white space (the document says so with ``pattern``)."""
     subject: str | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
