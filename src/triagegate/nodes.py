@@ -255,14 +255,14 @@ async def triage_ticket(
     return triage, meter.finish(error, error_type)
 
 
-def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool) -> GateDecision:
+def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool, contact: int = 1) -> GateDecision:
     """The tier's gate (:func:`triagegate.gate.decide`, pure) applied to its triage, as recorded.
 
     The decision is logged at DEBUG only: the ``ticket_done`` line at INFO carries the
     decisions, and a log line costs about 12 us of CPU per ticket.
     """
     assert tier.gate is not None, "every tier but the last has a gate (checked when the graph loads)"
-    decision = decide(triage, tier.gate, mini_has_vision=vision)
+    decision = decide(triage, tier.gate, mini_has_vision=vision, contact=contact)
     log.debug(
         "gate",
         tier=tier.name,
@@ -286,7 +286,9 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
         ctx = runtime.context
         ticket = state["ticket"]
         triage, run = await triage_ticket(ctx, tier, ticket, state.get("images", ()), state.get("flags"))
-        decision = gate_decision(tier, triage, vision=ctx.backend_for(tier).capabilities.vision)
+        decision = gate_decision(
+            tier, triage, vision=ctx.backend_for(tier).capabilities.vision, contact=ticket.contact
+        )
         update: dict[str, Any] = {"visits": [Visit(tier.name, triage, decision)], "runs": [run]}
         if triage.error:
             update["errors"] = [triage.error]

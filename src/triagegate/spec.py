@@ -176,6 +176,9 @@ class AlwaysEscalate(_Strict):
     complexity: list[Complexity] = Field(default_factory=lambda: ["high"])  # type: ignore[arg-type]
     categories: list[str] = Field(default_factory=list)
     priorities: list[str] = Field(default_factory=lambda: ["urgent"])
+    repeat_contact: int | None = Field(default=None, ge=2)
+    """Escalate a ticket that is at least the customer's N-th message in its thread (reason
+    ``repeat_contact``): a customer who had to write again was not helped by this tier."""
 
 
 class NeverEscalate(_Strict):
@@ -219,6 +222,23 @@ class TierSpec(NodeSpec):
     categories: list[str] | None = Field(default=None, min_length=1)
     draft: DraftSpec | None = None
     gate: GatePolicy | None = None
+
+
+class HandoffPolicy(_Strict):
+    """When a person answers instead of the model, after the cascade has produced its best draft.
+
+    Checked where a run would end (a kept tier, a draft, the last tier); any matching rule
+    sends the ticket to the ``human`` step (:func:`triagegate.gate.handoff_reasons`).
+    ``below`` compares the ticket's confidence (:attr:`triagegate.types.Outcome.confidence`,
+    the last triage's); ``categories`` and ``priorities`` the final ones; ``repeat_contact``
+    the ticket's place in its thread; ``on_failure`` hands off a ticket no tier could answer.
+    """
+
+    below: float | None = Field(default=None, ge=0.0, le=1.0)
+    categories: list[str] = Field(default_factory=list)
+    priorities: list[str] = Field(default_factory=list)
+    repeat_contact: int | None = Field(default=None, ge=2)
+    on_failure: bool = False
 
 
 class Limits(_Strict):
@@ -298,6 +318,8 @@ class GraphSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     """The cascade, cheapest first; see the README's "Tiers" for the routing rule."""
     limits: Limits = Field(default_factory=Limits)
+    handoff: HandoffPolicy | None = None
+    """When a person answers (the ``human`` step after the cascade); ``None``: never."""
 
     @model_validator(mode="before")
     @classmethod
@@ -386,8 +408,32 @@ class GraphSpec(_Strict):
                 if fb == alias:
                     raise ValueError(f"models.{alias}.fallbacks lists the alias itself")
         self._tiers_resolve(aliases)
+        self._handoff_resolves()
         _check_reachable(self)
         return self
+
+    def _handoff_resolves(self) -> None:
+        if self.handoff is None:
+            return
+        if self.handoff == HandoffPolicy():
+            raise _RefError(
+                ("handoff",),
+                "handoff has no rule, so no ticket would ever reach a person: give it one of below, "
+                "categories, priorities, repeat_contact or on_failure (or delete it)",
+            )
+        _known_categories(
+            ("handoff", "categories"), self.handoff.categories, set(self.taxonomy.category_names)
+        )
+        self._known_priorities(("handoff", "priorities"), self.handoff.priorities)
+
+    def _known_priorities(self, where: tuple[int | str, ...], names: list[str]) -> None:
+        for j, p in enumerate(names):
+            if p not in self.taxonomy.priorities:
+                raise _RefError(
+                    (*where, j),
+                    f"{dotted(where)} names unknown priorities: {p} "
+                    f"(the taxonomy has: {', '.join(self.taxonomy.priorities)})",
+                )
 
     def _tiers_resolve(self, aliases: set[str]) -> None:
         defined = ", ".join(sorted(aliases))
@@ -435,14 +481,7 @@ class GraphSpec(_Strict):
             _known_categories((*at, "category_thresholds"), list(gate.category_thresholds), known)
             _known_categories((*at, "always_escalate", "categories"), gate.always_escalate.categories, known)
             _known_categories((*at, "never_escalate", "categories"), gate.never_escalate.categories, known)
-            for j, p in enumerate(gate.always_escalate.priorities):
-                if p not in self.taxonomy.priorities:
-                    where = (*at, "always_escalate", "priorities", j)
-                    raise _RefError(
-                        where,
-                        f"{dotted(where[:-1])} names unknown priorities: {p} "
-                        f"(the taxonomy has: {', '.join(self.taxonomy.priorities)})",
-                    )
+            self._known_priorities((*at, "always_escalate", "priorities"), gate.always_escalate.priorities)
 
     def _last_tier_fits(self, t: TierSpec, here: tuple[int | str, ...]) -> None:
         i = here[1]
@@ -510,7 +549,7 @@ def _may_escalate(spec: GraphSpec, tier: TierSpec) -> tuple[bool, frozenset[str]
     names = spec.taxonomy.category_names
     if hard:
         return passes, frozenset(names)
-    soft = bool(rules.complexity or rules.priorities)
+    soft = bool(rules.complexity or rules.priorities or rules.repeat_contact)
     return passes, frozenset(
         c
         for c in names

@@ -67,8 +67,10 @@ class Ticket(BaseModel):
     """A customer-support ticket. ``text`` is untrusted customer input.
 
     ``messages`` is the conversation before ``text``, oldest first (the OpenAI-compatible
-    endpoint fills it from earlier turns). It is carried on the ticket and stored with it;
-    the prompts do not render it yet.
+    endpoint fills it from earlier turns); every tier's prompt sees it, delimited as untrusted
+    (:func:`triagegate.prompts.delimit_history`). ``thread_id`` names a conversation the
+    pipeline's checkpointer holds: the ticket continues it, and its earlier turns are put
+    before ``messages``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -80,6 +82,7 @@ class Ticket(BaseModel):
     attachments: list[Attachment] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     messages: list[Turn] = Field(default_factory=list)
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")
 
     @field_validator("text")
     @classmethod
@@ -91,6 +94,11 @@ class Ticket(BaseModel):
     @property
     def has_images(self) -> bool:
         return any(a.kind is AttachmentKind.IMAGE for a in self.attachments)
+
+    @property
+    def contact(self) -> int:
+        """Which contact of the customer's this ticket is: 1 plus the customer turns before it."""
+        return 1 + sum(1 for turn in self.messages if turn.role == "customer")
 
 
 Complexity = Literal["low", "medium", "high"]
@@ -165,7 +173,7 @@ class NodeRun(BaseModel):
     ``logprobs_unusable:<reason>`` (label scoring fell back to a stated confidence)."""
 
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "awaiting_human"]
 
 ROUTING_SKIPS = frozenset({"category_not_served", "category_unknown"})
 """Pre-gate reasons that are routing, not escalation: a tier that serves other categories."""
@@ -188,6 +196,49 @@ class GateDecision(BaseModel):
     confidence: float | None = None
     threshold: float | None = None
     reasons: list[str] = Field(default_factory=list)
+
+
+HumanAction = Literal["approve", "edit", "answer"]
+
+
+class HumanAnswer(BaseModel):
+    """What a person sends to resume a handoff: approve the draft as it is, edit it, or answer anew.
+
+    ``text`` is required for ``edit`` and ``answer`` and refused for ``approve``; ``by`` names
+    who answered (free text, for the record).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: HumanAction
+    text: str | None = Field(default=None, max_length=20_000)
+    by: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _text_fits_action(self) -> HumanAnswer:
+        if self.action == "approve" and self.text is not None:
+            raise ValueError("'approve' sends the draft as it is and takes no text; use 'edit' to change it")
+        if self.action != "approve" and (self.text is None or not self.text.strip()):
+            raise ValueError(f"'{self.action}' needs the text of the answer")
+        return self
+
+
+class Handoff(BaseModel):
+    """A ticket handed to a person: why, the best draft, and (once resumed) what the person did.
+
+    ``diff`` is the unified diff from ``draft`` to ``answer`` when the person changed it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reasons: list[str] = Field(default_factory=list)
+    draft: str | None = None
+    draft_route: str | None = None
+    """The tier whose answer is the draft."""
+    action: HumanAction | None = None
+    answer: str | None = None
+    by: str | None = None
+    diff: str | None = None
 
 
 class Outcome(BaseModel):
@@ -221,6 +272,12 @@ class Outcome(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     errors: list[str] = Field(default_factory=list)
+    thread_id: str | None = None
+    """The conversation the run is kept under, when the pipeline keeps it (a graph with a
+    ``handoff`` rule, or a ticket that named a thread); resume a handoff and continue a thread by it."""
+    handoff: Handoff | None = None
+    """Set when the ticket went to a person: ``status`` is ``awaiting_human`` until resumed,
+    then ``ok`` with ``route`` ``human``."""
 
     @property
     def skipped(self) -> list[GateDecision]:
