@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from triagegate.errors import ConfigError
 from triagegate.log import SECRET_USERINFO, get_logger
-from triagegate.types import Outcome
+from triagegate.types import Outcome, Ticket
 
 log = get_logger("triagegate.checkpoints")
 
@@ -41,11 +41,12 @@ CREATE TABLE IF NOT EXISTS triagegate_handoffs (
     created_at DOUBLE PRECISION NOT NULL,
     resolved_at DOUBLE PRECISION,
     claimed_by TEXT,
+    ticket TEXT NOT NULL,
     outcome TEXT NOT NULL
 )
 """
 _INDEX = "CREATE INDEX IF NOT EXISTS triagegate_handoffs_status ON triagegate_handoffs (status, created_at)"
-_COLUMNS = "thread_id, ticket_id, graph, status, created_at, resolved_at, outcome"
+_COLUMNS = "thread_id, ticket_id, graph, status, created_at, resolved_at, ticket, outcome"
 
 
 class HandoffRecord(BaseModel):
@@ -57,6 +58,8 @@ class HandoffRecord(BaseModel):
     status: HandoffStatus
     created_at: float
     resolved_at: float | None = None
+    ticket: Ticket
+    """The ticket that was handed off (with the conversation before it)."""
     outcome: Outcome
 
 
@@ -115,15 +118,23 @@ class HandoffIndex:
         await self._db.execute(_SCHEMA)
         await self._db.execute(_INDEX)
 
-    async def pending(self, outcome: Outcome) -> None:
+    async def pending(self, outcome: Outcome, ticket: Ticket) -> None:
         """Record (or record again) the handoff ``outcome`` paused on, as ``pending``."""
         assert outcome.thread_id is not None
         await self._db.execute(
-            "INSERT INTO triagegate_handoffs (thread_id, ticket_id, graph, status, created_at, outcome) "
-            "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
+            "INSERT INTO triagegate_handoffs (thread_id, ticket_id, graph, status, created_at, ticket, outcome) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET "
             "ticket_id = excluded.ticket_id, graph = excluded.graph, status = 'pending', "
-            "created_at = excluded.created_at, resolved_at = NULL, claimed_by = NULL, outcome = excluded.outcome",
-            (outcome.thread_id, outcome.ticket_id, outcome.graph, time.time(), outcome.model_dump_json()),
+            "created_at = excluded.created_at, resolved_at = NULL, claimed_by = NULL, "
+            "ticket = excluded.ticket, outcome = excluded.outcome",
+            (
+                outcome.thread_id,
+                outcome.ticket_id,
+                outcome.graph,
+                time.time(),
+                ticket.model_dump_json(),
+                outcome.model_dump_json(),
+            ),
         )
 
     async def get(self, thread_id: str) -> HandoffRecord | None:
@@ -174,7 +185,7 @@ class HandoffIndex:
 
 
 def _record(row: tuple[Any, ...]) -> HandoffRecord:
-    thread_id, ticket_id, graph, status, created_at, resolved_at, outcome = row
+    thread_id, ticket_id, graph, status, created_at, resolved_at, ticket, outcome = row
     return HandoffRecord(
         thread_id=thread_id,
         ticket_id=ticket_id,
@@ -182,6 +193,7 @@ def _record(row: tuple[Any, ...]) -> HandoffRecord:
         status=status,
         created_at=created_at,
         resolved_at=resolved_at,
+        ticket=Ticket.model_validate_json(ticket),
         outcome=Outcome.model_validate_json(outcome),
     )
 

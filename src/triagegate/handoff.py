@@ -79,7 +79,15 @@ def resolve(pending: Handoff, answer: HumanAnswer) -> Handoff:
                 tofile="answer",
             )
         )
-    return pending.model_copy(update={"action": answer.action, "answer": text, "by": answer.by, "diff": diff})
+    return pending.model_copy(
+        update={
+            "action": answer.action,
+            "answer": text,
+            "by": answer.by,
+            "category": answer.category,
+            "diff": diff,
+        }
+    )
 
 
 async def human(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -90,7 +98,7 @@ async def human(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, A
     done = resolve(pending, answer)
     reply = state.get("reply")
     triage = last_triage(state)
-    category = (reply.category if reply else None) or (triage.category if triage else None)
+    category = answer.category or (reply.category if reply else None) or (triage.category if triage else None)
     priority = (reply.priority if reply else None) or (triage.priority if triage else None)
     run = NodeRun(node=HUMAN, latency_ms=(time.perf_counter() - started) * 1000)
     return {"reply": Reply(done.answer, category, priority, route=HUMAN), "handoff": done, "runs": [run]}

@@ -222,7 +222,7 @@ class Pipeline:
                         code="thread_awaiting_human",
                     )
                 outcome = self._paused_outcome(held, snapshot.interrupts[0].value, thread)
-                await checkpoints.index.pending(outcome)
+                await checkpoints.index.pending(outcome, before)
                 return outcome
             earlier = list(before.messages)
             reply = held.get("reply")
@@ -256,7 +256,7 @@ class Pipeline:
         interrupts = state.get("__interrupt__") or ()
         if interrupts:
             outcome = self._paused_outcome(cast("TicketState", state), interrupts[0].value, thread)
-            await checkpoints.index.pending(outcome)
+            await checkpoints.index.pending(outcome, ticket)
             return outcome
         return self._outcome_of(
             cast("TicketState", state), self._cascade, self._run_context, thread_id=thread
@@ -275,6 +275,7 @@ class Pipeline:
         text: str | None = None,
         *,
         by: str | None = None,
+        category: str | None = None,
         claimer: str | None = None,
     ) -> Outcome:
         """Answer the handoff on ``thread_id`` and finish its run: ``approve`` the draft, ``edit`` it or ``answer``.
@@ -288,12 +289,20 @@ class Pipeline:
         """
         try:
             answer = (
-                action if isinstance(action, HumanAnswer) else HumanAnswer(action=action, text=text, by=by)
+                action
+                if isinstance(action, HumanAnswer)
+                else HumanAnswer(action=action, text=text, by=by, category=category)
             )
         except ValidationError as exc:
             raise InputError(
                 f"invalid answer: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
             ) from None
+        if answer.category is not None and answer.category not in self.spec.taxonomy.category_names:
+            raise InputError(
+                f"unknown category {answer.category!r}; the taxonomy has: "
+                f"{', '.join(self.spec.taxonomy.category_names)}",
+                code="unknown_category",
+            )
         graph, checkpoints = await self._durable_graph()
         record = await checkpoints.index.get(thread_id)
         if record is None:

@@ -213,6 +213,9 @@ class HumanAnswer(BaseModel):
     action: HumanAction
     text: str | None = Field(default=None, max_length=20_000)
     by: str | None = Field(default=None, max_length=200)
+    category: str | None = Field(default=None, max_length=200)
+    """The category the person files the ticket under, when it is not the one the tiers gave
+    (it must be in the graph's taxonomy); human answers become labelled data with it."""
 
     @model_validator(mode="after")
     def _text_fits_action(self) -> HumanAnswer:
@@ -238,6 +241,8 @@ class Handoff(BaseModel):
     action: HumanAction | None = None
     answer: str | None = None
     by: str | None = None
+    category: str | None = None
+    """The category the person gave, if they changed it."""
     diff: str | None = None
 
 

@@ -44,11 +44,11 @@ from triagegate.serve.limits import RateLimiter, check_ticket_for_http
 from triagegate.serve.metrics import ServiceMetrics
 from triagegate.serve.middleware import Gate
 from triagegate.serve.settings import ServeSettings
-from triagegate.types import Outcome, Ticket
+from triagegate.types import HumanAnswer, Outcome, Ticket
 
 log = get_logger("triagegate.serve")
 ROUTES = frozenset({"/v1/tickets", "/v1/tickets:batch", "/healthz", "/readyz", "/metrics", "/openapi.json"})
-ROUTES |= {"/v1/chat/completions", "/v1/models"}
+ROUTES |= {"/v1/chat/completions", "/v1/models", "/v1/handoffs"}
 JSON = "application/json"
 
 
@@ -151,7 +151,12 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     _, extra = models_json_schema(
-        [(Ticket, "validation"), (BatchRequest, "validation"), *openai_api.SCHEMA_MODELS],
+        [
+            (Ticket, "validation"),
+            (BatchRequest, "validation"),
+            (HumanAnswer, "validation"),
+            *openai_api.SCHEMA_MODELS,
+        ],
         ref_template="#/components/schemas/{model}",
     )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -355,6 +360,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
             pipeline, run=run_one, max_images=limits.max_images, max_image_bytes=max_image_bytes
         )
     )
+    from triagegate.serve.handoffs import handoffs_router
+
+    app.include_router(handoffs_router(pipeline, observe=metrics.observe_outcome))
     app.openapi = lambda: _openapi(app, settings, limits.max_images)  # type: ignore[method-assign]
     keys = KeyRing(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
