@@ -15,6 +15,7 @@ the classes of :data:`triagegate.state.CHECKPOINTED_TYPES`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from triagegate.types import Outcome, Ticket
 log = get_logger("triagegate.checkpoints")
 
 HandoffStatus = Literal["pending", "resolving", "resolved"]
+SETUP_LOCK = 0x7472_6961_6765_6370  # "triagecp": the advisory lock held while creating the tables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triagegate_handoffs (
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS triagegate_handoffs (
 )
 """
 _INDEX = "CREATE INDEX IF NOT EXISTS triagegate_handoffs_status ON triagegate_handoffs (status, created_at)"
-_COLUMNS = "thread_id, ticket_id, graph, status, created_at, resolved_at, ticket, outcome"
+_COLUMNS = "thread_id, ticket_id, graph, status, created_at, resolved_at, claimed_by, ticket, outcome"
 
 
 class HandoffRecord(BaseModel):
@@ -58,6 +60,8 @@ class HandoffRecord(BaseModel):
     status: HandoffStatus
     created_at: float
     resolved_at: float | None = None
+    claimed_by: str | None = None
+    """Who holds (``resolving``) or held (``resolved``) the claim: the resume that answered it."""
     ticket: Ticket
     """The ticket that was handed off (with the conversation before it)."""
     outcome: Outcome
@@ -159,11 +163,12 @@ class HandoffIndex:
         return int(rows[0][0])
 
     async def claim(self, thread_id: str, claimer: str) -> bool:
-        """Move ``thread_id`` from ``pending`` to ``resolving`` for ``claimer``; ``False`` if it was not pending."""
+        """Move ``thread_id`` from ``pending`` to ``resolving`` for ``claimer``; ``False`` if it was not
+        pending. A claim ``claimer`` already holds (it died mid-resume and is trying again) is its own."""
         changed = await self._db.execute(
             "UPDATE triagegate_handoffs SET status = 'resolving', claimed_by = ? "
-            "WHERE thread_id = ? AND status = 'pending'",
-            (claimer, thread_id),
+            "WHERE thread_id = ? AND (status = 'pending' OR (status = 'resolving' AND claimed_by = ?))",
+            (claimer, thread_id, claimer),
         )
         return changed == 1
 
@@ -185,7 +190,7 @@ class HandoffIndex:
 
 
 def _record(row: tuple[Any, ...]) -> HandoffRecord:
-    thread_id, ticket_id, graph, status, created_at, resolved_at, ticket, outcome = row
+    thread_id, ticket_id, graph, status, created_at, resolved_at, claimed_by, ticket, outcome = row
     return HandoffRecord(
         thread_id=thread_id,
         ticket_id=ticket_id,
@@ -193,9 +198,16 @@ def _record(row: tuple[Any, ...]) -> HandoffRecord:
         status=status,
         created_at=created_at,
         resolved_at=resolved_at,
+        claimed_by=claimed_by,
         ticket=Ticket.model_validate_json(ticket),
         outcome=Outcome.model_validate_json(outcome),
     )
+
+
+async def _try_lock(conn: Any) -> bool:
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (SETUP_LOCK,))
+    row = await cursor.fetchone()
+    return bool(row["locked"] if isinstance(row, dict) else row[0])
 
 
 def serializer() -> JsonPlusSerializer:
@@ -283,14 +295,25 @@ class Checkpoints:
                 "connect_timeout": 5,
             },
         )
+        saver = AsyncPostgresSaver(pool, serde=serializer())
+        index = HandoffIndex(_Postgres(pool))
         try:
             await pool.open(wait=True, timeout=5)
-            saver = AsyncPostgresSaver(pool, serde=serializer())
-            await saver.setup()
-            index = HandoffIndex(_Postgres(pool))
-            await index.setup()
-        except (OperationalError, PoolTimeout) as exc:
+            async with pool.connection() as conn:
+                # Workers start together: one at a time creates the tables (DDL races otherwise).
+                # The lock is polled, not waited for: a waiting statement is an open transaction,
+                # and the saver's CREATE INDEX CONCURRENTLY would wait for it in turn.
+                while not await _try_lock(conn):
+                    await asyncio.sleep(0.05)
+                try:
+                    await saver.setup()
+                    await index.setup()
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+        except BaseException as exc:
             await pool.close()
+            if not isinstance(exc, OperationalError | PoolTimeout):
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = SECRET_USERINFO.sub(r"\1***@", dsn)
             raise ConfigError(f"cannot reach the checkpoint database {where}: {first}") from None

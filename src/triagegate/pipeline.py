@@ -203,8 +203,8 @@ class Pipeline:
         The thread's last exchange (its ticket's history, text and answer) goes before the
         ticket's own ``messages``. A thread paused for a person takes no new ticket
         (:class:`InputError`, ``thread_awaiting_human``), except the very ticket it paused on,
-        which gets its pending Outcome back: running a ticket twice (a redelivered queue
-        entry) hands it off once.
+        which gets its pending Outcome back, and a ticket a person already answered gets that
+        final Outcome back: running a ticket twice (a redelivered queue entry) hands it off once.
         """
         graph, checkpoints = await self._durable_graph()
         thread = ticket.thread_id or ticket.id
@@ -224,6 +224,8 @@ class Pipeline:
                 outcome = self._paused_outcome(held, snapshot.interrupts[0].value, thread)
                 await checkpoints.index.pending(outcome, before)
                 return outcome
+            if before.id == ticket.id and held.get("handoff") is not None:
+                return self._outcome_of(held, self._cascade, self._run_context, thread_id=thread)
             earlier = list(before.messages)
             reply = held.get("reply")
             if before.id != ticket.id:
@@ -286,6 +288,11 @@ class Pipeline:
         this process or another: the claim is one conditional update in the index), and
         :class:`InputError` for an answer that does not fit (``approve`` without a draft,
         ``edit`` without text). A refused resume changes nothing.
+
+        ``claimer`` names this resume for the claim (default: a new id). A caller that may
+        deliver the same resume twice (a queue entry redelivered after its worker died) passes
+        the same name each time: its own earlier claim is taken up again, and a resume it already
+        finished returns that Outcome instead of being refused.
         """
         try:
             answer = (
@@ -307,7 +314,9 @@ class Pipeline:
         record = await checkpoints.index.get(thread_id)
         if record is None:
             raise HandoffNotFound(f"no handoff is kept under thread {thread_id!r}", thread_id=thread_id)
-        if record.status != "pending":
+        if claimer is not None and record.claimed_by == claimer and record.status == "resolved":
+            return record.outcome
+        if record.status != "pending" and not (claimer is not None and record.claimed_by == claimer):
             raise HandoffResolved(
                 f"the handoff on thread {thread_id!r} is {record.status} already; nothing was changed",
                 thread_id=thread_id,
@@ -330,12 +339,16 @@ class Pipeline:
 
         try:
             snapshot = await graph.aget_state(config)
+            held = cast("TicketState", snapshot.values)
+            if not snapshot.interrupts and record.claimed_by == claimer and held.get("handoff") is not None:
+                outcome = self._outcome_of(held, self._cascade, self._run_context, thread_id=thread_id)
+                await checkpoints.index.resolved(outcome, claimer)
+                return outcome
             if not snapshot.interrupts:
                 raise HandoffResolved(
                     f"thread {thread_id!r} is not paused for a person; nothing was changed",
                     thread_id=thread_id,
                 )
-            held = cast("TicketState", snapshot.values)
             with structlog.contextvars.bound_contextvars(ticket_id=held["ticket"].id, run_id=held["run_id"]):
                 state = await graph.ainvoke(
                     Command(resume=answer.model_dump(mode="json")),

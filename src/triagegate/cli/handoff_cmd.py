@@ -129,15 +129,21 @@ def resume(
         str | None, typer.Option("--category", help="File the ticket under this category instead.")
     ] = None,
     checkpoints: CheckpointsOpt = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option("--redis", help="Queue the answer on this Redis for the workers to apply, instead."),
+    ] = None,
+    stream: Annotated[str, typer.Option(help="The workers' stream (with --redis).")] = "triagegate:tickets",
     as_json: JsonOpt = False,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Answer a handoff and finish its ticket: exactly one of --approve, --edit TEXT or --answer TEXT.
 
-    Exit 1 when the handoff is unknown or was answered already (nothing changes then).
+    Exit 1 when the handoff is unknown or was answered already (nothing changes then). With
+    --redis the answer is pushed to the workers' stream and a worker applies it.
     """
     from triagegate.errors import InputError
-    from triagegate.types import HumanAction, Outcome
+    from triagegate.types import HumanAction, HumanAnswer, Outcome
 
     setup_logging(log_level)
     chosen = [
@@ -151,6 +157,12 @@ def resume(
     action: HumanAction = name  # type: ignore[assignment]
     text = None if action == "approve" else (sys.stdin.read() if value == "-" else str(value))
 
+    if redis_url is not None:
+        _enqueue_resume(
+            redis_url, stream, thread, HumanAnswer(action=action, text=text, by=by, category=category)
+        )
+        return
+
     async def work(pipeline: Pipeline) -> Outcome:
         return await pipeline.resume(thread, action, text, by=by, category=category)
 
@@ -159,6 +171,22 @@ def resume(
         sys.stdout.write(outcome.model_dump_json() + "\n")
     else:
         print_outcome(outcome, {})
+
+
+def _enqueue_resume(redis_url: str, stream: str, thread: str, answer: Any) -> None:
+    import asyncio
+
+    from triagegate.queue.redis_stream import TicketStream, connect
+
+    async def go() -> str:
+        client = connect(redis_url)
+        try:
+            return await TicketStream(client, stream).add_resume(thread, answer)
+        finally:
+            await client.aclose()
+
+    entry = asyncio.run(go())
+    typer.echo(json.dumps({"stream": stream, "thread_id": thread, "entry": entry}))
 
 
 @handoff_app.command("export")
