@@ -158,9 +158,15 @@ def resume(
     text = None if action == "approve" else (sys.stdin.read() if value == "-" else str(value))
 
     if redis_url is not None:
-        _enqueue_resume(
-            redis_url, stream, thread, HumanAnswer(action=action, text=text, by=by, category=category)
-        )
+        from pydantic import ValidationError
+
+        try:
+            queued = HumanAnswer(action=action, text=text, by=by, category=category)
+        except ValidationError as exc:
+            raise InputError(
+                f"invalid answer: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+            ) from None
+        _enqueue_resume(redis_url, stream, thread, queued)
         return
 
     async def work(pipeline: Pipeline) -> Outcome:
