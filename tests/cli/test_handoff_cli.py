@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 import triagegate
 from tests.support.openai_server import OpenAIServer
@@ -17,14 +16,6 @@ from triagegate.tuning.datasets import load_labeled
 from triagegate.types import Ticket
 
 HANDOFF = Path(__file__).resolve().parents[1] / "graphs" / "handoff_openai.yaml"
-
-
-@pytest.fixture(autouse=True)
-def restore_structlog() -> Iterator[None]:
-    saved = structlog.get_config()
-    saved["processors"] = list(saved["processors"])
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture
