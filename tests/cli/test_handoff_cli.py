@@ -74,3 +74,14 @@ def test_list_show_resume_and_export_the_answers_as_labelled_data(
         ("My parcel never came.", "shipping"),
         ("I was charged twice.", "billing"),
     }
+
+
+def test_graph_check_says_when_a_person_answers_and_show_draws_the_human_node(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["graph", "check", str(HANDOFF)]) == 0
+    out = capsys.readouterr().out
+    assert "handoff: a person answers on confidence below 0.6; category legal; contact 4 or later" in out
+    assert main(["graph", "show", str(HANDOFF)]) == 0
+    drawing = capsys.readouterr().out
+    assert "flagship -. &nbsp;hand off&nbsp; .-> human;" in drawing and "human --> __end__;" in drawing
