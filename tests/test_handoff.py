@@ -205,6 +205,19 @@ async def test_a_thread_carries_the_conversation_into_the_next_tickets_prompt(
         assert text.index("</history>") < text.index("<ticket>\nIt still has not come.")
 
 
+async def test_two_tickets_of_one_thread_at_once_run_one_after_the_other(
+    open_pipeline: Callable[..., Pipeline], server: OpenAIServer
+) -> None:
+    async with open_pipeline(LOOPBACK) as pipeline:
+        first, second = await asyncio.gather(
+            pipeline.run(Ticket(id="A-1", text="First message.", thread_id="conv-2")),
+            pipeline.run(Ticket(id="A-2", text="Second message.", thread_id="conv-2")),
+        )
+        assert first.status == second.status == "ok"
+        prompts = [json.dumps(r["messages"][-1]) for r in server.requests if r["model"] == "mini-model"]
+        assert sum("<history>" in p for p in prompts) == 1
+
+
 async def test_without_a_handoff_rule_or_a_thread_nothing_is_kept(
     open_pipeline: Callable[..., Pipeline], tmp_path: Path
 ) -> None:

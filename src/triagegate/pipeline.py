@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -127,6 +128,8 @@ class Pipeline:
         self._checkpoints: Checkpoints | None = None
         self._durable: Graph | None = None
         self._opening = asyncio.Lock()
+        self._threads: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        """One lock per thread in use, so two tickets of one conversation run one after the other."""
 
     @property
     def name(self) -> str:
@@ -205,9 +208,17 @@ class Pipeline:
         (:class:`InputError`, ``thread_awaiting_human``), except the very ticket it paused on,
         which gets its pending Outcome back, and a ticket a person already answered gets that
         final Outcome back: running a ticket twice (a redelivered queue entry) hands it off once.
+        Tickets of one thread run one after the other within a pipeline.
         """
-        graph, checkpoints = await self._durable_graph()
         thread = ticket.thread_id or ticket.id
+        lock = self._threads.get(thread)
+        if lock is None:
+            lock = self._threads[thread] = asyncio.Lock()
+        async with lock:
+            return await self._run_on_thread_locked(ticket, run_id, thread)
+
+    async def _run_on_thread_locked(self, ticket: Ticket, run_id: str, thread: str) -> Outcome:
+        graph, checkpoints = await self._durable_graph()
         config: Any = {"configurable": {"thread_id": thread}}
         snapshot = await graph.aget_state(config)
         held = cast("TicketState", snapshot.values)
