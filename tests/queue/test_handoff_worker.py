@@ -135,3 +135,25 @@ async def test_a_redelivered_resume_finishes_its_own_claim_instead_of_being_refu
             await pipeline.resume("d-1", "answer", "done", claimer="entry-8")
         rerun = await pipeline.run(Ticket(id="d-1", text="charged twice"))
         assert rerun.route == "human" and rerun.answer == "done"
+
+
+def test_handoff_resume_with_redis_queues_the_answer_for_the_workers(
+    redis_url: str, stream_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import redis
+
+    from triagegate.cli import main
+
+    args = ["handoff", "resume", str(HANDOFF), "T-1", "--redis", redis_url, "--stream", stream_name]
+    assert main([*args, "--edit", "Sorted.", "--by", "kim"]) == 0
+    assert json.loads(capsys.readouterr().out)["thread_id"] == "T-1"
+    assert main([*args, "--edit", "  "]) == 2
+    assert "needs the text" in capsys.readouterr().err
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        [(_, fields)] = client.xrange(stream_name)
+    assert fields["resume"] == "T-1"
+    assert HumanAnswer.model_validate_json(fields["answer"]) == HumanAnswer(
+        action="edit", text="Sorted.", by="kim"
+    )
