@@ -168,7 +168,7 @@ class Pipeline:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
             if self.keeps_threads or ticket.thread_id is not None:
-                outcome = await self._run_on_thread(ticket, run_id)
+                outcome = await self._run_on_thread(ticket, run_id, started)
             else:
                 images = await self._images(ticket)
                 flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
@@ -200,7 +200,7 @@ class Pipeline:
         assert self._durable is not None
         return self._durable, checkpoints
 
-    async def _run_on_thread(self, ticket: Ticket, run_id: str) -> Outcome:
+    async def _run_on_thread(self, ticket: Ticket, run_id: str, started: float) -> Outcome:
         """Run ``ticket`` on its thread (its ``thread_id``, else its id), continuing what the thread holds.
 
         The thread's last exchange (its ticket's history, text and answer) goes before the
@@ -215,9 +215,11 @@ class Pipeline:
         if lock is None:
             lock = self._threads[thread] = asyncio.Lock()
         async with lock:
-            return await self._run_on_thread_locked(ticket, run_id, thread)
+            return await self._run_on_thread_locked(ticket, run_id, thread, started)
 
-    async def _run_on_thread_locked(self, ticket: Ticket, run_id: str, thread: str) -> Outcome:
+    async def _run_on_thread_locked(
+        self, ticket: Ticket, run_id: str, thread: str, started: float
+    ) -> Outcome:
         graph, checkpoints = await self._durable_graph()
         config: Any = {"configurable": {"thread_id": thread}}
         snapshot = await graph.aget_state(config)
@@ -269,6 +271,7 @@ class Pipeline:
         interrupts = state.get("__interrupt__") or ()
         if interrupts:
             outcome = self._paused_outcome(cast("TicketState", state), interrupts[0].value, thread)
+            outcome.latency_ms = (time.perf_counter() - started) * 1000
             await checkpoints.index.pending(outcome, ticket)
             return outcome
         return self._outcome_of(
