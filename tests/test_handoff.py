@@ -262,3 +262,15 @@ def test_the_handoff_rule_is_checked_with_file_line_and_key() -> None:
     with pytest.raises(ConfigError, match="handoff has no rule") as caught:
         parse_spec(empty, source="h.yaml", base_dir=GRAPHS)
     assert caught.value.key == "handoff" and caught.value.line is not None
+
+
+async def test_a_ticket_on_a_thread_the_checkpointer_cannot_store_is_an_input_error(
+    open_pipeline: Callable[..., Pipeline],
+) -> None:
+    async with open_pipeline(LOOPBACK) as pipeline:
+        with pytest.raises(InputError, match="cannot be kept on a thread") as refused:
+            await pipeline.run(Ticket(text="hello", thread_id="conv-3", metadata={"order": 2**70}))
+        assert refused.value.code == "not_storable"
+        assert (
+            await pipeline.run(Ticket(text="fine", thread_id="conv-3", metadata={"order": 2**62}))
+        ).status == "ok"

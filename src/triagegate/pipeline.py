@@ -77,6 +77,22 @@ def check_limits(ticket: Ticket, limits: Limits) -> None:
         )
 
 
+def check_storable(ticket: Ticket) -> None:
+    """Refuse a ticket the checkpointer cannot keep, before it runs: LangGraph's msgpack serialiser
+    takes integers of at most 64 bits, and JSON (so a ticket's ``metadata``) has no such limit."""
+    from triagegate.checkpoints import serializer
+
+    try:
+        serializer().dumps_typed(ticket)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(
+            f"ticket {ticket.id!r} cannot be kept on a thread: its metadata holds a value the checkpointer "
+            f"cannot store ({exc}; integers must fit in 64 bits); send it as text, or without a thread_id "
+            "to a graph without a handoff rule",
+            code="not_storable",
+        ) from None
+
+
 class Pipeline:
     """A compiled graph plus the backends it calls."""
 
@@ -210,6 +226,7 @@ class Pipeline:
         final Outcome back: running a ticket twice (a redelivered queue entry) hands it off once.
         Tickets of one thread run one after the other within a pipeline.
         """
+        check_storable(ticket)
         thread = ticket.thread_id or ticket.id
         lock = self._threads.get(thread)
         if lock is None:

@@ -50,6 +50,7 @@ def test_pending_handoffs_are_listed_shown_and_resumed_once_behind_the_keys(
     assert client.get("/v1/handoffs").status_code == 401
     assert client.post("/v1/handoffs/H-1", json={"action": "approve"}).status_code == 401
 
+    assert client.get("/v1/handoffs", params={"limit": 0}, headers=AUTH).status_code == 422
     listed = client.get("/v1/handoffs", headers=AUTH).json()["handoffs"]
     assert [h["thread_id"] for h in listed] == ["H-1"]
     shown = client.get("/v1/handoffs/H-1", headers=AUTH).json()

@@ -12,9 +12,9 @@ one every interface uses.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from triagegate.checkpoints import HandoffRecord
@@ -40,16 +40,14 @@ def handoffs_router(pipeline: Pipeline, *, observe: Callable[[Outcome], None]) -
         PATH,
         summary="List handoffs",
         response_model=HandoffList,
-        responses=error_responses("unauthorized", "invalid_request", "rate_limited"),
+        responses=error_responses("unauthorized", "invalid_ticket", "rate_limited"),
     )
     async def list_handoffs(
         status: Literal["pending", "resolving", "resolved", "all"] = "pending",
-        limit: int = 100,
-        offset: int = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> Response:
         """The handoffs kept for this graph, oldest first (``pending`` by default)."""
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise ApiError("invalid_request", "limit must be 1 to 1000 and offset 0 or more")
         records = await pipeline.handoffs(None if status == "all" else status, limit=limit, offset=offset)
         return Response(HandoffList(handoffs=records).model_dump_json(), media_type=JSON)
 
