@@ -1,13 +1,16 @@
 """Several endpoints serving one model alias: spread the load, and keep away from one that fails.
 
-Choice: **least in flight, by weight**. A request goes to the available endpoint with the
-fewest requests in flight per unit of weight; ties (at light load every endpoint has none in
-flight) go to the one that has been sent the fewest requests per unit of weight, which is
-weighted round robin. Least-in-flight is preferred over plain round robin because it adapts:
-a deployment that is slow, or held back by its own rate limit, keeps requests in flight
-longer and so receives fewer new ones, where round robin would keep sending its share to
-queue there. An endpoint whose request or token limiter is full is passed over while
-another has room.
+Choice: **least in flight, by weight, with weighted round robin among equals**. A request
+goes to the available endpoint with the fewest requests in flight per unit of weight,
+counted in whole requests (weights scaled so the lightest endpoint's unit is one request);
+among endpoints level on that count, to the one sent the fewest requests per unit of
+weight, which is weighted round robin. Endpoints that keep up are level nearly all the time,
+so the spread follows the weights closely (comparing exact fractions instead let an idle
+light endpoint win over a busier heavy one and pulled the spread towards equal shares);
+a deployment that is slow, or held back by its own limits, keeps requests in flight longer,
+falls a whole request behind and is passed over until the others catch up, where plain
+round robin would keep queueing its share there. An endpoint whose request or token
+limiter is full is passed over while another has room.
 
 Health is a small circuit breaker per endpoint, a pure state machine (:class:`Health`):
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -120,16 +124,18 @@ def choose(slots: Sequence[_Slot], tried: set[int], now: float) -> int | None:
     """The index of the slot the next attempt goes to, or ``None`` when none is available.
 
     Available: its breaker lets a request through and this request has not tried it yet.
-    Among those: one whose limiters have room, fewest in flight per weight, then fewest
-    sent per weight, then the earlier in the list.
+    Among those: one whose limiters have room, then fewest in flight per weight, counted in
+    whole requests of the lightest endpoint (so endpoints that keep up compare equal), then
+    fewest sent per weight, then the earlier in the list.
     """
     best: int | None = None
-    best_key: tuple[bool, float, float] | None = None
+    best_key: tuple[bool, int, float] | None = None
+    unit = min(slot.weight for slot in slots)
     for index, slot in enumerate(slots):
         if index in tried or not slot.health.available(now):
             continue
         full = slot.limited is not None and not slot.limited.has_capacity()
-        key = (full, slot.in_flight / slot.weight, slot.sent / slot.weight)
+        key = (full, math.floor(slot.in_flight * unit / slot.weight), slot.sent / slot.weight)
         if best_key is None or key < best_key:
             best, best_key = index, key
     return best
@@ -247,8 +253,8 @@ class BalancedBackend:
                     cooldown_s=slot.health.cooldown_s,
                     error=type(exc).__name__,
                 )
-            elif not counts_against_endpoint(exc):
-                slot.health.succeeded()  # it answered: the request, not the endpoint, was at fault
+            elif not counts_against_endpoint(exc) and slot.health.succeeded():
+                self._rejoin(slot)  # it answered: the request, not the endpoint, was at fault
             log.debug(
                 "endpoint_failed", alias=self.alias, endpoint=slot.backend.name, error=type(exc).__name__
             )
@@ -264,10 +270,11 @@ class BalancedBackend:
         return result
 
     def _rejoin(self, slot: _Slot) -> None:
-        """Put an endpoint back at par with the others, so it does not win every tie until it catches up."""
+        """Put an endpoint back at par with the others (plus the probe it just answered), so it does
+        not win every tie until it has caught up with the requests it missed."""
         others = [s.sent / s.weight for s in self.slots if s is not slot and s.health.open_until is None]
         if others:
-            slot.sent = min(others) * slot.weight
+            slot.sent = min(others) * slot.weight + 1
 
     def _none_available(self, last: ModelError | None) -> ModelUnavailable:
         now = self._clock()
