@@ -5,30 +5,32 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 import triagegate
+from tests.models import test_openai
 from tests.support.balancing import ServerProcess, between, run_paced, shares
 from tests.support.openai_server import OpenAIServer, Status
 from triagegate.errors import ModelError, ModelUnavailable, RateLimited
-from triagegate.models import BuildContext, ChatRequest, Message, ModelBackend, build_backend
+from triagegate.models import ChatRequest, Message
 from triagegate.models.balancer import BalancedBackend, Health, _Slot, choose, counts_against_endpoint
 from triagegate.models.fallback import FallbackChain
 from triagegate.models.openai import OpenAIBackend
 from triagegate.models.scripted import ScriptedBackend
-from triagegate.spec import ModelBinding, parse_spec
+from triagegate.spec import ModelBinding
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"retry_base": 0.01, "retry_cap": 0.05}
 HELLO = ChatRequest(messages=(Message("user", "Hello"),), max_tokens=8)
-Build = Callable[..., ModelBackend]
+Build = test_openai.Build
+build = test_openai.build
+"""The openai backend tests' fixture: builds an alias from bindings and closes it after the test."""
 
 
 # --- decisions -------------------------------------------------------------------------------
@@ -111,38 +113,10 @@ def binding(urls: list[str], **overrides: Any) -> dict[str, Any]:
     }
 
 
-def graph(models: dict[str, Any]) -> str:
-    first = next(iter(models))
-    return yaml.safe_dump(
-        {
-            "models": models,
-            "taxonomy": {"categories": [{"name": "billing"}, {"name": "technical"}]},
-            "nodes": {n: {"model": first, "prompt": n} for n in ("triage", "answer", "escalate")},
-        }
-    )
-
-
 @pytest.fixture
 def servers() -> Iterator[list[OpenAIServer]]:
     with OpenAIServer() as a, OpenAIServer() as b, OpenAIServer() as c:
         yield [a, b, c]
-
-
-@pytest.fixture
-async def build(tmp_path: Path) -> AsyncIterator[Build]:
-    built: list[ModelBackend] = []
-
-    def make(models: dict[str, Any], environ: dict[str, str] | None = None) -> ModelBackend:
-        loaded = parse_spec(graph(models), environ={})
-        context = BuildContext(loaded=loaded, environ=environ or {}, cache_dir=tmp_path)
-        name = next(iter(models))
-        backend = build_backend(name, loaded.spec.models[name], context)
-        built.append(backend)
-        return backend
-
-    yield make
-    for backend in built:
-        await backend.aclose()
 
 
 async def test_endpoints_build_a_balancer_of_one_attempt_backends_named_by_host(
@@ -313,7 +287,7 @@ def processes() -> Iterator[list[ServerProcess]]:
 
 
 async def test_two_thousand_requests_one_endpoint_failing_mid_run(
-    processes: list[ServerProcess], tmp_path: Path
+    processes: list[ServerProcess], build: Build
 ) -> None:
     models = {
         "mini": {
@@ -329,10 +303,7 @@ async def test_two_thousand_requests_one_endpoint_failing_mid_run(
             "options": dict(FAST),
         }
     }
-    loaded = parse_spec(graph(models), environ={})
-    backend = build_backend(
-        "mini", loaded.spec.models["mini"], BuildContext(loaded=loaded, environ={}, cache_dir=tmp_path)
-    )
+    backend = build(models)
     assert isinstance(backend, BalancedBackend)
     names = [e.name for e in backend.endpoints]
     failing = processes[2]
@@ -347,12 +318,9 @@ async def test_two_thousand_requests_one_endpoint_failing_mid_run(
         marks["heal"] = time.time()
 
     before = [p.stats()["count"] for p in processes]
-    try:
-        done = await run_paced(
-            backend, TOTAL, rate=RATE, concurrency=CONCURRENCY, hooks={FAIL_AT: fail, HEAL_AT: heal}
-        )
-    finally:
-        await backend.aclose()
+    done = await run_paced(
+        backend, TOTAL, rate=RATE, concurrency=CONCURRENCY, hooks={FAIL_AT: fail, HEAL_AT: heal}
+    )
     stats = [p.stats() for p in processes]
 
     # No request the caller sent failed.
