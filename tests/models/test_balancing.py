@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 import triagegate
 from tests.models import test_openai
 from tests.support.balancing import ServerProcess, between, run_paced, shares
-from tests.support.openai_server import OpenAIServer, Status
+from tests.support.openai_server import Cut, OpenAIServer, Status
 from triagegate.errors import ModelError, ModelUnavailable, RateLimited
-from triagegate.models import ChatRequest, Message
+from triagegate.models import ChatRequest, ClassifyRequest, Message
 from triagegate.models.balancer import BalancedBackend, Health, _Slot, choose, counts_against_endpoint
+from triagegate.models.base import PartialReply, chat_until
 from triagegate.models.fallback import FallbackChain
 from triagegate.models.openai import OpenAIBackend
 from triagegate.models.scripted import ScriptedBackend
@@ -170,6 +171,40 @@ async def test_an_endpoint_that_keeps_failing_cools_down_and_comes_back_after_it
     endpoints = [(await backend.chat(HELLO)).endpoint for _ in range(4)]
     assert endpoints.count(f"mini@127.0.0.1:{a.port}") == 2  # the probe worked; back at par, not a burst
     assert a.count == 4
+
+
+async def test_a_stream_cut_mid_reply_restarts_on_another_endpoint(
+    servers: list[OpenAIServer], build: Build
+) -> None:
+    a, b, _ = servers
+    backend = build({"mini": binding([a.base_url, b.base_url], max_retries=0)})
+    a.script(None, Cut(after_tokens=1))
+    seen: list[PartialReply] = []
+
+    def decide(partial: PartialReply) -> None:
+        seen.append(partial)
+
+    result = await chat_until(backend, HELLO, decide)
+    assert (result.text, result.endpoint, result.usage.requests) == (
+        "auto answer",
+        f"mini@127.0.0.1:{b.port}",
+        2,
+    )
+    assert seen[-1].complete and seen[-1].text == "auto answer"
+    assert a.requests[0]["stream"] is True and b.requests[0]["stream"] is True
+
+
+async def test_label_scoring_goes_through_the_balancer(servers: list[OpenAIServer], build: Build) -> None:
+    a, b, _ = servers
+    backend = build({"mini": binding([a.base_url, b.base_url], capabilities={"logprobs": True})})
+    a.fault_rate, a.faults = 1.0, ("503",)
+    for server in (a, b):
+        server.code_confidence = 0.8
+    result = await backend.classify(
+        ClassifyRequest(text="My invoice is wrong", labels=("billing", "technical"))
+    )
+    assert result.best == ("billing", pytest.approx(0.8))
+    assert (result.endpoint, result.usage.requests) == (f"mini@127.0.0.1:{b.port}", 2)
 
 
 async def test_all_endpoints_cooling_down_fails_at_once_and_the_fallback_alias_answers(
