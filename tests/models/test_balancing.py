@@ -263,6 +263,22 @@ async def test_an_endpoint_at_its_request_limit_is_passed_over(
     assert a.count + b.count == 40
 
 
+async def test_an_endpoint_at_its_token_limit_is_passed_over(
+    servers: list[OpenAIServer], build: Build
+) -> None:
+    a, b, _ = servers
+    models = {"mini": binding([a.base_url, b.base_url])}
+    models["mini"]["endpoints"][0]["max_tokens_per_min"] = 50
+    backend = build(models)
+    started = time.perf_counter()
+    for _ in range(40):
+        await backend.chat(HELLO)  # about 10 tokens each by the estimate (2 of prompt, max_tokens 8)
+    elapsed = time.perf_counter() - started
+    # The bucket admits 50 tokens at once, then 50 a minute: 5 requests, and one per 12 s after.
+    assert a.count <= 5 + math.ceil(elapsed / 12), (a.count, elapsed)
+    assert (a.count + b.count, a.count >= 1) == (40, True)
+
+
 async def test_a_slow_endpoint_is_sent_less_than_its_share(servers: list[OpenAIServer], build: Build) -> None:
     a, b, _ = servers
     a.latency = 0.05

@@ -278,6 +278,7 @@ class OpenAIBackend:
         self._transport = transport
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        self._last_estimate = 1
 
     @classmethod
     def from_binding(
@@ -382,12 +383,13 @@ class OpenAIBackend:
         )
 
     def has_capacity(self) -> bool:
-        """Whether this endpoint's request and token limiters would admit a request now (for the balancer)."""
+        """Whether this endpoint's request and token limiters would admit a request now (for the
+        balancer), taking the token estimate of the last request sent as the size of the next."""
         state = self._state
         if state is None:
             return True
         return (state.rpm is None or state.rpm.has_capacity()) and (
-            state.tpm is None or state.tpm.has_capacity()
+            state.tpm is None or state.tpm.has_capacity(min(float(self._last_estimate), state.tpm.max_rate))
         )
 
     def __repr__(self) -> str:
@@ -744,12 +746,18 @@ class OpenAIBackend:
                 )
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, body: dict[str, Any], estimate: int, attempt: int) -> dict[str, Any]:
+    async def _admit(self, estimate: int) -> _LoopState:
+        """Wait for the request and token limiters to admit one request of ``estimate`` tokens."""
         state = await self._loop_state()
         if state.rpm is not None:
             await state.rpm.acquire()
         if state.tpm is not None:
+            self._last_estimate = estimate
             await state.tpm.acquire(min(float(estimate), state.tpm.max_rate))
+        return state
+
+    async def _attempt(self, body: dict[str, Any], estimate: int, attempt: int) -> dict[str, Any]:
+        state = await self._admit(estimate)
         async with state.semaphore:
             log.debug("model_request", endpoint=self.name, model=self.model, attempt=attempt)
             try:
@@ -764,11 +772,7 @@ class OpenAIBackend:
     async def _stream_attempt(
         self, body: dict[str, Any], estimate: int, attempt: int, decide: Decide
     ) -> _Streamed:
-        state = await self._loop_state()
-        if state.rpm is not None:
-            await state.rpm.acquire()
-        if state.tpm is not None:
-            await state.tpm.acquire(min(float(estimate), state.tpm.max_rate))
+        state = await self._admit(estimate)
         streamed = _Streamed()
         async with state.semaphore:
             log.debug("model_request", endpoint=self.name, model=self.model, attempt=attempt, stream=True)
