@@ -17,7 +17,7 @@ import triagegate
 from tests.models import test_openai
 from tests.support.balancing import ServerProcess, between, run_paced, shares
 from tests.support.openai_server import Cut, OpenAIServer, Status
-from triagegate.errors import ModelError, ModelUnavailable, RateLimited
+from triagegate.errors import ConfigError, ModelError, ModelUnavailable, RateLimited
 from triagegate.models import ChatRequest, ClassifyRequest, Message
 from triagegate.models.balancer import BalancedBackend, Health, _Slot, choose, counts_against_endpoint
 from triagegate.models.base import PartialReply, chat_until
@@ -144,6 +144,20 @@ async def test_endpoints_on_one_host_are_told_apart_by_path(
         f"mini@127.0.0.1:{servers[0].port}/a/v1",
         f"mini@127.0.0.1:{servers[0].port}/b/v1",
     ]
+
+
+async def test_each_endpoint_sends_its_own_key(servers: list[OpenAIServer], build: Build) -> None:
+    a, b, _ = servers
+    models = {"mini": binding([a.base_url, b.base_url], api_key_env="KEY_ALL")}
+    models["mini"]["endpoints"][1]["api_key_env"] = "KEY_B"
+    backend = build(models, environ={"KEY_ALL": "sk-all-0123456789", "KEY_B": "sk-b-0123456789"})
+    for _ in range(2):
+        await backend.chat(HELLO)
+    assert a.request_headers[0]["authorization"] == "Bearer sk-all-0123456789"
+    assert b.request_headers[0]["authorization"] == "Bearer sk-b-0123456789"
+    with pytest.raises(ConfigError, match="KEY_B is not set") as info:
+        build(models, environ={"KEY_ALL": "sk-all-0123456789"})
+    assert info.value.key == "models.mini.endpoints[1].api_key_env"
 
 
 async def test_a_failed_attempt_moves_to_another_endpoint_and_is_counted(
