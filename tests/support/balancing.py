@@ -96,7 +96,8 @@ async def run_paced(
     before request ``i`` is sent. A :class:`~triagegate.errors.ModelError` is recorded, not raised.
 
     The rate bounds how fast the run can go, so each stretch between hooks lasts at least
-    its share of ``count / rate`` seconds however fast the machine is.
+    its share of ``count / rate`` seconds however fast the machine is; the time a hook takes
+    is added to the schedule rather than made up with a burst.
     """
     slots = asyncio.Semaphore(concurrency)
     done: list[Done] = []
@@ -117,7 +118,9 @@ async def run_paced(
     for index in range(count):
         hook = (hooks or {}).get(index)
         if hook is not None:
+            paused = time.monotonic()
             await asyncio.to_thread(hook)
+            start += time.monotonic() - paused  # no catch-up burst for the time the hook took
         delay = start + index / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
