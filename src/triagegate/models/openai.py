@@ -298,7 +298,6 @@ class OpenAIBackend:
         if not binding.endpoints:
             url = _checked_url(binding.base_url or DEFAULT_BASE_URL, f"models.{alias}.base_url")
             return cls._endpoint(
-                alias,
                 binding,
                 common,
                 url=url,
@@ -319,7 +318,6 @@ class OpenAIBackend:
             key_env = endpoint.api_key_env or binding.api_key_env
             where = f"models.{alias}.endpoints[{i}].api_key_env" if endpoint.api_key_env else None
             backend = cls._endpoint(
-                alias,
                 binding,
                 common,
                 url=url,
@@ -347,7 +345,6 @@ class OpenAIBackend:
     @classmethod
     def _endpoint(
         cls,
-        alias: str,
         binding: ModelBinding,
         common: _Common,
         *,
