@@ -295,7 +295,7 @@ async def test_an_endpoint_at_its_token_limit_is_passed_over(
 
 async def test_a_slow_endpoint_is_sent_less_than_its_share(servers: list[OpenAIServer], build: Build) -> None:
     a, b, _ = servers
-    a.latency = 0.05
+    a.latency = 0.2
     backend = build({"mini": binding([a.base_url, b.base_url])})
     done = await run_paced(backend, 200, rate=1000.0, concurrency=8)
     assert [d.error for d in done if d.error] == []
