@@ -61,6 +61,37 @@ def test_health_opens_after_failures_in_a_row_and_lets_one_probe_through_after_t
     assert health.available(20.7) and (health.failures, health.open_until) == (0, None)
 
 
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["send", "fail", "succeed"]), st.floats(min_value=0.0, max_value=3.0)),
+        max_size=60,
+    )
+)
+def test_health_never_lets_traffic_through_a_cool_down_and_probes_one_at_a_time(
+    events: list[tuple[str, float]],
+) -> None:
+    health = Health(cooldown_s=2.0, cooldown_after=2)
+    now, in_flight = 0.0, 0
+    for event, wait in events:
+        now += wait
+        if event == "send":
+            if not health.available(now):
+                assert health.open_until is not None and (now < health.open_until or health.probing)
+                continue
+            health.sent(now)
+            in_flight += 1
+            if health.open_until is not None:  # a half-open trial: nothing else until it ends
+                assert health.probing and not health.available(now)
+        elif in_flight:
+            in_flight -= 1
+            if event == "fail":
+                if health.failed(now):
+                    assert health.open_until == now + 2.0 and not health.available(now + 1.999)
+            else:
+                health.succeeded()
+                assert health.open_until is None and health.failures == 0 and health.available(now)
+
+
 @given(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=5), st.integers(1, 4))
 def test_at_light_load_the_choice_is_weighted_round_robin(weights: list[int], rounds: int) -> None:
     pool = slots(*weights)
