@@ -839,3 +839,25 @@ def test_a_single_base_url_is_one_endpoint() -> None:
     )
     mini = parse_spec(text, environ={}).spec.models["mini"]
     assert (mini.endpoints, [e.base_url for e in mini.endpoint_list()]) == ([], ["http://a.example/v1"])
+
+
+def test_a_base_url_from_the_environment_replaces_the_endpoints() -> None:
+    text = with_endpoints("{base_url: 'http://a.example/v1'}", "{base_url: 'http://b.example/v1'}")
+    mini = parse_spec(text, environ={"TRIAGEGATE_MINI_BASE_URL": "http://127.0.0.1:8000/v1"}).spec.models[
+        "mini"
+    ]
+    assert (mini.base_url, mini.endpoints) == ("http://127.0.0.1:8000/v1", [])
+    whole = parse_spec(text, environ={"TRIAGEGATE_MINI": "openai:gpt@http://127.0.0.1:8001/v1"}).spec.models[
+        "mini"
+    ]
+    assert (whole.base_url, whole.endpoints) == ("http://127.0.0.1:8001/v1", [])
+
+
+def test_endpoints_from_the_environment_replace_the_base_url() -> None:
+    text = edited(
+        OPENAI_MINI, "    backend: openai\n    model: mini-model\n    base_url: http://a.example/v1\n"
+    )
+    override = '{"endpoints": [{"base_url": "http://b.example/v1"}, {"base_url": "http://c.example/v1"}]}'
+    mini = parse_spec(text, environ={"TRIAGEGATE_MINI": override}).spec.models["mini"]
+    assert mini.base_url is None
+    assert [e.base_url for e in mini.endpoints] == ["http://b.example/v1", "http://c.example/v1"]

@@ -703,6 +703,17 @@ def parse_binding_override(value: str) -> dict[str, Any]:
     return out
 
 
+def _without_other_servers(binding: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``binding`` without the way to its servers that ``override`` replaces: a ``base_url`` from the
+    environment points the alias at that one server instead of its ``endpoints``, and ``endpoints``
+    replace a ``base_url``."""
+    if "base_url" in override:
+        return {k: v for k, v in binding.items() if k != "endpoints"}
+    if "endpoints" in override:
+        return {k: v for k, v in binding.items() if k != "base_url"}
+    return binding
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     """Merge ``TRIAGEGATE_<ALIAS>*`` variables into ``raw['models']`` in place; return what was applied."""
     models = raw.get("models")
@@ -725,12 +736,12 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
                 # A different backend means different options; keep only what is backend-neutral.
                 neutral = {"price", "capabilities", "timeout", "max_retries", "fallbacks"}
                 binding = {k: v for k, v in binding.items() if k in neutral}
-            binding = {**binding, **override}
+            binding = {**_without_other_servers(binding, override), **override}
             applied.append(environment.binding_variable(alias))
         for suffix, key in (("BASE_URL", "base_url"), ("MODEL", "model"), ("API_KEY_ENV", "api_key_env")):
             value = environ.get(environment.binding_variable(alias, suffix))
             if value:
-                binding[key] = value
+                binding = {**_without_other_servers(binding, {key: value}), key: value}
                 applied.append(environment.binding_variable(alias, suffix))
         caps = environ.get(environment.binding_variable(alias, "CAPABILITIES"))
         if caps is not None:

@@ -19,7 +19,7 @@ def balanced(endpoints: list[dict[str, Any]], flagship: str) -> triagegate.Pipel
     return triagegate.load(
         LOOPBACK,
         environ={
-            "TRIAGEGATE_MINI": json.dumps({"base_url": None, "endpoints": endpoints}),
+            "TRIAGEGATE_MINI": json.dumps({"endpoints": endpoints}),
             "TRIAGEGATE_FLAGSHIP_BASE_URL": flagship,
         },
     )
