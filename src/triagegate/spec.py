@@ -13,6 +13,9 @@ Model bindings can be overridden from the environment so one file serves dev and
 * ``TRIAGEGATE_<ALIAS>_BASE_URL``, ``TRIAGEGATE_<ALIAS>_MODEL``, ``TRIAGEGATE_<ALIAS>_API_KEY_ENV``;
 * ``TRIAGEGATE_<ALIAS>_CAPABILITIES=logprobs,vision`` (the full set; an empty value turns both off).
 
+A ``base_url`` from the environment replaces a binding's ``endpoints`` (one server instead of
+several), and ``endpoints`` from a JSON override replace its ``base_url``.
+
 ``<ALIAS>`` is the alias upper-cased with ``-`` turned into ``_`` (``mini`` -> ``TRIAGEGATE_MINI``).
 """
 

@@ -9,7 +9,9 @@ whose body is not a chat completion are transient and retried up to ``max_retrie
 with full-jitter exponential backoff (``Retry-After`` wins when the server sends one).
 Every other 4xx is the caller's or the configuration's fault and fails at once with a
 message saying what to fix. The API key is only ever placed in the ``Authorization``
-header: it is scrubbed from any provider text quoted in an error and never logged.
+header: it is scrubbed from any provider text quoted in an error and never logged. A
+binding with several ``endpoints`` is served by :mod:`triagegate.models.balancer`: one
+backend per endpoint, each making a single attempt, with the retries run across them.
 
 Streaming (:meth:`OpenAIBackend.chat_until`, the contract in :mod:`triagegate.models.base`):
 the same request with ``stream: true`` and ``stream_options.include_usage``, read as
