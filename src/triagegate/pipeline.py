@@ -335,12 +335,6 @@ class Pipeline:
             raise InputError(
                 f"invalid answer: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
             ) from None
-        if answer.category is not None and answer.category not in self.spec.taxonomy.category_names:
-            raise InputError(
-                f"unknown category {answer.category!r}; the taxonomy has: "
-                f"{', '.join(self.spec.taxonomy.category_names)}",
-                code="unknown_category",
-            )
         graph, checkpoints = await self._durable_graph()
         record = await checkpoints.index.get(thread_id)
         if record is None:
@@ -351,6 +345,12 @@ class Pipeline:
             raise HandoffResolved(
                 f"the handoff on thread {thread_id!r} is {record.status} already; nothing was changed",
                 thread_id=thread_id,
+            )
+        if answer.category is not None and answer.category not in self.spec.taxonomy.category_names:
+            raise InputError(
+                f"unknown category {answer.category!r}; the taxonomy has: "
+                f"{', '.join(self.spec.taxonomy.category_names)}",
+                code="unknown_category",
             )
         offered = record.outcome.handoff
         if answer.action == "approve" and (offered is None or offered.draft is None):

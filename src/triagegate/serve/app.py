@@ -167,6 +167,9 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         "properties": {k: v for k, v in UPLOAD_SCHEMA["properties"].items() if k != "images"},
     }
     _describe_http_limits(schemas, settings, max_images)
+    from triagegate.serve.handoffs import describe_openapi
+
+    describe_openapi(schemas)
     name = app.state.pipeline.name
     openai_api.describe_openapi(
         schemas, models=[f"{openai_api.MODEL_PREFIX}{name}", name], max_images=max_images

@@ -109,6 +109,35 @@ def handoffs_router(pipeline: Pipeline, *, observe: Callable[[Outcome], None]) -
     return router
 
 
+def describe_openapi(schemas: dict[str, Any]) -> None:
+    """Say in the document what :class:`HumanAnswer` checks: ``approve`` takes no text, the others need it."""
+    fields = schemas["HumanAnswer"]["properties"]
+    common = {"by": fields["by"], "category": fields["category"]}
+    text = {"type": "string", "minLength": 1, "maxLength": 20_000, "pattern": r"\S"}
+    schemas["HumanAnswer"] = {
+        "title": "HumanAnswer",
+        "description": "Approve the draft as it is, or edit it or answer anew with the text.",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["action"],
+                "properties": {"action": {"type": "string", "enum": ["approve"]}, **common},
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["action", "text"],
+                "properties": {
+                    "action": {"type": "string", "enum": ["edit", "answer"]},
+                    "text": text,
+                    **common,
+                },
+            },
+        ],
+    }
+
+
 def _resumed_part(outcome: Outcome) -> Outcome:
     """The Outcome as the metrics should count it: the ticket once more, and only the human step's node
     (the tiers before the pause were counted when it paused)."""
