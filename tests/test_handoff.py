@@ -274,3 +274,25 @@ async def test_a_ticket_on_a_thread_the_checkpointer_cannot_store_is_an_input_er
         assert (
             await pipeline.run(Ticket(text="fine", thread_id="conv-3", metadata={"order": 2**62}))
         ).status == "ok"
+
+
+async def test_a_claim_left_by_a_resume_that_died_is_taken_over_once_it_is_stale(
+    open_pipeline: Callable[..., Pipeline], server: OpenAIServer
+) -> None:
+    import time
+
+    from triagegate.checkpoints import ABANDONED_S
+
+    async with open_pipeline() as pipeline:
+        await pipeline.run(Ticket(id="S-1", text="My lawyer, again."))
+        await pipeline.run(Ticket(id="S-2", text="My lawyer, once more."))
+        index = (await pipeline.checkpoints()).index
+        assert await index.claim("S-1", "died-just-now")
+        assert await index.claim("S-2", "died-long-ago", now=time.time() - ABANDONED_S - 1)
+        with pytest.raises(HandoffResolved, match="taken by another resume"):
+            await pipeline.resume("S-1", "answer", "Too early.")
+        calls = server.count
+        done = await pipeline.resume("S-2", "answer", "Taken over.")
+        assert done.route == "human" and done.answer == "Taken over." and server.count == calls
+        assert (await pipeline.handoff("S-2")).status == "resolved"
+        assert (await pipeline.handoff("S-1")).status == "resolving"

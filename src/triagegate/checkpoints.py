@@ -33,6 +33,9 @@ log = get_logger("triagegate.checkpoints")
 
 HandoffStatus = Literal["pending", "resolving", "resolved"]
 SETUP_LOCK = 0x7472_6961_6765_6370  # "triagecp": the advisory lock held while creating the tables
+ABANDONED_S = 300.0
+"""A ``resolving`` claim this old belongs to a resume that died (a resume calls no model and takes
+milliseconds); another resume may take it over."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triagegate_handoffs (
@@ -43,6 +46,7 @@ CREATE TABLE IF NOT EXISTS triagegate_handoffs (
     created_at DOUBLE PRECISION NOT NULL,
     resolved_at DOUBLE PRECISION,
     claimed_by TEXT,
+    claimed_at DOUBLE PRECISION,
     ticket TEXT NOT NULL,
     outcome TEXT NOT NULL
 )
@@ -162,13 +166,16 @@ class HandoffIndex:
         rows = await self._db.fetch("SELECT count(*) FROM triagegate_handoffs WHERE status = ?", (status,))
         return int(rows[0][0])
 
-    async def claim(self, thread_id: str, claimer: str) -> bool:
+    async def claim(self, thread_id: str, claimer: str, *, now: float | None = None) -> bool:
         """Move ``thread_id`` from ``pending`` to ``resolving`` for ``claimer``; ``False`` if it was not
-        pending. A claim ``claimer`` already holds (it died mid-resume and is trying again) is its own."""
+        pending. A claim ``claimer`` already holds (it died mid-resume and is trying again) is its own,
+        and one older than :data:`ABANDONED_S` is anyone's."""
+        now = time.time() if now is None else now
         changed = await self._db.execute(
-            "UPDATE triagegate_handoffs SET status = 'resolving', claimed_by = ? "
-            "WHERE thread_id = ? AND (status = 'pending' OR (status = 'resolving' AND claimed_by = ?))",
-            (claimer, thread_id, claimer),
+            "UPDATE triagegate_handoffs SET status = 'resolving', claimed_by = ?, claimed_at = ? "
+            "WHERE thread_id = ? AND (status = 'pending' OR (status = 'resolving' AND "
+            "(claimed_by = ? OR claimed_at < ?)))",
+            (claimer, now, thread_id, claimer, now - ABANDONED_S),
         )
         return changed == 1
 

@@ -341,7 +341,7 @@ class Pipeline:
             raise HandoffNotFound(f"no handoff is kept under thread {thread_id!r}", thread_id=thread_id)
         if claimer is not None and record.claimed_by == claimer and record.status == "resolved":
             return record.outcome
-        if record.status != "pending" and not (claimer is not None and record.claimed_by == claimer):
+        if record.status == "resolved":
             raise HandoffResolved(
                 f"the handoff on thread {thread_id!r} is {record.status} already; nothing was changed",
                 thread_id=thread_id,
@@ -371,9 +371,15 @@ class Pipeline:
         try:
             snapshot = await graph.aget_state(config)
             held = cast("TicketState", snapshot.values)
-            if not snapshot.interrupts and record.claimed_by == claimer and held.get("handoff") is not None:
+            if not snapshot.interrupts and held.get("handoff") is not None:
+                # A resume that died after the human step and before recording it: its answer stands.
                 outcome = self._outcome_of(held, self._cascade, self._run_context, thread_id=thread_id)
                 await checkpoints.index.resolved(outcome, claimer)
+                if record.claimed_by != claimer:
+                    raise HandoffResolved(
+                        f"the handoff on thread {thread_id!r} was answered already; nothing was changed",
+                        thread_id=thread_id,
+                    )
                 return outcome
             if not snapshot.interrupts:
                 raise HandoffResolved(
