@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from triagegate.errors import ConfigError, TriagegateError
@@ -56,6 +57,10 @@ class OutcomeWriter(Protocol):
 
     async def open(self) -> OutcomeWriter: ...
     async def close(self) -> None: ...
+    async def __aenter__(self) -> OutcomeWriter: ...
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
     async def upsert(self, outcome: Outcome) -> None: ...
     async def upsert_many(self, outcomes: Sequence[Outcome]) -> None: ...
     async def put_label(self, label: Label) -> None: ...
@@ -100,7 +105,7 @@ def open_store(url: str, *, clock: Callable[[], float] = time.time) -> OutcomeWr
             raise ConfigError(
                 "a PostgreSQL outcome store needs the queue extra: pip install 'triagegate[queue]'"
             ) from None
-        return OutcomeStore(url, clock=clock)
+        return OutcomeStore(url, clock=clock, migrate_on_open=True)
     from triagegate.store.sqlite import SqliteStore
 
     return SqliteStore(_sqlite_path(url), clock=clock)

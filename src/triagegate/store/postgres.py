@@ -107,9 +107,11 @@ class OutcomeStore:
         max_connections: int = 4,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        migrate_on_open: bool = False,
     ) -> None:
         self.dsn = dsn
         self.clock = clock
+        self.migrate_on_open = migrate_on_open
         self.connect_timeout = connect_timeout
         self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             dsn,
@@ -127,6 +129,8 @@ class OutcomeStore:
         )
         await probe.close()
         await self._pool.open(wait=True, timeout=max(10.0, 2 * self.connect_timeout))
+        if self.migrate_on_open:
+            await self.migrate()
         return self
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 
 from triagegate.store import schema
 from triagegate.store.records import GraphInfo, Label, Reference, Snapshot, StoredOutcome, outcome_columns
@@ -102,7 +103,9 @@ class SqliteStore:
     async def __aenter__(self) -> SqliteStore:
         return await self.open()
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     @property

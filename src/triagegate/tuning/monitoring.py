@@ -96,9 +96,8 @@ def wilson(right: int, n: int, z: float = Z95) -> Precision:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Precision(
-        labelled=n, right=right, precision=p, low=max(0.0, centre - half), high=min(1.0, centre + half)
-    )
+    low, high = min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+    return Precision(labelled=n, right=right, precision=p, low=low, high=high)
 
 
 def reference_histogram(graph: str, tier: str, confidences: Sequence[float], bins: int = 10) -> Reference:
