@@ -344,3 +344,37 @@ def plot_series(points: Sequence[SeriesPoint], path: str | Path, *, title: str =
     finally:
         plt.close(fig)
     return path
+
+
+def labelled_predictions(snapshot: Snapshot, tier: str) -> list[tuple[str, str, float]]:
+    """``(label, category, confidence)`` for each labelled ticket ``tier`` kept, in time order (pure).
+
+    What ``calibrate --from-store`` fits thresholds on. Only kept tickets carry the tier's own
+    category (an escalated ticket's Outcome has the later tier's), so the confidences all lie at
+    or above the thresholds they were kept under: a refit can raise a threshold, and can lower
+    it only as far as the lowest confidence kept.
+    """
+    labels = label_of(snapshot.labels)
+    out = []
+    for stored in snapshot.outcomes:
+        o = stored.outcome
+        label = labels.get(o.ticket_id)
+        confidence = tier_confidence(o, tier)
+        if label is None or o.route != tier or o.status != "ok" or o.category is None or confidence is None:
+            continue
+        out.append((label.label, o.category, confidence))
+    return out
+
+
+def tier_costs(snapshot: Snapshot, tier: str) -> tuple[float | None, float | None]:
+    """Mean measured USD of a ticket ``tier`` kept, and of one it escalated (None without any)."""
+    kept = [
+        s.outcome.cost_usd for s in snapshot.outcomes if s.outcome.route == tier and s.outcome.status == "ok"
+    ]
+    escalated = [
+        s.outcome.cost_usd
+        for s in snapshot.outcomes
+        if s.outcome.status == "ok"
+        and any(d.tier == tier and d.route == "escalate" for d in s.outcome.decisions)
+    ]
+    return (sum(kept) / len(kept) if kept else None, sum(escalated) / len(escalated) if escalated else None)
