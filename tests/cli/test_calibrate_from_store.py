@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_shadow import shadow_graph
+from tests.tuning.test_monitoring import kept
 from triagegate.cli import main
 from triagegate.spec import load_spec
 from triagegate.store import GraphInfo, Label, open_store, read_store
@@ -23,20 +24,7 @@ def drifted_store(path: Path, n: int = 400) -> str:
     for i in range(n):
         confidence = 0.7 + 0.3 * i / n
         right = confidence >= 0.85 or rng.random() < 0.5
-        outcomes.append(
-            Outcome(
-                ticket_id=f"t-{i}",
-                run_id="r",
-                graph="shadow",
-                graph_hash="h",
-                route="mini",
-                category="billing",
-                confidence=confidence,
-                decisions=[GateDecision(tier="mini", route="keep", confidence=confidence, threshold=0.7)],
-                nodes=[NodeRun(node="mini", cost_usd=0.0002)],
-                cost_usd=0.0002,
-            )
-        )
+        outcomes.append(kept(i, "billing", confidence))
         if i % 2 == 0:
             labels.append(
                 Label(ticket_id=f"t-{i}", source="shadow", label="billing" if right else "shipping")

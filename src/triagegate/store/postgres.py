@@ -34,25 +34,8 @@ MIGRATION_LOCK = 0x7472_6961_6765  # "triage": one lock id for every triagegate 
 MIGRATIONS = schema.POSTGRES
 """(version, SQL) in order (:mod:`triagegate.store.schema`)."""
 
-UPSERT = """
-INSERT INTO outcomes (ticket_id, graph_hash, graph, run_id, status, route, category, priority,
-                      cost_usd, latency_ms, outcome, created_at, updated_at)
-VALUES (%(ticket_id)s, %(graph_hash)s, %(graph)s, %(run_id)s, %(status)s, %(route)s, %(category)s,
-        %(priority)s, %(cost_usd)s, %(latency_ms)s, %(outcome)s, to_timestamp(%(at)s), to_timestamp(%(at)s))
-ON CONFLICT (ticket_id, graph_hash) DO UPDATE SET
-    graph = EXCLUDED.graph, run_id = EXCLUDED.run_id, status = EXCLUDED.status, route = EXCLUDED.route,
-    category = EXCLUDED.category, priority = EXCLUDED.priority, cost_usd = EXCLUDED.cost_usd,
-    latency_ms = EXCLUDED.latency_ms, outcome = EXCLUDED.outcome,
-    writes = outcomes.writes + 1, updated_at = EXCLUDED.updated_at
-"""
-PUT_LABEL = """
-INSERT INTO labels (ticket_id, source, label, graph_hash, tier, acceptable, cost_usd, created_at)
-VALUES (%(ticket_id)s, %(source)s, %(label)s, %(graph_hash)s, %(tier)s, %(acceptable)s, %(cost_usd)s,
-        to_timestamp(%(created_at)s))
-ON CONFLICT (ticket_id, source) DO UPDATE SET
-    label = EXCLUDED.label, graph_hash = EXCLUDED.graph_hash, tier = EXCLUDED.tier,
-    acceptable = EXCLUDED.acceptable, cost_usd = EXCLUDED.cost_usd, created_at = EXCLUDED.created_at
-"""
+UPSERT, PUT_LABEL = schema.upserts("%({})s", "to_timestamp({})")
+"""The outcome and label upserts (:func:`triagegate.store.schema.upserts`)."""
 
 
 async def migrate(conn: AsyncConnection[TupleRow]) -> list[int]:

@@ -107,3 +107,35 @@ POSTGRES: tuple[tuple[int, str], ...] = (
         """,
     ),
 )
+
+
+OUTCOME_COLUMNS = (
+    "ticket_id", "graph_hash", "graph", "run_id", "status", "route", "category", "priority",
+    "cost_usd", "latency_ms", "outcome",
+)  # fmt: skip
+LABEL_COLUMNS = ("ticket_id", "source", "label", "graph_hash", "tier", "acceptable", "cost_usd")
+
+
+def upserts(param: str, time: str) -> tuple[str, str]:
+    """The outcome and label upserts in one dialect: ``param`` spells a named parameter
+    (``:{}`` or ``%({})s``) and ``time`` turns a Unix-seconds parameter into the column's time."""
+
+    def values(names: tuple[str, ...]) -> str:
+        return ", ".join(param.format(n) for n in names)
+
+    def updates(names: tuple[str, ...]) -> str:
+        return ", ".join(f"{n} = excluded.{n}" for n in names)
+
+    at = time.format(param.format("at"))
+    outcome = (
+        f"INSERT INTO outcomes ({', '.join(OUTCOME_COLUMNS)}, created_at, updated_at) "
+        f"VALUES ({values(OUTCOME_COLUMNS)}, {at}, {at}) "
+        f"ON CONFLICT (ticket_id, graph_hash) DO UPDATE SET {updates(OUTCOME_COLUMNS[2:])}, "
+        "writes = outcomes.writes + 1, updated_at = excluded.updated_at"
+    )
+    label = (
+        f"INSERT INTO labels ({', '.join(LABEL_COLUMNS)}, created_at) "
+        f"VALUES ({values(LABEL_COLUMNS)}, {time.format(param.format('created_at'))}) "
+        f"ON CONFLICT (ticket_id, source) DO UPDATE SET {updates((*LABEL_COLUMNS[2:], 'created_at'))}"
+    )
+    return outcome, label

@@ -19,24 +19,8 @@ from triagegate.store import schema
 from triagegate.store.records import GraphInfo, Label, Reference, Snapshot, StoredOutcome, outcome_columns
 from triagegate.types import Outcome
 
-UPSERT = """
-INSERT INTO outcomes (ticket_id, graph_hash, graph, run_id, status, route, category, priority,
-                      cost_usd, latency_ms, outcome, created_at, updated_at)
-VALUES (:ticket_id, :graph_hash, :graph, :run_id, :status, :route, :category, :priority,
-        :cost_usd, :latency_ms, :outcome, :at, :at)
-ON CONFLICT (ticket_id, graph_hash) DO UPDATE SET
-    graph = excluded.graph, run_id = excluded.run_id, status = excluded.status, route = excluded.route,
-    category = excluded.category, priority = excluded.priority, cost_usd = excluded.cost_usd,
-    latency_ms = excluded.latency_ms, outcome = excluded.outcome,
-    writes = outcomes.writes + 1, updated_at = excluded.updated_at
-"""
-PUT_LABEL = """
-INSERT INTO labels (ticket_id, source, label, graph_hash, tier, acceptable, cost_usd, created_at)
-VALUES (:ticket_id, :source, :label, :graph_hash, :tier, :acceptable, :cost_usd, :created_at)
-ON CONFLICT (ticket_id, source) DO UPDATE SET
-    label = excluded.label, graph_hash = excluded.graph_hash, tier = excluded.tier,
-    acceptable = excluded.acceptable, cost_usd = excluded.cost_usd, created_at = excluded.created_at
-"""
+UPSERT, PUT_LABEL = schema.upserts(":{}", "{}")
+"""The outcome and label upserts (:func:`triagegate.store.schema.upserts`)."""
 
 
 def migrate(db: sqlite3.Connection) -> list[int]:
