@@ -104,19 +104,32 @@ async def test_a_kept_ticket_is_answered_first_then_judged_by_the_next_tier(
     assert label.tier == "flagship" and label.graph_hash == outcome.graph_hash and label.cost_usd > 0
 
 
-async def test_escalated_and_unsampled_tickets_are_not_shadowed(
+async def ignore(_label: Label) -> None:
+    return None
+
+
+async def test_escalated_unsampled_and_unrecorded_tickets_are_not_shadowed(
     openai_server: OpenAIServer, tmp_path: Path
 ) -> None:
     openai_server.code_confidence = 0.4
     async with triagegate.load(shadow_graph(tmp_path), environ=environ(openai_server)) as pipeline:
+        assert pipeline.shadows is not None
+        pipeline.shadows.subscribe(ignore)
         escalated = await pipeline.run("Something is off with my parcel")
     assert escalated.route == "flagship" and escalated.shadow is None
     assert openai_server.model_counts == {"mini-model": 1, "flagship-model": 1}
     openai_server.reset()
     openai_server.code_confidence = 0.95
     async with triagegate.load(shadow_graph(tmp_path, rate=0.0), environ=environ(openai_server)) as pipeline:
+        assert pipeline.shadows is not None
+        pipeline.shadows.subscribe(ignore)
         kept = await pipeline.run("I was charged twice")
     assert kept.route == "mini" and kept.shadow is None
+    assert openai_server.model_counts == {"mini-model": 1}
+    openai_server.reset()
+    async with triagegate.load(shadow_graph(tmp_path), environ=environ(openai_server)) as pipeline:
+        unrecorded = await pipeline.run("I was charged twice")
+    assert unrecorded.route == "mini" and unrecorded.shadow is None, "no subscriber: nothing would record it"
     assert openai_server.model_counts == {"mini-model": 1}
 
 
@@ -126,6 +139,8 @@ async def test_the_daily_budget_caps_shadow_runs_and_says_so(
     openai_server.code_confidence = 0.95
     graph = shadow_graph(tmp_path, max_usd_per_day=0.005)
     async with triagegate.load(graph, environ=environ(openai_server)) as pipeline:
+        assert pipeline.shadows is not None
+        pipeline.shadows.subscribe(ignore)
         outcomes = []
         for i in range(8):
             outcomes.append(

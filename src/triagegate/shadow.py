@@ -20,8 +20,9 @@ call it had the gate escalated:
 
 The verdict is a :class:`~triagegate.store.Label` (source ``shadow``) handed to every
 subscriber (:meth:`ShadowRunner.subscribe`): the outcome store writes it to its ``labels``
-table. A judge that fails gives no label (logged). :meth:`ShadowRunner.drain` waits for the
-runs in flight; batch, serve and the workers call it before they close their store.
+table; without a subscriber nothing is sampled. A judge that fails gives no label (logged).
+:meth:`ShadowRunner.drain` waits for the runs in flight; batch, serve and the workers call it
+before they close their store.
 """
 
 from __future__ import annotations
@@ -135,9 +136,15 @@ class ShadowRunner:
     def offer(
         self, ticket: Ticket, images: Sequence[ImagePart], flags: Sequence[str], outcome: Outcome
     ) -> None:
-        """Sample a kept ``outcome`` and start its shadow run; sets ``outcome.shadow`` when sampled."""
+        """Sample a kept ``outcome`` and start its shadow run; sets ``outcome.shadow`` when sampled.
+
+        Nothing is sampled while no one subscribes: a verdict nobody records would be money spent
+        for nothing (``triagegate run`` has no store; ``batch``, ``serve`` and the workers subscribe it).
+        """
         cascade = self.cascade
         spec = cascade.spec
+        if not self._listeners:
+            return
         if (
             outcome.status != "ok"
             or outcome.route == spec.last_tier.name

@@ -23,6 +23,7 @@ async def test_batch_outcomes_and_shadow_labels_land_in_the_store_once(
     graph = shadow_graph(tmp_path, rate=0.5)
     rows = ticket_rows(40, escalate_every=5)
     rows.append({"id": "bad", "text": " "})
+    rows.append({"id": "t1", "text": "the same id again"})
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     output = tmp_path / "out.jsonl"
     options = BatchOptions(input=str(source), output=output, concurrency=4)
@@ -36,7 +37,12 @@ async def test_batch_outcomes_and_shadow_labels_land_in_the_store_once(
     assert 0 < len(sampled) < len(kept)
 
     snapshot = read_store(store)
-    assert sorted(s.outcome.ticket_id for s in snapshot.outcomes) == sorted(r["id"] for r in rows)
+    ids = sorted({r["id"] for r in rows})
+    assert sorted(s.outcome.ticket_id for s in snapshot.outcomes) == ids
+    statuses = {s.outcome.ticket_id: s.outcome.status for s in snapshot.outcomes}
+    assert statuses["t1"] == "ok" and statuses["bad"] == "failed", (
+        "a duplicate row does not overwrite its ticket"
+    )
     assert {s.outcome.ticket_id for s in snapshot.outcomes if s.outcome.shadow} == sampled
     assert {lab.ticket_id for lab in snapshot.labels} == sampled
     assert all(lab.source == "shadow" and lab.acceptable is not None for lab in snapshot.labels)
@@ -46,13 +52,13 @@ async def test_batch_outcomes_and_shadow_labels_land_in_the_store_once(
     async with triagegate.load(graph, environ=env) as pipeline:
         again = await BatchRunner(pipeline, options).run()
     assert again.report["run"]["already_done"] == len(rows)
-    assert len(read_store(store).outcomes) == len(rows)
+    assert len(read_store(store).outcomes) == len(ids)
 
     capsys.readouterr()
     code = main(["report", store])
     out = capsys.readouterr().out
     assert f"shadow: {len(sampled)} scheduled, 0 not run" in out
-    assert "tier mini: answered 32" in out
+    assert "tier mini: answered 32" in out and "tickets: 41" in out
     # the loopback judge says "billing" (its first enum value) for every ticket, as the mini tier does;
     # with so few labels the interval's lower bound is still under the 0.9 target, so the report alerts
     assert "kept precision: 1.000" in out and f"({len(sampled)}/{len(sampled)}), target 0.9" in out

@@ -364,7 +364,8 @@ class BatchRunner:
         supersedes: str | None = None,
     ) -> None:
         outcome = failed_outcome(row.id, reason, self.pipeline, status=status)
-        await self._store_outcome(outcome)
+        if status != "skipped":  # a duplicate row shares its id with the ticket whose outcome the store holds
+            await self._store_outcome(outcome)
         sink.write(outcome, row.line, duplicate=status == "skipped", supersedes=supersedes)
         self.stats.add(outcome, row.line, kind)
 
