@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from triagegate.cli import app
 from triagegate.cli.common import JsonOpt
+
+if TYPE_CHECKING:
+    from triagegate.tuning.monitoring import MonitoringReport, Precision
 
 EXIT_BELOW_TARGET = 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -107,20 +110,14 @@ def report(
         raise typer.Exit(EXIT_BELOW_TARGET)
 
 
-def _interval(p: object) -> str:
-    from triagegate.tuning.monitoring import Precision
-
-    assert isinstance(p, Precision)
+def _interval(p: Precision) -> str:
     if p.precision is None:
         return "no labels"
     return f"{p.precision:.3f} [{p.low:.3f}, {p.high:.3f}] ({p.right}/{p.labelled})"
 
 
-def render(figures: object, since: str) -> str:
+def render(figures: MonitoringReport, since: str) -> str:
     """The report as text for a terminal or a cron mail."""
-    from triagegate.tuning.monitoring import MonitoringReport
-
-    assert isinstance(figures, MonitoringReport)
     status = ", ".join(f"{k} {v}" for k, v in sorted(figures.by_status.items()))
     lines = [
         f"tickets: {figures.tickets} in the last {since} ({status or 'none'}); graphs: {', '.join(figures.graphs) or '-'}"
