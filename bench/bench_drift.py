@@ -405,7 +405,7 @@ def markdown(r: dict[str, Any]) -> str:
         "share of texts gets a wrong category), and judges a kept answer acceptable when the categories agree: report "
         "precision is agreement with it. Ground-truth precision against the data set's labels is shown beside it. "
         f"Initial threshold {r['initial_threshold']} (most coverage at {s['fit_accuracy']} kept accuracy on the other test half, "
-        "the full model); `calibrate --from-store` is given kept accuracy >= {s['recalibrate_accuracy']} (agreement "
+        f"the full model); `calibrate --from-store` is given kept accuracy >= {s['recalibrate_accuracy']} (agreement "
         "with the judge) as its objective.",
         "",
         "| measure | measured |",
@@ -450,11 +450,60 @@ def markdown(r: dict[str, Any]) -> str:
         f"(${store['shadow_usd']:.4f} of ${store['all_flagship_usd']:.4f}; {store['cost_basis']}) |",
         f"| whole run cost as a share of all-flagship (shadowing not included) | {fmt(store['cost_ratio'])} |",
         "",
+        *findings(r),
         "`bench/out/drift.json` has every figure and a sample of the checks; `bench/out/drift.png` is the report's plot "
         "of the whole store.",
         "",
     ]
     return "\n".join(lines)
+
+
+def findings(r: dict[str, Any]) -> list[str]:
+    """What the figures say, in sentences computed from them."""
+    s, ph, recal = r["settings"], r["phases"], r["recalibration"]
+    out = [""]
+    flagged = r["flagged"]
+    if flagged:
+        out.append(
+            f"- The report flagged the drop {flagged['tickets_after_drop']:,} tickets after it, when about "
+            f"{flagged['tickets_after_drop'] / (s['window_hours'] * 3600 / (DAY / s['tickets'])):.0%} of the "
+            f"{s['window_hours']:g} h window was after the drop. A shorter window flags sooner but holds fewer labels "
+            "(a wider interval, so more false alarms); a higher rate gives more labels at a higher shadow cost."
+        )
+    psi = r["psi_flagged"]
+    out.append(
+        "- The confidence PSI moved too, "
+        + (f"{psi['tickets_after_drop']:,} tickets after the drop" if psi else "but never reached 0.2")
+        + ": the swapped model is over-confident, which shifts the distribution (after recalibration the new "
+        "reference is the drifted one, so PSI falls back). PSI sees only a change of confidences: a model wrong with "
+        "unchanged confidences would not move it (not measured here); the labels would."
+    )
+    if recal:
+        after = ph["recalibrated"]
+        met = (
+            after["kept_precision_vs_dataset"] is not None
+            and after["kept_precision_vs_dataset"] >= s["target"]
+        )
+        last = r["after_recalibration_window_checks"]["last"]
+        out.append(
+            f"- Recalibration from the store {'brought' if met else 'did not bring'} kept precision back to the "
+            f"target by the data set's labels ({fmt(after['kept_precision_vs_dataset'], 3)} against {s['target']}), by "
+            f"raising the threshold to {recal['threshold_after']}: coverage fell to {fmt(after['coverage'], 3)}, since "
+            "the degraded model is right at high confidence only. "
+            + (
+                f"The report cannot confirm it yet: a full window after it holds {last['labels']} labels (coverage is "
+                f"low, and only kept tickets are shadowed), so the interval's lower bound ({fmt(last['low'], 3)}) "
+                f"{'is still under the target and the alert stays on' if last['alert'] else 'clears the target'}."
+                if last
+                else ""
+            )
+        )
+    out.append(
+        f"- Shadowing cost {fmt(r['store_report']['shadow_share_of_all_flagship'], 4)} of all-flagship: "
+        f"{r['store_report']['shadow_scheduled']:,} flagship calls at a {s['rate']:.0%} rate on kept tickets."
+    )
+    out.append("")
+    return out
 
 
 def write_results(text: str) -> None:
