@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from triagegate.errors import ConfigError, TriagegateError
@@ -96,16 +96,21 @@ def _sqlite_path(url: str) -> Path:
     return Path(path)
 
 
+def _postgres() -> ModuleType:
+    try:
+        from triagegate.store import postgres
+    except ImportError:
+        raise ConfigError(
+            "a PostgreSQL outcome store needs the queue extra: pip install 'triagegate[queue]'"
+        ) from None
+    return postgres
+
+
 def open_store(url: str, *, clock: Callable[[], float] = time.time) -> OutcomeWriter:
     """A store for ``url``, not yet opened (``await store.open()``, or ``async with``)."""
     if is_postgres(url):
-        try:
-            from triagegate.store.postgres import OutcomeStore
-        except ImportError:
-            raise ConfigError(
-                "a PostgreSQL outcome store needs the queue extra: pip install 'triagegate[queue]'"
-            ) from None
-        return OutcomeStore(url, clock=clock, migrate_on_open=True)
+        store: OutcomeWriter = _postgres().OutcomeStore(url, clock=clock, migrate_on_open=True)
+        return store
     from triagegate.store.sqlite import SqliteStore
 
     return SqliteStore(_sqlite_path(url), clock=clock)
@@ -118,9 +123,8 @@ def read_store(url: str, *, since: float | None = None, graph_hash: str | None =
     create an empty store and report nothing).
     """
     if is_postgres(url):
-        from triagegate.store.postgres import read
-
-        return read(url, since=since, graph_hash=graph_hash)
+        snapshot: Snapshot = _postgres().read(url, since=since, graph_hash=graph_hash)
+        return snapshot
     from triagegate.store.sqlite import SqliteStore
 
     path = _sqlite_path(url)
