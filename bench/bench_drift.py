@@ -461,7 +461,7 @@ def markdown(r: dict[str, Any]) -> str:
 def findings(r: dict[str, Any]) -> list[str]:
     """What the figures say, in sentences computed from them."""
     s, ph, recal = r["settings"], r["phases"], r["recalibration"]
-    out = [""]
+    out: list[str] = []
     flagged = r["flagged"]
     if flagged:
         out.append(
