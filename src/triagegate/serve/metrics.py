@@ -1,8 +1,8 @@
 """Prometheus metrics for one app instance, in its own registry (two apps never share counters).
 
 HTTP metrics are labelled by route template, never by raw path, and ticket metrics by
-values the graph bounds (tier names, taxonomy categories, node names, model aliases), so
-label cardinality stays fixed whatever clients send.
+values the graph bounds (tier names, taxonomy categories, node names, model aliases and the
+endpoints its bindings name), so label cardinality stays fixed whatever clients send.
 """
 
 from __future__ import annotations
@@ -91,6 +91,12 @@ class ServiceMetrics:
             "triagegate_confidence_fallbacks",
             "Triage replies without the log-probabilities their model is bound for, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.endpoint_answers = Counter(
+            "triagegate_model_endpoint_answers",
+            "Node runs answered, by model alias and the endpoint that answered (alias@host[:port]).",
+            ["model", "endpoint"],
             registry=r,
         )
         self.reply_warnings = Counter(
@@ -214,6 +220,8 @@ class ServiceMetrics:
                 self.cost.labels(run.model_alias).inc(run.cost_usd)
             if run.error:
                 self.provider_errors.labels(run.node, run.model_alias).inc()
+            elif run.endpoint:
+                self.endpoint_answers.labels(run.model_alias, run.endpoint[:128]).inc()
             for warning in run.warnings:
                 self.reply_warnings.labels(run.model_alias, warning[:64]).inc()
 
