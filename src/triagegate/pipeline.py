@@ -32,6 +32,7 @@ from triagegate.types import HumanAction, HumanAnswer, Outcome, Ticket, Turn, ne
 if TYPE_CHECKING:
     from triagegate.checkpoints import Checkpoints, HandoffRecord, HandoffStatus
     from triagegate.graph import Graph
+    from triagegate.shadow import ShadowRunner
     from triagegate.state import TicketState
 
 log = get_logger("triagegate.pipeline")
@@ -146,6 +147,8 @@ class Pipeline:
         self._opening = asyncio.Lock()
         self._threads: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         """One lock per thread in use, so two tickets of one conversation run one after the other."""
+        self.shadows = _shadow_runner(self)
+        """Shadow runs of kept tickets, when a tier's gate has ``shadow`` (:mod:`triagegate.shadow`)."""
 
     @property
     def name(self) -> str:
@@ -183,17 +186,19 @@ class Pipeline:
         run_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(ticket_id=ticket.id, run_id=run_id):
+            images = await self._images(ticket)
+            flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
             if self.keeps_threads or ticket.thread_id is not None:
-                outcome = await self._run_on_thread(ticket, run_id, started)
+                outcome = await self._run_on_thread(ticket, run_id, started, images, flags)
             else:
-                images = await self._images(ticket)
-                flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
                 state = await self.graph.ainvoke(
                     {"run_id": run_id, "ticket": ticket, "images": images, "flags": flags},
                     context=self._run_context,
                 )
                 outcome = self._outcome_of(cast("TicketState", state), self._cascade, self._run_context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
+            if self.shadows is not None and outcome.status != "awaiting_human":
+                self.shadows.offer(ticket, images, flags, outcome)
             log_ticket_done(outcome)
         return outcome
 
@@ -216,7 +221,9 @@ class Pipeline:
         assert self._durable is not None
         return self._durable, checkpoints
 
-    async def _run_on_thread(self, ticket: Ticket, run_id: str, started: float) -> Outcome:
+    async def _run_on_thread(
+        self, ticket: Ticket, run_id: str, started: float, images: list[ImagePart], flags: list[str]
+    ) -> Outcome:
         """Run ``ticket`` on its thread (its ``thread_id``, else its id), continuing what the thread holds.
 
         The thread's last exchange (its ticket's history, text and answer) goes before the
@@ -232,10 +239,16 @@ class Pipeline:
         if lock is None:
             lock = self._threads[thread] = asyncio.Lock()
         async with lock:
-            return await self._run_on_thread_locked(ticket, run_id, thread, started)
+            return await self._run_on_thread_locked(ticket, run_id, thread, started, images, flags)
 
     async def _run_on_thread_locked(
-        self, ticket: Ticket, run_id: str, thread: str, started: float
+        self,
+        ticket: Ticket,
+        run_id: str,
+        thread: str,
+        started: float,
+        images: list[ImagePart],
+        flags: list[str],
     ) -> Outcome:
         graph, checkpoints = await self._durable_graph()
         config: Any = {"configurable": {"thread_id": thread}}
@@ -266,8 +279,6 @@ class Pipeline:
             ticket = ticket.model_copy(update={"messages": earlier + ticket.messages, "thread_id": thread})
         from langgraph.types import Overwrite
 
-        images = await self._images(ticket)
-        flags = flags_for(f"{ticket.subject or ''}\n{ticket.text}")
         start: Any = {
             "run_id": run_id,
             "ticket": ticket,
@@ -499,7 +510,14 @@ class Pipeline:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
 
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow runs in flight (a no-op without shadow sampling)."""
+        if self.shadows is not None:
+            await self.shadows.drain()
+
     async def aclose(self) -> None:
+        """Finish the shadow runs in flight, then close the checkpoints and every backend."""
+        await self.drain_shadows()
         if self._checkpoints is not None:
             await self._checkpoints.aclose()
             self._checkpoints = self._durable = None
@@ -514,6 +532,16 @@ class Pipeline:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _shadow_runner(pipeline: Pipeline) -> ShadowRunner | None:
+    if not any(t.gate is not None and t.gate.shadow is not None for t in pipeline.spec.tiers):
+        return None
+    from triagegate.cost import Estimator
+    from triagegate.shadow import ShadowRunner
+
+    estimator = Estimator(pipeline.spec, pipeline.templates)
+    return ShadowRunner(pipeline._run_context, pipeline._cascade, estimator)
 
 
 def log_ticket_done(outcome: Outcome) -> None:

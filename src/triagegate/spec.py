@@ -274,6 +274,23 @@ class NeverEscalate(_Strict):
     categories: list[str] = Field(default_factory=list)
 
 
+class ShadowPolicy(_Strict):
+    """A seeded sample of the tickets a tier keeps, also run through the next tier off the
+    customer's path, to measure the precision of kept answers in production
+    (:mod:`triagegate.shadow`).
+
+    ``rate`` is the share sampled; ``seed`` fixes which tickets (the same ticket id is always
+    in or out of the sample); ``max_usd_per_day`` caps what shadow runs may spend per UTC day
+    (per process); ``target`` is the precision the tier's kept answers must hold, which
+    ``triagegate report`` checks the lower bound of its interval against (exit code 3).
+    """
+
+    rate: float = Field(ge=0.0, le=1.0)
+    max_usd_per_day: float | None = Field(default=None, gt=0.0)
+    seed: int = 0
+    target: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
 class GatePolicy(_Strict):
     """When a tier's answer stands. See :func:`triagegate.gate.decide` for precedence."""
 
@@ -285,6 +302,8 @@ class GatePolicy(_Strict):
     """What a triage reply without usable log-probabilities means when its model is bound for
     them: ``escalate`` (a hard rule, reason ``logprobs_missing``), or ``verbalized`` (gate the
     model's stated confidence). Both log a warning and set ``Outcome.confidence_fallback``."""
+    shadow: ShadowPolicy | None = None
+    """Shadow sampling of the tickets this tier keeps (see :class:`ShadowPolicy`)."""
 
     @field_validator("category_thresholds")
     @classmethod

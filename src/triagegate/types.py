@@ -246,6 +246,23 @@ class Handoff(BaseModel):
     diff: str | None = None
 
 
+class ShadowCheck(BaseModel):
+    """Whether a kept ticket was sampled for a shadow run by the next tier (``gate.shadow``).
+
+    ``scheduled``: the shadow run was started off the customer's path; its verdict is written
+    to the outcome store's ``labels`` table (source ``shadow``) when it finishes. ``capped``:
+    the ticket was sampled but the day's shadow budget (``max_usd_per_day``) was spent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    """The tier that kept the ticket."""
+    judge: str
+    """The tier that runs the shadow (the next one)."""
+    status: Literal["scheduled", "capped"]
+
+
 class Outcome(BaseModel):
     """The result of running one ticket through a graph."""
 
@@ -283,6 +300,8 @@ class Outcome(BaseModel):
     handoff: Handoff | None = None
     """Set when the ticket went to a person: ``status`` is ``awaiting_human`` until resumed,
     then ``ok`` with ``route`` ``human``."""
+    shadow: ShadowCheck | None = None
+    """Set when the tier that kept the ticket sampled it for a shadow run (see :class:`ShadowCheck`)."""
 
     @property
     def skipped(self) -> list[GateDecision]:

@@ -62,6 +62,7 @@ COMMAND_MODULES = [
     "demo_cmd",
     "calibrate_cmd",
     "handoff_cmd",
+    "report_cmd",
 ]
 """Modules that register subcommands on import; add one line per new subcommand module."""
 

@@ -10,7 +10,7 @@ import typer
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
 from triagegate.cli.recording import RecordOpt, ReplayOpt
-from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.cli.train_cmd import FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
     from triagegate.tuning.calibrate import Reference
@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 @app.command()
 def calibrate(
     graph: GraphArg,
-    data: DataArg,
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Labeled data: CSV, TSV or JSONL (not with --from-store).", show_default=False),
+    ] = None,
     target_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -106,6 +109,24 @@ def calibrate(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report here.")] = None,
     as_json: JsonOpt = False,
     log_level: LogLevelOpt = None,
+    from_store: Annotated[
+        str | None,
+        typer.Option(
+            "--from-store",
+            help="Fit on the shadow and human labels in this outcome store instead of DATA "
+            "(with --write, also records the store's confidences as the drift reference).",
+        ),
+    ] = None,
+    since: Annotated[
+        str, typer.Option("--since", help="With --from-store: outcomes of the last 24h, 7d, ... or 'all'.")
+    ] = "all",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Record the first tier's confidences on DATA in this outcome store (drift reference).",
+        ),
+    ] = None,
 ) -> None:
     """Fit GRAPH's gate thresholds on DATA to one objective and report them on held-out rows.
 
@@ -122,6 +143,24 @@ def calibrate(
 
     started = time.perf_counter()
     setup_logging(log_level)
+    if from_store is not None:
+        report = _from_store(
+            graph,
+            from_store,
+            since,
+            _objective(target_accuracy, max_escalation, budget),
+            seed,
+            calibration_fraction,
+            per_category,
+            min_support,
+            resamples,
+            flagship_accuracy,
+            write,
+        )
+        _finish(report, started, output, as_json, write)
+        return
+    if data is None:
+        raise typer.BadParameter("give DATA, or --from-store STORE", param_hint="DATA")
     options = CalibrateOptions(
         graph=graph,
         data=data,
@@ -143,8 +182,14 @@ def calibrate(
         replay=replay,
         plot_path=plot_path,
         write=write,
+        store=store,
     )
-    report = calibrate(options)
+    _finish(calibrate(options), started, output, as_json, write)
+
+
+def _finish(report: CalibrateReport, started: float, output: Path | None, as_json: bool, write: bool) -> None:
+    import time
+
     report.seconds = round(time.perf_counter() - started, 3)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +200,42 @@ def calibrate(
         print_report(report)
     if write and report.wrote is None:
         raise typer.Exit(1)
+
+
+def _from_store(
+    graph: Path,
+    store: str,
+    since: str,
+    objective: Objective,
+    seed: int,
+    calibration_fraction: float,
+    per_category: bool,
+    min_support: int,
+    resamples: int,
+    flagship_accuracy: float | None,
+    write: bool,
+) -> CalibrateReport:
+    import time
+
+    from triagegate.cli.report_cmd import parse_since
+    from triagegate.tuning.calibrate import StoreCalibrateOptions, calibrate_from_store
+
+    window = parse_since(since)
+    return calibrate_from_store(
+        StoreCalibrateOptions(
+            graph=graph,
+            store=store,
+            objective=objective,
+            since=None if window is None else time.time() - window,
+            seed=seed,
+            calibration_fraction=calibration_fraction,
+            per_category=per_category,
+            min_support=min_support,
+            resamples=resamples,
+            flagship_accuracy=flagship_accuracy,
+            write=write,
+        )
+    )
 
 
 def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:
