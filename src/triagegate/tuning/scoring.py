@@ -82,6 +82,34 @@ def flagship_view(loaded: LoadedSpec) -> LoadedSpec:
     return loaded.model_copy(update={"spec": view})
 
 
+def tier_view(loaded: LoadedSpec, index: int) -> LoadedSpec:
+    """The graph as tier ``index`` sees it when run as the first tier, to triage every ticket with it.
+
+    A tier before the last keeps its own prompt, budget and gate (the graph from that tier
+    on); the last tier is :func:`flagship_view` (it has no triage prompt of its own).
+    """
+    spec = loaded.spec
+    if not 0 <= index < len(spec.tiers):
+        raise ValueError(f"the graph has {len(spec.tiers)} tiers, not a tier {index}")
+    if index == len(spec.tiers) - 1:
+        return flagship_view(loaded)
+    return loaded.model_copy(update={"spec": spec.model_copy(update={"tiers": spec.tiers[index:]})})
+
+
+def whole_replies(loaded: LoadedSpec) -> LoadedSpec:
+    """``loaded`` with the first tier's early gate off (``early: false``).
+
+    Tuning needs each reply's confidence, not an early escalation, and a recording of
+    whole replies can be replayed under any threshold.
+    """
+    spec = loaded.spec
+    first = spec.first_tier
+    if first.gate is None or not first.gate.early:
+        return loaded
+    tier = first.model_copy(update={"gate": first.gate.model_copy(update={"early": False})})
+    return loaded.model_copy(update={"spec": spec.model_copy(update={"tiers": [tier, *spec.tiers[1:]]})})
+
+
 def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[str, float]) -> Triage:
     """The :class:`Triage` that ``triage_ticket`` makes from a classifier's probabilities."""
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
@@ -172,13 +200,15 @@ async def triage_tickets(
     """Triage every ticket with ``backend`` as the graph's first tier does, in input order.
 
     ``backend`` serves the first tier's alias of ``loaded`` (``flagship_view(loaded)`` for
-    the flagship). Model failures come back as failed triages. A replay miss raises
+    the flagship). Replies are read whole (:func:`whole_replies`). Model failures come back
+    as failed triages. A replay miss raises
     :class:`ReplayMiss` once the tickets in flight finish (no further ticket starts), unless
     ``replay_misses`` is ``"fail"``: then it is a failed triage like any other error (for a
     run whose recording may cover only some tickets).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    loaded = whole_replies(loaded)
     spec = loaded.spec
     if isinstance(backend, ClassifierBackend):
         from triagegate.replies import classify_request
@@ -203,6 +233,27 @@ async def triage_tickets(
     if watch.miss is not None and replay_misses == "raise":
         raise watch.miss
     return [t for t in out if t is not None]
+
+
+async def score_tiers(
+    loaded: LoadedSpec,
+    tickets: Sequence[Ticket],
+    backends: Sequence[ModelBackend],
+    *,
+    concurrency: int = 8,
+) -> list[list[Triage]]:
+    """Every tier's triage of every ticket (``backends[i]`` serves tier ``i``, see :func:`tier_view`).
+
+    Each tier runs once per ticket whether or not the cascade would reach it, so the
+    cascade can then be replayed offline under any thresholds
+    (:mod:`triagegate.tuning.cascade`). A replay miss raises as in :func:`triage_tickets`.
+    """
+    if len(backends) != len(loaded.spec.tiers):
+        raise ValueError(f"{len(loaded.spec.tiers)} tiers but {len(backends)} backends")
+    return [
+        await triage_tickets(tier_view(loaded, i), tickets, backend, concurrency=concurrency)
+        for i, backend in enumerate(backends)
+    ]
 
 
 @dataclass
