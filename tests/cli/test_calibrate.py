@@ -488,17 +488,22 @@ def test_cascade_calibration_fits_every_tier_and_writes_both_gates(
     assert replayed["fit"] == fit and replayed["held_out"] == held
 
 
-def test_cascade_calibration_that_cannot_meet_its_objective_leaves_the_graph_alone(
-    openai_server: OpenAIServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture
+def small_cascade(
+    openai_server: OpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    """A copy of graphs/cascade.yaml on the scripted server, and 80 labelled tickets."""
     rows = cascade_tickets(tmp_path / "tickets.csv", copies=2)
     knowing_server(openai_server, rows, monkeypatch)
-    graph = cascade_copy(tmp_path)
+    return cascade_copy(tmp_path), tmp_path / "tickets.csv"
+
+
+def test_cascade_calibration_that_cannot_meet_its_objective_leaves_the_graph_alone(
+    small_cascade: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph, data = small_cascade
     before = graph.read_text(encoding="utf-8")
-    args = [str(graph), str(tmp_path / "tickets.csv"), "--cascade", "--target-accuracy", "0.99"]
+    args = [str(graph), str(data), "--cascade", "--target-accuracy", "0.99"]
     report = calibrate_json(capsys, *args, "--max-last-share", "0.05", "--write", code=1)
     assert not report["fit"]["feasible"] and report["wrote"] is None
     # the gate's rules send security and urgent tickets to the flagship whatever the thresholds:
@@ -520,15 +525,10 @@ def test_cascade_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_eval_cascade_reports_every_tier_at_the_graphs_thresholds(
-    openai_server: OpenAIServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    small_cascade: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = cascade_tickets(tmp_path / "tickets.csv", copies=2)
-    knowing_server(openai_server, rows, monkeypatch)
-    graph = cascade_copy(tmp_path)
-    assert main(["eval", str(graph), str(tmp_path / "tickets.csv"), "--cascade", "--json"]) == 0
+    graph, data = small_cascade
+    assert main(["eval", str(graph), str(data), "--cascade", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     at = report["at_graph"]
     assert at["thresholds"] == {"classifier": 0.9, "small": 0.8}
@@ -536,6 +536,6 @@ def test_eval_cascade_reports_every_tier_at_the_graphs_thresholds(
     # the small model is sure exactly when right, so at 0.8 it answers only what it knows
     assert small["answered"] > 0 and small["accuracy"] == 1.0
     assert report["tier_curves"][1]["at_threshold"]["accuracy_kept"] == 1.0
-    assert main(["eval", str(graph), str(tmp_path / "tickets.csv"), "--cascade"]) == 0
+    assert main(["eval", str(graph), str(data), "--cascade"]) == 0
     printed = capsys.readouterr().out
     assert "tier small:" in printed and "last tier alone" in printed

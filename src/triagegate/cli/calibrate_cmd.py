@@ -9,10 +9,13 @@ import typer
 
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
+from triagegate.cli.eval_cmd import data_options, emit
 from triagegate.cli.recording import RecordOpt, ReplayOpt
 from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from triagegate.tuning.calibrate import Reference
     from triagegate.tuning.calibration import Objective, OperatingPoint
     from triagegate.tuning.cascade import CascadeObjective
@@ -146,71 +149,33 @@ def calibrate(
 
     started = time.perf_counter()
     setup_logging(log_level)
+    common = data_options(
+        graph, data, text_col, label_col, split_fraction, seed, fit, concurrency, record, replay
+    )
+    common.update(calibration_fraction=calibration_fraction, sample=sample, write=write)
     if cascade or max_last_share is not None:
         from triagegate.tuning.cascade_tuning import CascadeOptions, calibrate_cascade
 
-        cascade_report = calibrate_cascade(
-            CascadeOptions(
-                graph=graph,
-                data=data,
-                objective=_cascade_objective(
-                    cascade, target_accuracy, max_escalation, max_last_share, budget
-                ),
-                text_col=text_col,
-                label_col=label_col,
-                split_fraction=split_fraction,
-                seed=seed,
-                fit=fit,
-                calibration_fraction=calibration_fraction,
-                sample=sample,
-                concurrency=concurrency,
-                record=record,
-                replay=replay,
-                write=write,
-            )
-        )
+        objective = _cascade_objective(cascade, target_accuracy, max_escalation, max_last_share, budget)
+        cascade_report = calibrate_cascade(CascadeOptions(objective=objective, **common))
         cascade_report.seconds = round(time.perf_counter() - started, 3)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(cascade_report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        if as_json:
-            typer.echo(cascade_report.model_dump_json())
-        else:
-            print_cascade_report(cascade_report)
+        emit(cascade_report, output, as_json, print_cascade_report)
         if write and cascade_report.wrote is None:
             raise typer.Exit(1)
         return
     options = CalibrateOptions(
-        graph=graph,
-        data=data,
         objective=_objective(target_accuracy, max_escalation, budget),
-        text_col=text_col,
-        label_col=label_col,
-        split_fraction=split_fraction,
-        seed=seed,
-        fit=fit,
-        calibration_fraction=calibration_fraction,
         per_category=per_category,
         min_support=min_support,
         reference=_reference(reference),
         flagship_accuracy=flagship_accuracy,
-        sample=sample,
         resamples=resamples,
-        concurrency=concurrency,
-        record=record,
-        replay=replay,
         plot_path=plot_path,
-        write=write,
+        **common,
     )
     report = calibrate(options)
     report.seconds = round(time.perf_counter() - started, 3)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(report.model_dump_json())
-    else:
-        print_report(report)
+    emit(report, output, as_json, print_report)
     if write and report.wrote is None:
         raise typer.Exit(1)
 
@@ -295,11 +260,15 @@ def print_cascade_report(report: CascadeReport) -> None:
         console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
-    if report.wrote:
-        console.print(f"patched {report.wrote}:", highlight=False)
+    _print_patch(console, report.wrote, report.patch)
+
+
+def _print_patch(console: Console, wrote: str | None, patch: str) -> None:
+    if wrote:
+        console.print(f"patched {wrote}:", highlight=False)
     else:
         console.print("set these in the graph file (or run again with --write):", highlight=False)
-    console.print(report.patch.rstrip("\n"), markup=False, highlight=False)
+    console.print(patch.rstrip("\n"), markup=False, highlight=False)
 
 
 def _reference(value: str | None) -> Reference | None:
@@ -415,8 +384,4 @@ def print_report(report: CalibrateReport) -> None:
         console.print(f"note: {note}", highlight=False)
     if report.plot:
         console.print(f"wrote the curves to {report.plot}", highlight=False)
-    if report.wrote:
-        console.print(f"patched {report.wrote}:", highlight=False)
-    else:
-        console.print("set these in the graph file (or run again with --write):", highlight=False)
-    console.print(report.patch.rstrip("\n"), markup=False, highlight=False)
+    _print_patch(console, report.wrote, report.patch)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from triagegate.tuning.cascade import CascadePoint, TierCurve
     from triagegate.tuning.cascade_tuning import CascadeEvalReport
     from triagegate.tuning.evaluation import EvalReport
+
+R = TypeVar("R", bound=BaseModel)
 
 CascadeOpt = Annotated[
     bool,
@@ -63,45 +67,54 @@ def eval_(
     from triagegate.tuning.scoring import EvalOptions, evaluate
 
     setup_logging(log_level)
-    if cascade:
-        _eval_cascade(
-            graph,
-            data,
-            text_col,
-            label_col,
-            split_fraction,
-            seed,
-            fit,
-            limit,
-            concurrency,
-            record,
-            replay,
-            output,
-            as_json,
-        )
-        return
-    report = evaluate(
-        EvalOptions(
-            graph=graph,
-            data=data,
-            text_col=text_col,
-            label_col=label_col,
-            split_fraction=split_fraction,
-            seed=seed,
-            fit=fit,
-            limit=limit,
-            concurrency=concurrency,
-            record=record,
-            replay=replay,
-        )
+    common = data_options(
+        graph, data, text_col, label_col, split_fraction, seed, fit, concurrency, record, replay
     )
+    common["limit"] = limit
+    if cascade:
+        from triagegate.tuning.cascade_tuning import CascadeOptions, evaluate_cascade
+
+        emit(evaluate_cascade(CascadeOptions(**common)), output, as_json, print_cascade_eval)
+        return
+    emit(evaluate(EvalOptions(**common)), output, as_json, print_report)
+
+
+def data_options(
+    graph: Path,
+    data: Path,
+    text_col: str | None,
+    label_col: str | None,
+    split_fraction: float | None,
+    seed: int,
+    fit: bool,
+    concurrency: int,
+    record: Path | None,
+    replay: Path | None,
+) -> dict[str, Any]:
+    """The options eval and calibrate (and their ``--cascade`` forms) share, by field name."""
+    return {
+        "graph": graph,
+        "data": data,
+        "text_col": text_col,
+        "label_col": label_col,
+        "split_fraction": split_fraction,
+        "seed": seed,
+        "fit": fit,
+        "concurrency": concurrency,
+        "record": record,
+        "replay": replay,
+    }
+
+
+def emit(report: R, output: Path | None, as_json: bool, show: Callable[[R], None]) -> None:
+    """Write ``report`` to ``output`` (if given) as indented JSON, and print it as JSON or with ``show``."""
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if as_json:
         typer.echo(report.model_dump_json())
     else:
-        print_report(report)
+        show(report)
 
 
 def _usd(value: float | None) -> str:
@@ -159,47 +172,6 @@ def print_report(report: EvalReport, *, curve_rows: int = 12) -> None:
         )
     for note in report.notes:
         console.print(f"note: {note}")
-
-
-def _eval_cascade(
-    graph: Path,
-    data: Path,
-    text_col: str | None,
-    label_col: str | None,
-    split_fraction: float | None,
-    seed: int,
-    fit: bool,
-    limit: int | None,
-    concurrency: int,
-    record: Path | None,
-    replay: Path | None,
-    output: Path | None,
-    as_json: bool,
-) -> None:
-    from triagegate.tuning.cascade_tuning import CascadeOptions, evaluate_cascade
-
-    report = evaluate_cascade(
-        CascadeOptions(
-            graph=graph,
-            data=data,
-            text_col=text_col,
-            label_col=label_col,
-            split_fraction=split_fraction,
-            seed=seed,
-            fit=fit,
-            limit=limit,
-            concurrency=concurrency,
-            record=record,
-            replay=replay,
-        )
-    )
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(report.model_dump_json())
-    else:
-        print_cascade_eval(report)
 
 
 def cascade_table(title: str, points: list[tuple[str, CascadePoint]]) -> object:

@@ -14,12 +14,11 @@ replaced (``--write`` removes them), which the report says.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -89,46 +88,32 @@ def labelled_predictions(
     from triagegate.models.recording import recorded
     from triagegate.pipeline import default_cache_dir
     from triagegate.prompts import load_graph_templates
-    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.datasets import load_labeled
     from triagegate.tuning.scoring import (
         check_labels,
-        load_graph,
-        mini_backend,
+        open_graph,
+        options_backend,
         score_tiers,
+        split_rows,
         split_summary,
         tickets_for,
         tier_view,
         triage_backend,
     )
 
-    if options.fit and not options.split_fraction:
-        raise InputError("--train needs --split, or it would measure the classifier on its own training rows")
-    env = dict(os.environ if environ is None else environ)
-    loaded = load_graph(options.graph, options.replay, env)
+    env, loaded = open_graph(options, environ)
     spec = loaded.spec
     if len(spec.tiers) < 2:
         raise InputError(f"{options.graph} has one tier: there is no cascade to measure")
     rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
     check_labels(rows, spec, options.data)
-    fraction, seed = options.split_fraction, options.seed
-    train_rows, rows = split(rows, fraction, seed) if fraction else ([], rows)
     notes: list[str] = []
-    if options.sample is not None and options.sample < len(rows):
-        chosen = sorted(random.Random(seed).sample(range(len(rows)), options.sample))
-        rows = [rows[i] for i in chosen]
-        notes.append(f"a seeded sample (seed {seed}) of {options.sample} evaluated rows")
+    train_rows, rows = split_rows(rows, options, options.sample, notes)
     if options.limit is not None:
         rows = rows[: options.limit]
     if not rows:
         raise InputError(f"{options.data}: no rows to measure")
-    alias, first, note = mini_backend(
-        loaded,
-        graph=options.graph,
-        data=options.data,
-        train_rows=train_rows if options.fit else None,
-        record=options.record,
-        environ=env,
-    )
+    alias, first, note = options_backend(loaded, options, train_rows, env)
     if note:
         notes.append(note)
     backends: list[ModelBackend] = [first]
@@ -167,26 +152,33 @@ def labelled_predictions(
         },
         calls_usd=estimator.calls_usd(mean_chars),
         source=f"{options.data} ({len(rows)} labelled rows, each triaged by every tier)",
-        split=split_summary(fraction, seed, len(train_rows), len(rows)),
+        split=split_summary(options.split_fraction, options.seed, len(train_rows), len(rows)),
         seconds=seconds,
         notes=notes,
     )
 
 
-class CascadeEvalReport(BaseModel):
-    """``eval --cascade``: the cascade at the graph's thresholds, each tier's curve, and the last tier alone."""
+class _Measured(BaseModel):
+    """What both cascade reports say of the data and the tiers."""
 
     graph: str
     data: str
     tickets: int
     models: dict[str, str]
+    """By tier name: ``alias: backend model``."""
     split: dict[str, float | int] | None = None
+    calls_usd: dict[str, float]
+    """Estimated USD per call (a tier's, ``<tier>:draft``)."""
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
+class CascadeEvalReport(_Measured):
+    """``eval --cascade``: the cascade at the graph's thresholds, each tier's curve, and the last tier alone."""
+
     at_graph: cc.CascadePoint
     last_alone: cc.CascadePoint
     tier_curves: list[cc.TierCurve]
-    calls_usd: dict[str, float]
-    seconds: float = 0.0
-    notes: list[str] = Field(default_factory=list)
 
 
 class CascadeCurveRow(BaseModel):
@@ -196,17 +188,12 @@ class CascadeCurveRow(BaseModel):
     held_out: cc.CascadePoint
 
 
-class CascadeReport(BaseModel):
+class CascadeReport(_Measured):
     """``calibrate --cascade``: the thresholds fitted on the calibration part, reported on the held-out part."""
 
-    graph: str
-    data: str
-    tickets: int
     calibration_tickets: int
     held_out_tickets: int
     seed: int
-    models: dict[str, str]
-    split: dict[str, float | int] | None = None
     fit: cc.CascadeFit
     held_out: cc.CascadePoint
     """The chosen thresholds on the held-out tickets."""
@@ -218,30 +205,33 @@ class CascadeReport(BaseModel):
     curve: list[CascadeCurveRow]
     tier_curves: list[cc.TierCurve]
     """Each gated tier's curve on the held-out tickets reaching it at the chosen thresholds."""
-    calls_usd: dict[str, float]
     patch: str
     wrote: str | None = None
     fit_seconds: float = 0.0
-    seconds: float = 0.0
-    notes: list[str] = Field(default_factory=list)
 
 
 def cascade_eval_report(predictions: LabelledPredictions, options: CascadeOptions) -> CascadeEvalReport:
     """The cascade replayed at the graph's own thresholds over ``predictions`` (pure)."""
     data = predictions.data()
     return CascadeEvalReport(
-        graph=str(options.graph),
-        data=str(options.data),
-        tickets=len(data),
-        models=predictions.models,
-        split=predictions.split,
+        **_measured(predictions, options, len(data)),
         at_graph=cc.point(data, data.current),
         last_alone=cc.last_tier_alone(data),
         tier_curves=cc.tier_curves(data, data.current),
-        calls_usd=predictions.calls_usd,
         seconds=round(predictions.seconds, 4),
-        notes=[*predictions.notes, *_caveats(predictions)],
     )
+
+
+def _measured(predictions: LabelledPredictions, options: CascadeOptions, tickets: int) -> dict[str, Any]:
+    return {
+        "graph": str(options.graph),
+        "data": str(options.data),
+        "tickets": tickets,
+        "models": predictions.models,
+        "split": predictions.split,
+        "calls_usd": predictions.calls_usd,
+        "notes": [*predictions.notes, *_caveats(predictions)],
+    }
 
 
 def _caveats(predictions: LabelledPredictions) -> list[str]:
@@ -289,14 +279,10 @@ def cascade_report(predictions: LabelledPredictions, options: CascadeOptions) ->
         name = None if loaded.legacy else tier.name
         patches.append(snippet(fitted.thresholds[tier.name], {}, tier=name, index=index))
     report = CascadeReport(
-        graph=str(options.graph),
-        data=str(options.data),
-        tickets=len(data),
+        **_measured(predictions, options, len(data)),
         calibration_tickets=len(calibration_part),
         held_out_tickets=len(held_out_part),
         seed=options.seed,
-        models=predictions.models,
-        split=predictions.split,
         fit=fitted,
         held_out=held_out,
         feasible_held_out=held_out.accuracy >= options.objective.target_accuracy
@@ -312,10 +298,8 @@ def cascade_report(predictions: LabelledPredictions, options: CascadeOptions) ->
             for c in fitted.frontier
         ],
         tier_curves=cc.tier_curves(held_out_part, chosen),
-        calls_usd=predictions.calls_usd,
         patch="".join(patches),
         fit_seconds=round(fit_seconds, 4),
-        notes=[*predictions.notes, *_caveats(predictions)],
     )
     if options.write:
         _write(report, predictions, options.graph)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from triagegate.errors import ConfigError, InputError, ReplayMiss
 from triagegate.gate import decide
@@ -318,6 +319,62 @@ def load_graph(graph: str | Path, replay: Path | None, environ: Mapping[str, str
     return replayed(load_spec(graph, environ=environ), replay, environ)
 
 
+class DataOptions(Protocol):
+    """What eval, calibrate and their ``--cascade`` forms share: the graph, DATA and how to split and run it."""
+
+    @property
+    def graph(self) -> Path: ...
+    @property
+    def data(self) -> Path: ...
+    @property
+    def split_fraction(self) -> float | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def fit(self) -> bool: ...
+    @property
+    def record(self) -> Path | None: ...
+    @property
+    def replay(self) -> Path | None: ...
+
+
+def open_graph(options: DataOptions, environ: Mapping[str, str] | None) -> tuple[dict[str, str], LoadedSpec]:
+    """The environment and the graph (replayed if asked); refuses ``--train`` without ``--split``."""
+    if options.fit and not options.split_fraction:
+        raise InputError("--train needs --split, or it would measure the classifier on its own training rows")
+    env = dict(os.environ if environ is None else environ)
+    return env, load_graph(options.graph, options.replay, env)
+
+
+def split_rows(
+    rows: Sequence[LabeledText], options: DataOptions, sample: int | None, notes: list[str]
+) -> tuple[list[LabeledText], list[LabeledText]]:
+    """``(training, evaluated)`` rows: the seeded split when asked, then a seeded sample of the evaluated part."""
+    from triagegate.tuning.datasets import split
+
+    fraction, seed = options.split_fraction, options.seed
+    train_rows, rows = split(list(rows), fraction, seed) if fraction else ([], list(rows))
+    if sample is not None and sample < len(rows):
+        chosen = sorted(random.Random(seed).sample(range(len(rows)), sample))
+        rows = [rows[i] for i in chosen]
+        notes.append(f"a seeded sample (seed {seed}) of {sample} evaluated rows")
+    return train_rows, rows
+
+
+def options_backend(
+    loaded: LoadedSpec, options: DataOptions, train_rows: Sequence[LabeledText], environ: Mapping[str, str]
+) -> tuple[str, ModelBackend, str | None]:
+    """:func:`mini_backend` as the options ask (fitted on ``train_rows`` with ``--train``)."""
+    return mini_backend(
+        loaded,
+        graph=options.graph,
+        data=options.data,
+        train_rows=train_rows if options.fit else None,
+        record=options.record,
+        environ=environ,
+    )
+
+
 def check_labels(rows: Sequence[LabeledText], spec: GraphSpec, data: str | Path) -> None:
     """Raise :class:`DatasetError` when a label is not one of the graph's categories."""
     categories = spec.taxonomy.category_names
@@ -416,28 +473,18 @@ def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) 
     Raises :class:`InputError`, :class:`DatasetError` or :class:`ConfigError` for bad
     options, data or graph, and :class:`ReplayMiss` when a replayed recording lacks a request.
     """
-    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.datasets import load_labeled
     from triagegate.tuning.evaluation import build_report
 
-    if options.fit and not options.split_fraction:
-        raise InputError("--train needs --split, or it would test on its own training rows")
-    env = dict(os.environ if environ is None else environ)
-    loaded = load_graph(options.graph, options.replay, env)
+    env, loaded = open_graph(options, environ)
     spec = loaded.spec
     rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
     check_labels(rows, spec, options.data)
     fraction, seed = options.split_fraction, options.seed
-    train_rows, test_rows = split(rows, fraction, seed) if fraction else ([], rows)
+    train_rows, test_rows = split_rows(rows, options, None, [])
     if options.limit is not None:
         test_rows = test_rows[: options.limit]
-    alias, backend, note = mini_backend(
-        loaded,
-        graph=options.graph,
-        data=options.data,
-        train_rows=train_rows if options.fit else None,
-        record=options.record,
-        environ=env,
-    )
+    alias, backend, note = options_backend(loaded, options, train_rows, env)
     notes = [note] if note else []
 
     async def go() -> ScoredRun:
