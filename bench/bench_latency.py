@@ -19,10 +19,14 @@ Measured side by side in one run, interleaved round by round, each ticket's wall
 * ``image``: tickets with a PNG attached; the server's request counts show whether the mini
   (no vision) was called.
 
+Each series also reports this process's CPU milliseconds per ticket (the server runs in its
+own process), which shows how much of a difference is triagegate's own work.
+
 Targets: escalated p50 <= 1.15x flagship alone; kept p50 <= mini alone + 5 ms; 0 mini
 requests for image tickets. Prints a table and writes ``bench/out/latency.json``.
 
-    .venv/bin/python bench/bench_latency.py              # 24 tickets of each kind x 3 rounds
+    .venv/bin/python bench/bench_latency.py              # 24 tickets of each kind x 3 rounds, one at a time
+    .venv/bin/python bench/bench_latency.py --answer-words 120   # answers of a realistic length
     .venv/bin/python bench/bench_latency.py --quick
 """
 
@@ -94,8 +98,14 @@ def tickets(kind: str, n: int, round_: int) -> list[Ticket]:
     return out
 
 
-async def timed(items: list[Any], call: Callable[[Any], Awaitable[Any]], concurrency: int) -> list[float]:
-    """Wall seconds of ``call(item)`` for each item, ``concurrency`` at a time."""
+CPU: dict[str, float] = {}
+"""This process's CPU seconds per series (the server runs in its own process)."""
+
+
+async def timed(
+    key: str, items: list[Any], call: Callable[[Any], Awaitable[Any]], concurrency: int
+) -> list[float]:
+    """Wall seconds of ``call(item)`` for each item, ``concurrency`` at a time; adds the CPU used to :data:`CPU`."""
     out: list[float] = [0.0] * len(items)
     queue = iter(range(len(items)))
 
@@ -105,7 +115,9 @@ async def timed(items: list[Any], call: Callable[[Any], Awaitable[Any]], concurr
             await call(items[i])
             out[i] = time.perf_counter() - started
 
+    cpu = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    CPU[key] = CPU.get(key, 0.0) + time.process_time() - cpu
     return out
 
 
@@ -175,26 +187,36 @@ async def measure(base: str, tmp: Path, n: int, rounds: int, concurrency: int) -
                 tickets("kept", n, r),
                 tickets("image", n, r),
             )
-            series["escalated"] += await timed(escalated, lambda t: run(cascade, "escalated", t), concurrency)
+            series["escalated"] += await timed(
+                "escalated", escalated, lambda t: run(cascade, "escalated", t), concurrency
+            )
             series["flagship_alone"] += await timed(
-                escalated, lambda t: flagship.chat(escalation(t)), concurrency
+                "flagship_alone", escalated, lambda t: flagship.chat(escalation(t)), concurrency
             )
             series["escalated_early_off"] += await timed(
-                escalated, lambda t: run(whole, "escalated_early_off", t), concurrency
+                "escalated_early_off", escalated, lambda t: run(whole, "escalated_early_off", t), concurrency
             )
-            series["kept"] += await timed(kept, lambda t: run(cascade, "kept", t), concurrency)
-            series["mini_alone"] += await timed(kept, lambda t: mini.chat(triage(t)), concurrency)
+            series["kept"] += await timed("kept", kept, lambda t: run(cascade, "kept", t), concurrency)
+            series["mini_alone"] += await timed(
+                "mini_alone", kept, lambda t: mini.chat(triage(t)), concurrency
+            )
             series["mini_alone_streamed"] += await timed(
-                kept, lambda t: chat_until(mini, triage(t), lambda _partial: None), concurrency
+                "mini_alone_streamed",
+                kept,
+                lambda t: chat_until(mini, triage(t), lambda _partial: None),
+                concurrency,
             )
             before = counts(base)
-            series["image"] += await timed(images, lambda t: run(cascade, "image", t), concurrency)
+            series["image"] += await timed("image", images, lambda t: run(cascade, "image", t), concurrency)
             after = counts(base)
             for model in set(before) | set(after):
                 image_requests[model] = (
                     image_requests.get(model, 0) + after.get(model, 0) - before.get(model, 0)
                 )
-    summary = {k: {"p50_ms": 1000 * p50(v), "p95_ms": 1000 * p95(v), "n": len(v)} for k, v in series.items()}
+    summary = {
+        k: {"p50_ms": 1000 * p50(v), "p95_ms": 1000 * p95(v), "n": len(v), "cpu_ms": 1000 * CPU[k] / len(v)}
+        for k, v in series.items()
+    }
     return {
         "summary": summary,
         "routes": {k: sorted(v) for k, v in routes.items()},
@@ -215,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tickets", type=int, default=24, help="tickets of each kind per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=4, help="tickets in flight at once")
+    parser.add_argument("--concurrency", type=int, default=1, help="tickets in flight at once")
     parser.add_argument("--quick", action="store_true", help="8 tickets x 1 round")
     parser.add_argument(
         "--answer-words",
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["machine"] = machine()
     s, ratios = result["summary"], result["ratios"]
-    print(f"{'':40} {'p50 ms':>9} {'p95 ms':>9} {'n':>5}")
+    print(f"{'':40} {'p50 ms':>9} {'p95 ms':>9} {'n':>5} {'CPU ms':>8}")
     labels = {
         "escalated": "cascade, escalated (early gate)",
         "escalated_early_off": "cascade, escalated, early gate off",
@@ -263,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "image": "cascade, image ticket",
     }
     for key, label in labels.items():
-        print(f"{label:40} {s[key]['p50_ms']:9.1f} {s[key]['p95_ms']:9.1f} {s[key]['n']:5d}")
+        row = s[key]
+        print(f"{label:40} {row['p50_ms']:9.1f} {row['p95_ms']:9.1f} {row['n']:5d} {row['cpu_ms']:8.2f}")
     esc = ratios["escalated_over_flagship_alone"]
     print(
         f"escalated / flagship alone (p50): {esc:.3f}x (target <= 1.15x: {'met' if esc <= 1.15 else 'MISSED'})"
