@@ -522,20 +522,3 @@ def test_cascade_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--cascade needs --target-accuracy" in capsys.readouterr().err
     assert main(["calibrate", str(graph), data, "--target-accuracy", "0.9", "--max-last-share", "0.2"]) == 2
     assert "add --cascade" in capsys.readouterr().err
-
-
-def test_eval_cascade_reports_every_tier_at_the_graphs_thresholds(
-    small_cascade: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    graph, data = small_cascade
-    assert main(["eval", str(graph), str(data), "--cascade", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    at = report["at_graph"]
-    assert at["thresholds"] == {"classifier": 0.9, "small": 0.8}
-    small = at["tiers"][1]
-    # the small model is sure exactly when right, so at 0.8 it answers only what it knows
-    assert small["answered"] > 0 and small["accuracy"] == 1.0
-    assert report["tier_curves"][1]["at_threshold"]["accuracy_kept"] == 1.0
-    assert main(["eval", str(graph), str(data), "--cascade"]) == 0
-    printed = capsys.readouterr().out
-    assert "tier small:" in printed and "last tier alone" in printed
