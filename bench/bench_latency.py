@@ -39,7 +39,6 @@ import json
 import statistics
 import sys
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -53,19 +52,13 @@ from triagegate.models.base import ChatRequest, chat_until
 from triagegate.replies import escalate_request, triage_request
 from triagegate.types import Attachment, Ticket, Triage
 
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tests.support.images import tiny_png
+
 MINI = ("mini-model", 0.3, 0.02)
 FLAGSHIP = ("flagship-model", 0.8, 0.04)
 HARD = "[needs-review]"
-
-
-def tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    idat = zlib.compress(b"\x00\xff\x00\x00")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def graph_file(tmp: Path, early: bool) -> Path:
