@@ -29,24 +29,17 @@ from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.tuning import calibration as cal
 from triagegate.tuning.datasets import LabeledText, MissingColumn, load_unlabeled
 from triagegate.tuning.report import CalibrateReport
+from triagegate.tuning.scoring import DataOptions
 from triagegate.types import Triage
 
 Reference = Literal["labels", "flagship"]
 
 
-@dataclass(frozen=True)
-class CalibrateOptions:
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions(DataOptions):
     """What ``triagegate calibrate`` was asked; see its ``--help`` for each option."""
 
-    graph: Path
-    data: Path
     objective: cal.Objective
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the graph's classifier on the training part of the split first (``--train``)."""
     calibration_fraction: float = 0.5
     per_category: bool = True
     min_support: int = cal.DEFAULT_MIN_SUPPORT
@@ -55,9 +48,6 @@ class CalibrateOptions:
     flagship_accuracy: float | None = None
     sample: int | None = None
     resamples: int = cal.DEFAULT_RESAMPLES
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
     plot_path: Path | None = None
     write: bool = False
     """Patch the first tier's gate in the graph file when the objective is met on the calibration tickets."""

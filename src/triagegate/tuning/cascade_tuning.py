@@ -26,29 +26,19 @@ from triagegate.errors import InputError
 from triagegate.models.base import Capabilities, ModelBackend
 from triagegate.spec import LoadedSpec
 from triagegate.tuning import cascade as cc
+from triagegate.tuning.scoring import DataOptions
 from triagegate.types import Triage
 
 
-@dataclass(frozen=True)
-class CascadeOptions:
+@dataclass(frozen=True, kw_only=True)
+class CascadeOptions(DataOptions):
     """What ``eval --cascade`` or ``calibrate --cascade`` was asked; see their ``--help``."""
 
-    graph: Path
-    data: Path
     objective: cc.CascadeObjective | None = None
     """None for ``eval``."""
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the first tier's classifier on the training part of the split first (``--train``)."""
     calibration_fraction: float = 0.5
     limit: int | None = None
     sample: int | None = None
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
     write: bool = False
 
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from triagegate.errors import ConfigError, InputError, ReplayMiss
 from triagegate.gate import decide
@@ -319,23 +319,21 @@ def load_graph(graph: str | Path, replay: Path | None, environ: Mapping[str, str
     return replayed(load_spec(graph, environ=environ), replay, environ)
 
 
-class DataOptions(Protocol):
-    """What eval, calibrate and their ``--cascade`` forms share: the graph, DATA and how to split and run it."""
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """What eval, calibrate and their ``--cascade`` forms share: the graph, DATA, how to split and run it."""
 
-    @property
-    def graph(self) -> Path: ...
-    @property
-    def data(self) -> Path: ...
-    @property
-    def split_fraction(self) -> float | None: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def fit(self) -> bool: ...
-    @property
-    def record(self) -> Path | None: ...
-    @property
-    def replay(self) -> Path | None: ...
+    graph: Path
+    data: Path
+    text_col: str | None = None
+    label_col: str | None = None
+    split_fraction: float | None = None
+    seed: int = 13
+    fit: bool = False
+    """Fit the graph's classifier on the training part of the split first (``--train``)."""
+    concurrency: int = 8
+    record: Path | None = None
+    replay: Path | None = None
 
 
 def open_graph(options: DataOptions, environ: Mapping[str, str] | None) -> tuple[dict[str, str], LoadedSpec]:
@@ -449,22 +447,11 @@ def split_summary(
     return {"fraction": fraction, "seed": seed, "train_rows": train_rows, "test_rows": test_rows}
 
 
-@dataclass(frozen=True)
-class EvalOptions:
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(DataOptions):
     """What ``triagegate eval`` was asked; see its ``--help`` for each option."""
 
-    graph: Path
-    data: Path
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the graph's classifier on the training part of the split first (``--train``)."""
     limit: int | None = None
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
 
 
 def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) -> EvalReport:
