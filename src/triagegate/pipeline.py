@@ -29,6 +29,7 @@ from triagegate.spec import Limits, LoadedSpec, load_spec
 from triagegate.types import Outcome, Ticket, new_ticket_id
 
 if TYPE_CHECKING:
+    from triagegate.shadow import ShadowRunner
     from triagegate.state import TicketState
 
 log = get_logger("triagegate.pipeline")
@@ -115,6 +116,8 @@ class Pipeline:
         self._outcome_of = build_outcome
         self.graph = build_graph(self.spec, capabilities)
         """The compiled LangGraph ``StateGraph`` (``graph.get_graph()`` draws it)."""
+        self.shadows = _shadow_runner(self)
+        """Shadow runs of kept tickets, when a tier's gate has ``shadow`` (:mod:`triagegate.shadow`)."""
 
     @property
     def name(self) -> str:
@@ -151,6 +154,8 @@ class Pipeline:
             )
             outcome = self._outcome_of(cast("TicketState", state), self._cascade, self._run_context)
             outcome.latency_ms = (time.perf_counter() - started) * 1000
+            if self.shadows is not None:
+                self.shadows.offer(ticket, images, flags, outcome)
             log_ticket_done(outcome)
         return outcome
 
@@ -234,7 +239,14 @@ class Pipeline:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
 
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow runs in flight (a no-op without shadow sampling)."""
+        if self.shadows is not None:
+            await self.shadows.drain()
+
     async def aclose(self) -> None:
+        """Finish the shadow runs in flight, then close every backend."""
+        await self.drain_shadows()
         seen: set[int] = set()
         for backend in self.backends.values():
             if id(backend) not in seen:
@@ -246,6 +258,16 @@ class Pipeline:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _shadow_runner(pipeline: Pipeline) -> ShadowRunner | None:
+    if not any(t.gate is not None and t.gate.shadow is not None for t in pipeline.spec.tiers):
+        return None
+    from triagegate.cost import Estimator
+    from triagegate.shadow import ShadowRunner
+
+    estimator = Estimator(pipeline.spec, pipeline.templates)
+    return ShadowRunner(pipeline._run_context, pipeline._cascade, estimator)
 
 
 def log_ticket_done(outcome: Outcome) -> None:

@@ -190,6 +190,23 @@ class GateDecision(BaseModel):
     reasons: list[str] = Field(default_factory=list)
 
 
+class ShadowCheck(BaseModel):
+    """Whether a kept ticket was sampled for a shadow run by the next tier (``gate.shadow``).
+
+    ``scheduled``: the shadow run was started off the customer's path; its verdict is written
+    to the outcome store's ``labels`` table (source ``shadow``) when it finishes. ``capped``:
+    the ticket was sampled but the day's shadow budget (``max_usd_per_day``) was spent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    """The tier that kept the ticket."""
+    judge: str
+    """The tier that runs the shadow (the next one)."""
+    status: Literal["scheduled", "capped"]
+
+
 class Outcome(BaseModel):
     """The result of running one ticket through a graph."""
 
@@ -221,6 +238,8 @@ class Outcome(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     errors: list[str] = Field(default_factory=list)
+    shadow: ShadowCheck | None = None
+    """Set when the tier that kept the ticket sampled it for a shadow run (see :class:`ShadowCheck`)."""
 
     @property
     def skipped(self) -> list[GateDecision]:

@@ -61,6 +61,7 @@ COMMAND_MODULES = [
     "batch_cmd",
     "demo_cmd",
     "calibrate_cmd",
+    "report_cmd",
 ]
 """Modules that register subcommands on import; add one line per new subcommand module."""
 

@@ -11,7 +11,7 @@ from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
 from triagegate.cli.eval_cmd import data_options, emit
 from triagegate.cli.recording import RecordOpt, ReplayOpt
-from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.cli.train_cmd import FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 @app.command()
 def calibrate(
     graph: GraphArg,
-    data: DataArg,
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Labeled data: CSV, TSV or JSONL (not with --from-store).", show_default=False),
+    ] = None,
     target_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -129,6 +132,24 @@ def calibrate(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report here.")] = None,
     as_json: JsonOpt = False,
     log_level: LogLevelOpt = None,
+    from_store: Annotated[
+        str | None,
+        typer.Option(
+            "--from-store",
+            help="Fit on the shadow and human labels in this outcome store instead of DATA "
+            "(with --write, also records the store's confidences as the drift reference).",
+        ),
+    ] = None,
+    since: Annotated[
+        str, typer.Option("--since", help="With --from-store: outcomes of the last 24h, 7d, ... or 'all'.")
+    ] = "all",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Record the first tier's confidences on DATA in this outcome store (drift reference).",
+        ),
+    ] = None,
 ) -> None:
     """Fit GRAPH's gate thresholds on DATA to one objective and report them on held-out rows.
 
@@ -149,6 +170,28 @@ def calibrate(
 
     started = time.perf_counter()
     setup_logging(log_level)
+    if from_store is not None:
+        if cascade or max_last_share is not None:
+            from triagegate.errors import InputError
+
+            raise InputError("--cascade fits every tier on DATA's rows; it does not read --from-store")
+        report = _from_store(
+            graph,
+            from_store,
+            since,
+            _objective(target_accuracy, max_escalation, budget),
+            seed,
+            calibration_fraction,
+            per_category,
+            min_support,
+            resamples,
+            flagship_accuracy,
+            write,
+        )
+        _finish(report, started, output, as_json, write)
+        return
+    if data is None:
+        raise typer.BadParameter("give DATA, or --from-store STORE", param_hint="DATA")
     common = data_options(
         graph, data, text_col, label_col, split_fraction, seed, fit, concurrency, record, replay
     )
@@ -171,13 +214,55 @@ def calibrate(
         flagship_accuracy=flagship_accuracy,
         resamples=resamples,
         plot_path=plot_path,
+        store=store,
         **common,
     )
-    report = calibrate(options)
+    _finish(calibrate(options), started, output, as_json, write)
+
+
+def _finish(report: CalibrateReport, started: float, output: Path | None, as_json: bool, write: bool) -> None:
+    import time
+
     report.seconds = round(time.perf_counter() - started, 3)
     emit(report, output, as_json, print_report)
     if write and report.wrote is None:
         raise typer.Exit(1)
+
+
+def _from_store(
+    graph: Path,
+    store: str,
+    since: str,
+    objective: Objective,
+    seed: int,
+    calibration_fraction: float,
+    per_category: bool,
+    min_support: int,
+    resamples: int,
+    flagship_accuracy: float | None,
+    write: bool,
+) -> CalibrateReport:
+    import time
+
+    from triagegate.cli.report_cmd import parse_since
+    from triagegate.tuning.calibrate import StoreCalibrateOptions, calibrate_from_store
+
+    window = parse_since(since)
+    return calibrate_from_store(
+        StoreCalibrateOptions(
+            graph=graph,
+            store=store,
+            objective=objective,
+            since=None if window is None else time.time() - window,
+            seed=seed,
+            calibration_fraction=calibration_fraction,
+            per_category=per_category,
+            min_support=min_support,
+            resamples=resamples,
+            flagship_accuracy=flagship_accuracy,
+            write=write,
+        )
+    )
 
 
 def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:

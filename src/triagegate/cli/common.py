@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from triagegate import environment
+
 if TYPE_CHECKING:
     from triagegate.types import GateDecision, Outcome
 
@@ -19,6 +21,15 @@ LogLevelOpt = Annotated[
     typer.Option(
         "--log-level",
         help="Log level for structured logs on stderr (default: TRIAGEGATE_LOG_LEVEL or WARNING).",
+    ),
+]
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar=environment.STORE,
+        help=f"Outcome store to write every Outcome to: a SQLite file or a postgresql:// URL (env {environment.STORE}).",
     ),
 ]
 

@@ -1,5 +1,8 @@
 """A queue worker: read tickets from a consumer group, run them, upsert outcomes, then acknowledge.
 
+Workers write to the PostgreSQL outcome store (:mod:`triagegate.store.postgres`), shadow
+verdicts included; a worker that stops waits for its shadow runs before it returns.
+
 Per entry, in order: give up on it if it was already delivered ``max_deliveries`` times
 (dead letter, with the last recorded error); dead-letter it at once if it is poison (no
 valid ticket: retrying cannot help); run it (a ticket the pipeline refuses becomes a
@@ -118,6 +121,23 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> WorkerStats:
+        """Consume until stopped (or idle), then finish in-flight entries and their shadow runs."""
+        from triagegate.store import graph_info
+
+        try:
+            await self.store.register_graph(graph_info(self.pipeline))
+        except Exception as exc:  # the report lacks this graph's targets until a worker registers it
+            log.warning("graph_not_registered", error=f"{type(exc).__name__}: {exc}")
+        shadows = self.pipeline.shadows
+        unsubscribe = shadows.subscribe(self.store.put_label) if shadows is not None else None
+        try:
+            return await self._run()
+        finally:
+            await self.pipeline.drain_shadows()
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _run(self) -> WorkerStats:
         s = self.settings
         await self.stream.ensure_group()
         self._dispatch(await self.stream.read_own_pending(self.consumer, s.concurrency * 4))

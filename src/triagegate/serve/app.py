@@ -43,6 +43,7 @@ from triagegate.serve.intake import (
 from triagegate.serve.limits import RateLimiter, check_ticket_for_http
 from triagegate.serve.metrics import ServiceMetrics
 from triagegate.serve.middleware import Gate
+from triagegate.serve.outcomes import StoreLink
 from triagegate.serve.settings import ServeSettings
 from triagegate.types import Outcome, Ticket
 
@@ -194,11 +195,18 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
     max_image_bytes = settings.max_image_bytes or limits.max_image_bytes
     metrics = ServiceMetrics(pipeline.spec.taxonomy.category_names)
 
+    outcomes = StoreLink(pipeline, settings, metrics)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if settings.close_pipeline:
-            await pipeline.aclose()
+        await outcomes.open()
+        try:
+            yield
+        finally:
+            await pipeline.drain_shadows()
+            await outcomes.close()
+            if settings.close_pipeline:
+                await pipeline.aclose()
 
     app = ServiceApp(
         title="triagegate",
@@ -223,6 +231,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         except InputError as exc:
             raise ApiError("invalid_ticket", str(exc)) from None
         metrics.observe_outcome(outcome)
+        await outcomes.write(outcome)
         return outcome
 
     @app.post(
@@ -347,7 +356,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         """Requests, routes, escalation reasons, node latencies, tokens, cost and provider errors.
 
         Needs the metrics token when the service has one, else an API key when it has keys.
+        With an outcome store, also the figures of ``triagegate report`` over the report window.
         """
+        await outcomes.refresh_figures()
         return Response(metrics.render(), media_type=metrics.content_type)
 
     app.include_router(

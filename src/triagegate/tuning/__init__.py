@@ -10,4 +10,7 @@ reports and plots they produce, and the patch that writes fitted thresholds back
 file (:mod:`.gate_patch`). Cost estimates come from the
 core's :mod:`triagegate.cost`, shared with ``batch --dry-run``. ``triagegate train``,
 ``eval`` and ``calibrate`` are thin command-line fronts over these modules.
+
+:mod:`.monitoring` judges a graph after it serves traffic, from the outcome store: the
+figures of ``triagegate report``, which ``serve`` also exports on ``/metrics``.
 """
