@@ -178,7 +178,8 @@ async def triage_ticket(
     """Triage ``ticket`` with one tier's model, as the tier's node does; never raises for a model failure.
 
     A chat model bound for log-probabilities streams its reply and stops it as soon as the
-    option-code token shows the ticket escalates (the early gate); the triage is then built
+    option-code token shows the ticket escalates (the early gate, unless the tier's gate has
+    ``early: false``); the triage is then built
     from what had arrived. A model failure gives a failed triage (``confidence_method:
     none``), which the gate escalates. Tuning (:mod:`triagegate.tuning.scoring`) calls this
     to triage with one tier outside the graph.
@@ -199,7 +200,7 @@ async def triage_ticket(
             stopped: list[EarlyTriage] = []
 
             async def send(req: ChatRequest) -> ChatResult:
-                if not req.top_logprobs or policy is None:
+                if not req.top_logprobs or policy is None or not policy.early:
                     return await backend.chat(req)
                 early = EarlyGate(spec, req, lambda reading: escalates_early(reading, policy))
                 result = await chat_until(backend, req, early)

@@ -302,6 +302,10 @@ class GatePolicy(_Strict):
     """What a triage reply without usable log-probabilities means when its model is bound for
     them: ``escalate`` (a hard rule, reason ``logprobs_missing``), or ``verbalized`` (gate the
     model's stated confidence). Both log a warning and set ``Outcome.confidence_fallback``."""
+    early: bool = True
+    """Apply the gate while a log-probability reply streams, cancelling the rest of one that
+    escalates. ``false`` reads every reply whole: slower to escalate, but a ``--record``
+    recording then holds whole replies, which can be replayed under any threshold."""
     shadow: ShadowPolicy | None = None
     """Shadow sampling of the tickets this tier keeps (see :class:`ShadowPolicy`)."""
 

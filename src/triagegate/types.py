@@ -7,6 +7,7 @@ JSON-friendly.
 
 from __future__ import annotations
 
+import re
 import uuid
 from enum import StrEnum
 from typing import Any, Literal
@@ -63,6 +64,18 @@ class Turn(BaseModel):
     content: str
 
 
+TEXT_PATTERN = r"[^\s\x1c-\x1f\x85\ufeff]"
+r"""A character that is not white space by either regex dialect that reads the API document:
+JSON Schema's (ECMA-262, whose ``\s`` has U+FEFF) or Python's (whose ``\s`` has U+001C-U+001F
+and U+0085). The union is spelled out, so the document and the server refuse the same texts."""
+_VISIBLE = re.compile(TEXT_PATTERN)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` has no character outside :data:`TEXT_PATTERN`'s white space."""
+    return _VISIBLE.search(text) is None
+
+
 class Ticket(BaseModel):
     """A customer-support ticket. ``text`` is untrusted customer input.
 
@@ -76,7 +89,7 @@ class Ticket(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(default_factory=new_ticket_id, min_length=1, max_length=200)
-    text: str = Field(min_length=1, json_schema_extra={"pattern": r"\S"})
+    text: str = Field(min_length=1, json_schema_extra={"pattern": TEXT_PATTERN})
     """At least one character that is not white space (the document says so with ``pattern``)."""
     subject: str | None = None
     attachments: list[Attachment] = Field(default_factory=list)
@@ -87,7 +100,7 @@ class Ticket(BaseModel):
     @field_validator("text")
     @classmethod
     def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("ticket text is blank")
         return value
 
@@ -221,7 +234,7 @@ class HumanAnswer(BaseModel):
     def _text_fits_action(self) -> HumanAnswer:
         if self.action == "approve" and self.text is not None:
             raise ValueError("'approve' sends the draft as it is and takes no text; use 'edit' to change it")
-        if self.action != "approve" and (self.text is None or not self.text.strip()):
+        if self.action != "approve" and (self.text is None or is_blank(self.text)):
             raise ValueError(f"'{self.action}' needs the text of the answer")
         return self
 

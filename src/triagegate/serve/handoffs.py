@@ -22,7 +22,7 @@ from triagegate.errors import HandoffNotFound, HandoffResolved, InputError
 from triagegate.pipeline import Pipeline
 from triagegate.serve.errors import ApiError, error_responses
 from triagegate.serve.intake import json_body
-from triagegate.types import HumanAnswer, Outcome
+from triagegate.types import TEXT_PATTERN, HumanAnswer, Outcome
 
 JSON = "application/json"
 PATH = "/v1/handoffs"
@@ -113,7 +113,7 @@ def describe_openapi(schemas: dict[str, Any]) -> None:
     """Say in the document what :class:`HumanAnswer` checks: ``approve`` takes no text, the others need it."""
     fields = schemas["HumanAnswer"]["properties"]
     common = {"by": fields["by"], "category": fields["category"]}
-    text = {"type": "string", "minLength": 1, "maxLength": 20_000, "pattern": r"\S"}
+    text = {"type": "string", "minLength": 1, "maxLength": 20_000, "pattern": TEXT_PATTERN}
     schemas["HumanAnswer"] = {
         "title": "HumanAnswer",
         "description": "Approve the draft as it is, or edit it or answer anew with the text.",

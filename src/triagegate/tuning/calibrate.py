@@ -18,8 +18,6 @@ sample with the same prompt (live, recorded with ``--record``, or replayed with
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +29,17 @@ from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.tuning import calibration as cal
 from triagegate.tuning.datasets import LabeledText, MissingColumn, load_unlabeled
 from triagegate.tuning.report import CalibrateReport
+from triagegate.tuning.scoring import DataOptions
 from triagegate.types import Triage
 
 Reference = Literal["labels", "flagship"]
 
 
-@dataclass(frozen=True)
-class CalibrateOptions:
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions(DataOptions):
     """What ``triagegate calibrate`` was asked; see its ``--help`` for each option."""
 
-    graph: Path
-    data: Path
     objective: cal.Objective
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the graph's classifier on the training part of the split first (``--train``)."""
     calibration_fraction: float = 0.5
     per_category: bool = True
     min_support: int = cal.DEFAULT_MIN_SUPPORT
@@ -57,9 +48,6 @@ class CalibrateOptions:
     flagship_accuracy: float | None = None
     sample: int | None = None
     resamples: int = cal.DEFAULT_RESAMPLES
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
     plot_path: Path | None = None
     write: bool = False
     """Patch the first tier's gate in the graph file when the objective is met on the calibration tickets."""
@@ -148,24 +136,22 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     from triagegate.models.recording import recorded
     from triagegate.models.replay import replay_path
     from triagegate.pipeline import default_cache_dir
-    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.datasets import load_labeled
     from triagegate.tuning.gate_patch import snippet
     from triagegate.tuning.scoring import (
         check_labels,
         flagship_view,
-        load_graph,
-        mini_backend,
+        open_graph,
+        options_backend,
         route_costs,
+        split_rows,
         split_summary,
         tickets_for,
         triage_backend,
         triage_tickets,
     )
 
-    if options.fit and not options.split_fraction:
-        raise InputError("--train needs --split, or it would calibrate on its own training rows")
-    env = dict(os.environ if environ is None else environ)
-    loaded = load_graph(options.graph, options.replay, env)
+    env, loaded = open_graph(options, environ)
     spec = loaded.spec
     try:
         rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
@@ -179,23 +165,12 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     if labeled and not use_flagship:
         check_labels(rows, spec, options.data)
     fraction, seed = options.split_fraction, options.seed
-    train_rows, rows = split(rows, fraction, seed) if fraction else ([], rows)
-    if options.sample is not None and options.sample < len(rows):
-        chosen = sorted(random.Random(seed).sample(range(len(rows)), options.sample))
-        rows = [rows[i] for i in chosen]
-        notes.append(f"a seeded sample (seed {seed}) of {options.sample} evaluated rows")
+    train_rows, rows = split_rows(rows, options, options.sample, notes)
     if len(rows) < 4:
         raise InputError(
             f"{options.data}: {len(rows)} rows to calibrate on; need at least 4 (2 to fit, 2 to hold out)"
         )
-    alias, backend, note = mini_backend(
-        loaded,
-        graph=options.graph,
-        data=options.data,
-        train_rows=train_rows if options.fit else None,
-        record=options.record,
-        environ=env,
-    )
+    alias, backend, note = options_backend(loaded, options, train_rows, env)
     if note:
         notes.append(note)
     replaying = replay_path(options.replay, env) is not None
