@@ -442,3 +442,16 @@ def test_a_body_over_the_limit_is_refused_before_the_route(serve: Serve) -> None
         "type": "invalid_request_error",
         "param": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("n", True), ("n", 1.0), ("stream", "yes"), ("stream", 1), ("user", 7)]
+)
+def test_request_fields_are_read_strictly(field: str, value: object) -> None:
+    """A wrong JSON type is a 400 naming the field, as OpenAI's API answers, not coerced."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "charged twice"}], field: value}
+    with pytest.raises(ApiError) as refused:
+        openai_api.parse_request(json.dumps(body).encode())
+    assert refused.value.code == "invalid_request" and refused.value.param == field
+    body[field] = {"n": 1, "stream": True, "user": "u-1"}[field]
+    assert getattr(openai_api.parse_request(json.dumps(body).encode()), field) == body[field]

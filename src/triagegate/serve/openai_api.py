@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from triagegate.pipeline import Pipeline
 from triagegate.serve.errors import ApiError, error_json, error_responses
 from triagegate.serve.intake import checked_ticket, is_json, media_type
-from triagegate.types import TEXT_PATTERN, GateDecision, Outcome, Ticket
+from triagegate.types import TEXT_PATTERN, GateDecision, Outcome, Ticket, is_blank
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -109,7 +109,7 @@ class UserMessage(_Open):
 
     @model_validator(mode="after")
     def _has_text(self) -> UserMessage:
-        if not _text_of(self.content).strip():
+        if is_blank(_text_of(self.content)):
             raise ValueError(
                 "a user message needs some text (a ticket is text, images are attachments to it)"
             )
@@ -159,7 +159,9 @@ class ChatCompletionRequest(_Open):
     )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] | None = Field(default=None, description="Only one choice is produced.")
+    n: Annotated[int, Field(ge=1, le=1)] | None = Field(
+        default=None, description="Only one choice is produced."
+    )
     user: str | None = None
     metadata: dict[str, str] | None = None
 
@@ -287,9 +289,12 @@ def _param(loc: tuple[int | str, ...]) -> str:
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """The request, or a 400 naming the field at fault (``param``) and what is wrong. Of pydantic's
-    errors (one per branch of a union) the deepest is reported: it is the one the client meant."""
+    errors (one per branch of a union) the deepest is reported: it is the one the client meant.
+
+    Parsed strictly, as OpenAI's API does: ``"n": true`` or ``"stream": "yes"`` is a 400, not
+    read as 1 or as true."""
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return ChatCompletionRequest.model_validate_json(body, strict=True)
     except ValidationError as exc:
         errors = exc.errors()
         if errors[0]["type"] == "json_invalid":
