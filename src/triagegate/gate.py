@@ -9,8 +9,10 @@ Precedence, highest first:
    the mini model has none (``needs_vision``), or the ticket looks like it is trying to
    steer the system (``suspected_injection``).
 2. **never_escalate** categories keep the mini answer, overriding the soft rules below.
-3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``, and
-   ``low_confidence`` when confidence is under the category's threshold (or the global one).
+3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``,
+   ``low_confidence`` when confidence is under the category's threshold (or the global one),
+   and ``ungrounded`` when the policy has ``always_escalate.ungrounded`` and the graph's
+   knowledge base has no article supporting the ticket.
 
 All matching reasons are reported, not just the first, so an outcome explains itself.
 
@@ -55,8 +57,14 @@ class Decision:
         return self.route == "flagship"
 
 
-def decide(triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False) -> Decision:
-    """Decide whether the mini tier's answer stands (``mini``) or the ticket escalates (``flagship``)."""
+def decide(
+    triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False, grounded: bool = True
+) -> Decision:
+    """Decide whether the mini tier's answer stands (``mini``) or the ticket escalates (``flagship``).
+
+    ``grounded`` says whether the knowledge base had an article supporting the ticket (true
+    when the graph has none: the ``ungrounded`` rule needs a knowledge base).
+    """
     threshold = policy.threshold_for(triage.category)
     rules = policy.always_escalate
     hard: list[str] = []
@@ -78,6 +86,8 @@ def decide(triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False)
         soft.append(f"priority:{triage.priority}")
     if triage.confidence < threshold:
         soft.append("low_confidence")
+    if rules.ungrounded and not grounded:
+        soft.append("ungrounded")
 
     if hard:
         return Decision("flagship", tuple(hard + soft), threshold)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Annotated, TypedDict
+from typing import TYPE_CHECKING, Annotated, TypedDict
 
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template
 from triagegate.spec import GraphSpec, TierSpec
 from triagegate.types import GateDecision, NodeRun, Ticket, Triage
+
+if TYPE_CHECKING:
+    from triagegate.knowledge import KnowledgeBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,8 @@ class Reply:
     """The tier that answered."""
     status: str = "ok"
     """``failed`` when the last tier could not answer."""
+    sources: tuple[str, ...] = ()
+    """The knowledge-base articles the answering prompt carried (their ids, best first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,8 @@ class RunContext:
     graph_hash: str
     templates: dict[str, Template]
     backends: dict[str, ModelBackend]
+    knowledge: KnowledgeBase | None = None
+    """The graph's knowledge base, loaded and indexed once (``None`` when it names none)."""
 
     def backend_for(self, tier: TierSpec) -> ModelBackend:
         return self.backends[tier.model]
