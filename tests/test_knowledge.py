@@ -412,3 +412,17 @@ def test_parse_spec_without_a_folder_resolves_against_the_working_directory(
     monkeypatch.chdir(tmp_path)
     text = graph_file(tmp_path).read_text(encoding="utf-8")
     assert parse_spec(text).knowledge_dir == small_kb.resolve()
+
+
+def test_the_cost_estimate_counts_the_largest_articles_block(tmp_path: Path, small_kb: Path) -> None:
+    from triagegate.cost import Estimator
+    from triagegate.prompts import load_graph_templates
+    from triagegate.types import Ticket
+
+    ticket = Ticket(text="When will my refund arrive?")
+    grounded = load_spec(graph_file(tmp_path, "knowledge_base: {path: kb, top_k: 2, max_chars: 1000}"))
+    plain = load_spec(graph_file(tmp_path, "", ungrounded="false"))
+    with_kb = Estimator(grounded.spec, load_graph_templates(grounded)).ticket(ticket)
+    without = Estimator(plain.spec, load_graph_templates(plain)).ticket(ticket)
+    extra = with_kb.flagship_input_tokens - without.flagship_input_tokens
+    assert extra >= 2 * 1000 / 4, "two articles of 1000 characters, at 4 characters a token"
