@@ -8,31 +8,17 @@ depend on how sure the classifier happens to be.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import pytest
 
 import triagegate
+from tests.support.images import tiny_png
 from tests.support.openai_server import OpenAIServer
 from triagegate.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CASCADE = REPO / "graphs" / "cascade.yaml"
-
-
-def tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
 
 
 def cascade(tmp_path: Path, classifier_threshold: float) -> Path:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,25 +18,12 @@ import pytest
 from structlog.testing import capture_logs
 
 import triagegate
+from tests.support.images import tiny_png
 from tests.support.openai_server import Garbage, Hang, OpenAIServer, Reply, Status
 
 REPO = Path(__file__).resolve().parents[1]
 GRAPH = REPO / "tests" / "graphs" / "e2e_openai.yaml"
 SECRET = "sk-test-0123456789abcdefSECRET"
-
-
-def tiny_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

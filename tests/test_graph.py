@@ -233,9 +233,10 @@ async def test_a_failed_middle_triage_escalates_as_triage_failed(three: Path) ->
 
 
 async def test_image_ticket_skips_every_tier_without_vision(three: Path, tmp_path: Path) -> None:
-    from tests.test_pipeline import tiny_png
+    from tests.support.images import tiny_png
 
-    image = tiny_png(tmp_path / "shot.png")
+    image = tmp_path / "shot.png"
+    image.write_bytes(tiny_png())
     pipeline = cascade(three)
     outcome = await pipeline.run(
         Ticket(text="What is this error?", attachments=[triagegate.Attachment.image(str(image))])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import struct
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 
 import triagegate
+from tests.support.images import tiny_png
 from triagegate.errors import InputError, ModelUnavailable, TriagegateError
 from triagegate.models.base import ChatRequest
 from triagegate.pipeline import Pipeline, as_ticket
@@ -81,20 +80,6 @@ def calls(pipeline: Pipeline, alias: str) -> list[ChatRequest]:
     return pipeline.backends[alias].calls  # type: ignore[attr-defined,no-any-return]
 
 
-def tiny_png(path: Path) -> Path:
-    """Write a valid 1x1 PNG to ``path``."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
-    return path
-
-
 async def test_confident_ticket_is_answered_by_mini() -> None:
     pipeline = make_pipeline(fixed(triage_reply("A", confidence=0.95)))
     outcome = await pipeline.run(Ticket(id="t-1", text="I was charged twice this month."))
@@ -138,7 +123,8 @@ async def test_low_confidence_escalates_with_the_reason() -> None:
 async def test_image_ticket_skips_a_mini_tier_without_vision(tmp_path: Path) -> None:
     """The pre-gate: a tier that cannot see the image is skipped, never called (it used to be
     asked, and its answer thrown away by the gate)."""
-    image = tiny_png(tmp_path / "screenshot.png")
+    image = tmp_path / "screenshot.png"
+    image.write_bytes(tiny_png())
     pipeline = make_pipeline(fixed(triage_reply("A", confidence=0.99)))
     outcome = await pipeline.run(
         Ticket(text="See the attached error.", attachments=[Attachment.image(str(image))])

@@ -13,9 +13,9 @@ from tests.serve.conftest import (
     error_code,
     escalation_reply,
     scripted_pipeline,
-    tiny_png,
     triage_reply,
 )
+from tests.support.images import tiny_png
 from triagegate.errors import ModelUnavailable
 from triagegate.models.base import ChatRequest
 

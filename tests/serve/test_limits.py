@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-from tests.serve.conftest import KEY_A, KEY_B, Service, data_url, error_code, tiny_png
+from tests.serve.conftest import KEY_A, KEY_B, Service, data_url, error_code
+from tests.support.images import tiny_png
 from triagegate.serve.limits import RateLimiter, TokenBucket, data_url_bytes
 
 Serve = Callable[..., Service]

@@ -17,9 +17,9 @@ from tests.serve.conftest import (
     data_url,
     escalation_reply,
     scripted_pipeline,
-    tiny_png,
     triage_reply,
 )
+from tests.support.images import tiny_png
 from triagegate.errors import BadModelOutput, ModelUnavailable
 from triagegate.models.base import ChatRequest
 from triagegate.serve import openai_api
