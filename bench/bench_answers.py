@@ -106,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         ratio = r["ticket_seconds"] / base["ticket_seconds"]
         r["ticket_ratio_to_baseline"] = round(ratio, 2)
-        print(f"{r['model']:<28} {r['gguf_mb']:>6} {r['load_seconds']:>7} {r['ticket_seconds']:>12} {ratio:>11.2f}")
+        print(
+            f"{r['model']:<28} {r['gguf_mb']:>6} {r['load_seconds']:>7} {r['ticket_seconds']:>12} {ratio:>11.2f}"
+        )
     for r in results:
         print(f"\n== {r['model']}")
         for t in r["tickets"]:
-            print(f"-- {t['id']} ({t['route']}, grounded in {', '.join(t['sources']) or '-'}, {t['latency_s']} s)")
+            print(
+                f"-- {t['id']} ({t['route']}, grounded in {', '.join(t['sources']) or '-'}, {t['latency_s']} s)"
+            )
             print(t["answer"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
