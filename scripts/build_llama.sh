@@ -39,11 +39,6 @@ slim="-DLLAVA_BUILD=OFF"
 # The tag names what is built (version, CPU flags, targets), not where this checkout lives.
 tag="$(printf '%s %s %s %s %s' "$version" "$arch" "$cmake_args" "$slim" "$(sha256sum < "$here/llama_slim.cmake")" | sha256sum | cut -c1-12)"
 slim="$slim -DCMAKE_PROJECT_llama.cpp_INCLUDE=$here/llama_slim.cmake"
-# ccache, where installed, makes a rebuild after the wheel cache was emptied take seconds of
-# compiling; it changes nothing in the wheel, so it is not part of the tag.
-if command -v ccache >/dev/null 2>&1; then
-  slim="$slim -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
-fi
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/triagegate/wheels/llama-cpp-python-$version-$tag"
 
 marker="$("$python" -c 'import sys; print(sys.prefix)')/.llama-cpp-python-$tag"
