@@ -740,3 +740,124 @@ def test_a_legacy_gate_on_an_unknown_category_threshold_names_gate() -> None:
     err = config_error(text)
     assert (err.key, err.line) == ("gate.category_thresholds", line_of(text, "refnd"))
     assert "gate.category_thresholds names unknown categories: refnd" in err.reason
+
+
+# Several endpoints per alias (``endpoints:``).
+
+OPENAI_MINI = "    backend: scripted\n    model: mini-model\n"
+
+
+def with_endpoints(*entries: str, extra: str = "") -> str:
+    lines = "".join(f"      - {entry}\n" for entry in entries)
+    return edited(OPENAI_MINI, f"    backend: openai\n    model: mini-model\n{extra}    endpoints:\n{lines}")
+
+
+def test_endpoints_are_read_with_weights_limits_and_cool_down() -> None:
+    text = with_endpoints(
+        "{base_url: 'http://10.0.0.1:8000/v1', weight: 2, max_rps: 5}",
+        "{base_url: 'https://b.example/v1', api_key_env: B_KEY, max_tokens_per_min: 90000}",
+        extra="    cooldown_s: 5\n",
+    )
+    mini = parse_spec(text, environ={}).spec.models["mini"]
+    assert [(e.base_url, e.weight, e.max_rps, e.api_key_env) for e in mini.endpoints] == [
+        ("http://10.0.0.1:8000/v1", 2.0, 5.0, None),
+        ("https://b.example/v1", 1.0, None, "B_KEY"),
+    ]
+    assert (mini.cooldown_s, mini.cooldown_after, mini.endpoints[1].max_tokens_per_min) == (5.0, 3, 90000.0)
+    assert [e.base_url for e in mini.endpoint_list()] == ["http://10.0.0.1:8000/v1", "https://b.example/v1"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "needle", "message"),
+    [
+        (
+            "{base_url: 'ftp://b.example/v1'}",
+            "models.mini.endpoints[1].base_url",
+            "ftp://",
+            "not an http(s) URL",
+        ),
+        (
+            "{base_url: 'http://:80/v1'}",
+            "models.mini.endpoints[1].base_url",
+            "http://:80",
+            "not an http(s) URL",
+        ),
+        (
+            "{base_url: 'http://u:pw@b.example/v1'}",
+            "models.mini.endpoints[1].base_url",
+            "u:pw",
+            "credentials",
+        ),
+        (
+            "{base_url: 'http://b.example/v1', weight: 0}",
+            "models.mini.endpoints[1].weight",
+            "weight: 0",
+            "than 0",
+        ),
+        (
+            "{base_url: 'http://b.example/v1', weight: -1}",
+            "models.mini.endpoints[1].weight",
+            "weight: -1",
+            "than 0",
+        ),
+        (
+            "{base_url: 'http://a.example/v1/'}",
+            "models.mini.endpoints",
+            "a.example/v1'}",  # the line of the list's first entry
+            "repeats the base_url",
+        ),
+    ],
+)
+def test_bad_endpoints_name_file_line_and_key(entry: str, key: str, needle: str, message: str) -> None:
+    text = with_endpoints("{base_url: 'http://a.example/v1'}", entry)
+    err = config_error(text)
+    assert (err.file, err.key, err.line) == ("graphs/broken.yaml", key, line_of(text, needle))
+    assert message in err.reason
+
+
+def test_credentials_in_an_endpoint_url_are_not_repeated_in_the_error() -> None:
+    err = config_error(with_endpoints("{base_url: 'http://user:hunter2@a.example/v1'}"))
+    assert "api_key_env" in err.reason
+    assert "hunter2" not in str(err)
+
+
+def test_endpoints_and_base_url_together_are_refused() -> None:
+    text = with_endpoints("{base_url: 'http://a.example/v1'}", extra="    base_url: http://c.example/v1\n")
+    err = config_error(text)
+    assert err.key == "models.mini"
+    assert "either base_url" in err.reason
+
+
+def test_endpoints_need_the_openai_backend() -> None:
+    text = edited(OPENAI_MINI, OPENAI_MINI + "    endpoints: [{base_url: 'http://a.example/v1'}]\n")
+    assert "endpoints is for the openai backend" in config_error(text).reason
+
+
+def test_a_single_base_url_is_one_endpoint() -> None:
+    text = edited(
+        OPENAI_MINI, "    backend: openai\n    model: mini-model\n    base_url: http://a.example/v1\n"
+    )
+    mini = parse_spec(text, environ={}).spec.models["mini"]
+    assert (mini.endpoints, [e.base_url for e in mini.endpoint_list()]) == ([], ["http://a.example/v1"])
+
+
+def test_a_base_url_from_the_environment_replaces_the_endpoints() -> None:
+    text = with_endpoints("{base_url: 'http://a.example/v1'}", "{base_url: 'http://b.example/v1'}")
+    mini = parse_spec(text, environ={"TRIAGEGATE_MINI_BASE_URL": "http://127.0.0.1:8000/v1"}).spec.models[
+        "mini"
+    ]
+    assert (mini.base_url, mini.endpoints) == ("http://127.0.0.1:8000/v1", [])
+    whole = parse_spec(text, environ={"TRIAGEGATE_MINI": "openai:gpt@http://127.0.0.1:8001/v1"}).spec.models[
+        "mini"
+    ]
+    assert (whole.base_url, whole.endpoints) == ("http://127.0.0.1:8001/v1", [])
+
+
+def test_endpoints_from_the_environment_replace_the_base_url() -> None:
+    text = edited(
+        OPENAI_MINI, "    backend: openai\n    model: mini-model\n    base_url: http://a.example/v1\n"
+    )
+    override = '{"endpoints": [{"base_url": "http://b.example/v1"}, {"base_url": "http://c.example/v1"}]}'
+    mini = parse_spec(text, environ={"TRIAGEGATE_MINI": override}).spec.models["mini"]
+    assert mini.base_url is None
+    assert [e.base_url for e in mini.endpoints] == ["http://b.example/v1", "http://c.example/v1"]

@@ -13,6 +13,9 @@ Model bindings can be overridden from the environment so one file serves dev and
 * ``TRIAGEGATE_<ALIAS>_BASE_URL``, ``TRIAGEGATE_<ALIAS>_MODEL``, ``TRIAGEGATE_<ALIAS>_API_KEY_ENV``;
 * ``TRIAGEGATE_<ALIAS>_CAPABILITIES=logprobs,vision`` (the full set; an empty value turns both off).
 
+A ``base_url`` from the environment replaces a binding's ``endpoints`` (one server instead of
+several), and ``endpoints`` from a JSON override replace its ``base_url``.
+
 ``<ALIAS>`` is the alias upper-cased with ``-`` turned into ``_`` (``mini`` -> ``TRIAGEGATE_MINI``).
 """
 
@@ -24,6 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,12 +65,66 @@ class ModelCapabilities(_Strict):
     logprobs: bool = False
 
 
+class Endpoint(_Strict):
+    """One deployment of an alias's model, among several that share its traffic (``endpoints:``).
+
+    ``weight`` is its share of the traffic relative to the others; ``api_key_env`` defaults to
+    the binding's; ``max_rps`` and ``max_tokens_per_min`` limit this endpoint alone and replace
+    the binding's ``requests_per_minute`` and ``tokens_per_minute`` for it.
+    """
+
+    base_url: str
+    weight: float = Field(default=1.0, gt=0)
+    api_key_env: str | None = None
+    max_rps: float | None = Field(default=None, gt=0)
+    max_tokens_per_min: float | None = Field(default=None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return http_base_url(value)
+
+
+def http_base_url(value: str) -> str:
+    """``value`` if it is an http(s) URL with a host and no credentials; raises ``ValueError`` saying why not.
+
+    Credentials in a URL would end up in the graph file and in anything that quotes the URL,
+    so they are refused like inline keys in ``headers``.
+    """
+    parts = urlsplit(value.strip())
+    try:
+        parts.port  # noqa: B018 (reading it validates it)
+    except ValueError:
+        raise ValueError(f"base_url {value!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"base_url {value!r} is not an http(s) URL; write it with its API version, "
+            "e.g. https://api.openai.com/v1"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "base_url must not contain credentials; name the environment variable that holds "
+            "the key with 'api_key_env' instead"
+        )
+    return value.strip()
+
+
 class ModelBinding(_Strict):
-    """One model alias: which backend serves it, where, at what price, and what to try next."""
+    """One model alias: which backend serves it, where, at what price, and what to try next.
+
+    An ``openai`` binding names one server with ``base_url``, or several deployments of the
+    same model with ``endpoints`` (traffic spread by weight; an endpoint that fails
+    ``cooldown_after`` times in a row is left alone for ``cooldown_s`` seconds, then tried
+    again with one request). Limits (``max_concurrency``, ``requests_per_minute``,
+    ``tokens_per_minute``) apply to each endpoint.
+    """
 
     backend: str
     model: str = ""
     base_url: str | None = None
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    cooldown_after: int = Field(default=3, ge=1)
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     price: Price = Field(default_factory=Price)
@@ -89,6 +147,37 @@ class ModelBinding(_Strict):
                     "name the environment variable that holds the key with 'api_key_env' instead"
                 )
         return headers
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, endpoints: list[Endpoint]) -> list[Endpoint]:
+        seen: dict[str, int] = {}
+        for i, endpoint in enumerate(endpoints):
+            url = endpoint.base_url.rstrip("/")
+            if url in seen:
+                raise ValueError(
+                    f"endpoints[{i}] repeats the base_url of endpoints[{seen[url]}] ({url}); "
+                    "list each deployment once and give it a larger weight instead"
+                )
+            seen[url] = i
+        return endpoints
+
+    @model_validator(mode="after")
+    def _one_way_to_the_server(self) -> ModelBinding:
+        if self.endpoints and self.base_url is not None:
+            raise ValueError(
+                "set either base_url (one server) or endpoints (several), not both; "
+                "move base_url into endpoints as {base_url: ..., weight: 1}"
+            )
+        if self.endpoints and self.backend != "openai":
+            raise ValueError(f"endpoints is for the openai backend; backend {self.backend!r} has none")
+        return self
+
+    def endpoint_list(self) -> list[Endpoint]:
+        """The binding's endpoints: its ``endpoints``, or its one ``base_url`` (``[]`` when it has neither)."""
+        if self.endpoints:
+            return list(self.endpoints)
+        return [Endpoint.model_construct(base_url=self.base_url, weight=1.0)] if self.base_url else []
 
 
 class Example(_Strict):
@@ -650,6 +739,17 @@ def parse_binding_override(value: str) -> dict[str, Any]:
     return out
 
 
+def _without_other_servers(binding: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``binding`` without the way to its servers that ``override`` replaces: a ``base_url`` from the
+    environment points the alias at that one server instead of its ``endpoints``, and ``endpoints``
+    replace a ``base_url``."""
+    if "base_url" in override:
+        return {k: v for k, v in binding.items() if k != "endpoints"}
+    if "endpoints" in override:
+        return {k: v for k, v in binding.items() if k != "base_url"}
+    return binding
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     """Merge ``TRIAGEGATE_<ALIAS>*`` variables into ``raw['models']`` in place; return what was applied."""
     models = raw.get("models")
@@ -672,12 +772,12 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
                 # A different backend means different options; keep only what is backend-neutral.
                 neutral = {"price", "capabilities", "timeout", "max_retries", "fallbacks"}
                 binding = {k: v for k, v in binding.items() if k in neutral}
-            binding = {**binding, **override}
+            binding = {**_without_other_servers(binding, override), **override}
             applied.append(environment.binding_variable(alias))
         for suffix, key in (("BASE_URL", "base_url"), ("MODEL", "model"), ("API_KEY_ENV", "api_key_env")):
             value = environ.get(environment.binding_variable(alias, suffix))
             if value:
-                binding[key] = value
+                binding = {**_without_other_servers(binding, {key: value}), key: value}
                 applied.append(environment.binding_variable(alias, suffix))
         caps = environ.get(environment.binding_variable(alias, "CAPABILITIES"))
         if caps is not None:

@@ -16,7 +16,10 @@ Standalone::
 
     python tests/support/openai_server.py --port 0 --latency 0.2 --fault-rate 0.1
 
-prints ``READY http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT.
+prints ``READY http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT. A server in its
+own process is steered and read over HTTP: ``POST /control/faults`` with
+``{"fault_rate": 1.0, "faults": ["500"]}`` makes it start (or, with ``0``, stop) failing, and
+``GET /control/stats`` returns its request count, statuses sent and arrival times.
 
 Streaming: a request with ``"stream": true`` is answered with server-sent events in
 OpenAI's ``chat.completion.chunk`` format, one chunk per token of :func:`tokenize` (so the
@@ -74,6 +77,8 @@ __all__ = [
 ]
 
 AUTO_TEXT = "auto answer"
+ARRIVALS_KEPT = 100_000
+"""Arrival times kept for ``GET /control/stats`` (the most recent ones)."""
 CODE_TOKEN_LOGPROB = -0.01
 """Log-probability given to every token that is not an option code."""
 
@@ -366,6 +371,14 @@ class _App:
             await _send_json(send, 200, {"object": "list", "data": [{"id": "auto", "object": "model"}]})
         elif scope["method"] == "GET" and path in ("/health", "/v1/health"):
             await _send_json(send, 200, {"status": "ok"})
+        elif scope["method"] == "GET" and path == "/control/stats":
+            await _send_json(send, 200, self.server.stats())
+        elif scope["method"] == "POST" and path == "/control/faults":
+            raw = await _read_body(receive)
+            try:
+                await _send_json(send, 200, self.server.set_faults(json.loads(raw or b"{}")))
+            except (ValueError, TypeError) as exc:
+                await _send_json(send, 400, _error(str(exc), "invalid_request_error"))
         else:
             await _send_json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
@@ -410,7 +423,8 @@ class OpenAIServer:
     Counters: ``count`` requests received, ``model_counts`` per requested model, ``peers``
     the client address of each recorded request (one per connection used),
     ``status_counts`` per status sent, ``max_concurrency_seen`` most chat requests in flight
-    at once, ``streams`` one :class:`StreamLog` per streamed reply once it has ended.
+    at once, ``streams`` one :class:`StreamLog` per streamed reply once it has ended,
+    ``arrivals`` the ``time.time()`` of each chat request (the last :data:`ARRIVALS_KEPT`).
     """
 
     def __init__(
@@ -460,6 +474,7 @@ class OpenAIServer:
         self.streams: list[StreamLog] = []
         self.max_concurrency_seen = 0
         self.in_flight = 0
+        self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
         self._rng = random.Random(seed)
         self._scripts: dict[str | None, deque[Behaviour]] = {}
         self._lock = threading.Lock()
@@ -523,6 +538,33 @@ class OpenAIServer:
     ) -> None:
         self.stop()
 
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /control/stats`` answers: ``count``, ``status_counts`` and ``arrivals`` (the
+        ``time.time()`` each chat request arrived at, the last :data:`ARRIVALS_KEPT` of them)."""
+        return {
+            "count": self.count,
+            "status_counts": {str(k): v for k, v in self.status_counts.items()},
+            "arrivals": list(self.arrivals),
+        }
+
+    def set_faults(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        """Set ``fault_rate``, ``faults`` and ``latency`` while running (``POST /control/faults``,
+        for a server in its own process); returns their values. Raises ``ValueError`` for a bad knob."""
+        unknown = set(knobs) - {"fault_rate", "faults", "latency"}
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}: use fault_rate, faults, latency")
+        if "faults" in knobs:
+            faults = [str(f) for f in knobs["faults"]]
+            bad = [f for f in faults if f not in ("timeout", "garbage") and not (f.isdigit() and len(f) == 3)]
+            if bad:
+                raise ValueError(f"unknown faults {bad}: use HTTP status codes, 'timeout' or 'garbage'")
+            self.faults = tuple(faults)
+        if "fault_rate" in knobs:
+            self.fault_rate = float(knobs["fault_rate"])
+        if "latency" in knobs:
+            self.latency = float(knobs["latency"])
+        return {"fault_rate": self.fault_rate, "faults": list(self.faults), "latency": self.latency}
+
     def script(self, model: str | None, *behaviours: Behaviour) -> None:
         """Queue ``behaviours`` for requests whose ``model`` is ``model`` (``None``: any model)."""
         with self._lock:
@@ -539,6 +581,7 @@ class OpenAIServer:
             self.model_counts.clear()
             self.status_counts.clear()
             self.streams.clear()
+            self.arrivals.clear()
             self.max_concurrency_seen = 0
             self._rng = random.Random(self.seed)
 
@@ -585,6 +628,7 @@ class OpenAIServer:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.count += 1
+        self.arrivals.append(time.time())
         self.in_flight += 1
         self.max_concurrency_seen = max(self.max_concurrency_seen, self.in_flight)
         try:

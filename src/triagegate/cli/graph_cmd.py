@@ -29,7 +29,8 @@ def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
         lines.append(f"knowledge base: {spec.knowledge_base.path} ({len(kb)} articles)")
     for alias, binding in spec.models.items():
         backend_class(binding.backend)
-        where = f" @ {binding.base_url}" if binding.base_url else ""
+        urls = [e.base_url for e in binding.endpoint_list()]
+        where = f" @ {', '.join(urls)}" if urls else ""
         lines.append(f"{alias}: {binding.backend} {binding.model}{where}")
     lines += _tier_lines(spec, legacy=loaded.legacy)
     lines += [f"confidence: {_confidence_line(loaded, i)}" for i in range(len(spec.tiers) - 1)]

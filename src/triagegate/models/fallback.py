@@ -1,7 +1,9 @@
 """An ordered fallback chain: try each endpoint in turn until one answers.
 
 Each backend has already spent its own retries before the chain moves on, so a chain of
-two endpoints with three retries each makes at most eight attempts. Permanent errors of
+two endpoints with three retries each makes at most eight attempts. An alias with several
+``endpoints`` is one :class:`~triagegate.models.balancer.BalancedBackend` here: it has tried
+its endpoints (or found them all cooling down) before the chain moves to the next alias. Permanent errors of
 the request itself (a schema the model cannot follow, an unsupported operation) are not
 retried elsewhere: only provider failures move to the next endpoint.
 

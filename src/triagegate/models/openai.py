@@ -9,7 +9,9 @@ whose body is not a chat completion are transient and retried up to ``max_retrie
 with full-jitter exponential backoff (``Retry-After`` wins when the server sends one).
 Every other 4xx is the caller's or the configuration's fault and fails at once with a
 message saying what to fix. The API key is only ever placed in the ``Authorization``
-header: it is scrubbed from any provider text quoted in an error and never logged.
+header: it is scrubbed from any provider text quoted in an error and never logged. A
+binding with several ``endpoints`` is served by :mod:`triagegate.models.balancer`: one
+backend per endpoint, each making a single attempt, with the retries run across them.
 
 Streaming (:meth:`OpenAIBackend.chat_until`, the contract in :mod:`triagegate.models.base`):
 the same request with ``stream: true`` and ``stream_options.include_usage``, read as
@@ -53,6 +55,7 @@ from triagegate.errors import (
 from triagegate.log import get_logger
 from triagegate.models import BuildContext
 from triagegate.models._pool import transport_for
+from triagegate.models.balancer import BalancedBackend
 from triagegate.models.base import (
     STOPPED_EARLY,
     Capabilities,
@@ -63,6 +66,7 @@ from triagegate.models.base import (
     Decide,
     JsonSchema,
     Message,
+    ModelBackend,
     PartialReply,
     RawTokenLogprobs,
 )
@@ -276,63 +280,88 @@ class OpenAIBackend:
         self._transport = transport
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        self._last_estimate = 1
 
     @classmethod
-    def from_binding(cls, alias: str, binding: ModelBinding, context: BuildContext) -> OpenAIBackend:
-        """Build from a graph binding; raises :class:`ConfigError` for anything unusable."""
+    def from_binding(
+        cls, alias: str, binding: ModelBinding, context: BuildContext
+    ) -> OpenAIBackend | BalancedBackend:
+        """Build from a graph binding; raises :class:`ConfigError` for anything unusable.
+
+        A binding with ``endpoints`` becomes a :class:`~triagegate.models.balancer.BalancedBackend`
+        over one backend per endpoint, each making a single attempt per call: the balancer
+        moves a failed attempt to another endpoint and runs the binding's retries as rounds.
+        """
         if not binding.model.strip():
             raise ConfigError(
                 "the openai backend needs 'model' (the provider's model name)", key=f"models.{alias}"
             )
-        base_url = binding.base_url or DEFAULT_BASE_URL
-        try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"base_url is not a valid URL: {exc}", key=f"models.{alias}.base_url") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(
-                "base_url must be an http(s) URL ending in the API version, e.g. https://api.openai.com/v1",
-                key=f"models.{alias}.base_url",
+        common = _common_settings(alias, binding, context)
+        if not binding.endpoints:
+            url = _checked_url(binding.base_url or DEFAULT_BASE_URL, f"models.{alias}.base_url")
+            return cls._endpoint(
+                binding,
+                common,
+                url=url,
+                name=f"{alias}@{_host(url)}",
+                api_key=_api_key(binding.api_key_env, context, f"models.{alias}.api_key_env"),
+                api_key_env=binding.api_key_env,
+                requests_per_minute=binding.requests_per_minute,
+                tokens_per_minute=binding.tokens_per_minute,
+                retries=binding.max_retries,
             )
-        api_key = None
-        if binding.api_key_env:
-            api_key = context.environ.get(binding.api_key_env, "").strip()
-            if not api_key:
-                raise ConfigError(
-                    f"environment variable {binding.api_key_env} is not set or empty; "
-                    "export the API key there or change 'api_key_env'",
-                    key=f"models.{alias}.api_key_env",
-                )
-        options = dict(binding.options)
-        response_format = options.pop("response_format", "json_schema")
-        if response_format not in RESPONSE_FORMATS:
-            raise ConfigError(
-                f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}",
-                key=f"models.{alias}.options.response_format",
+        urls = [
+            _checked_url(e.base_url, f"models.{alias}.endpoints[{i}].base_url")
+            for i, e in enumerate(binding.endpoints)
+        ]
+        hosts = [_host(url) for url in urls]
+        backends: list[tuple[ModelBackend, float]] = []
+        for i, (endpoint, url, host) in enumerate(zip(binding.endpoints, urls, hosts, strict=True)):
+            key_env = endpoint.api_key_env or binding.api_key_env
+            where = f"models.{alias}.endpoints[{i}].api_key_env" if endpoint.api_key_env else None
+            backend = cls._endpoint(
+                binding,
+                common,
+                url=url,
+                name=f"{alias}@{host}" + (url.path.rstrip("/") if hosts.count(host) > 1 else ""),
+                api_key=_api_key(key_env, context, where or f"models.{alias}.api_key_env"),
+                api_key_env=key_env,
+                requests_per_minute=endpoint.max_rps * 60
+                if endpoint.max_rps
+                else binding.requests_per_minute,
+                tokens_per_minute=endpoint.max_tokens_per_min or binding.tokens_per_minute,
+                retries=0,
             )
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) for the openai backend: {', '.join(unknown)}; "
-                f"known: {', '.join([*_OPTIONS, 'response_format'])}",
-                key=f"models.{alias}.options",
-            )
-        settings: dict[str, float] = {}
-        for key, default in _OPTIONS.items():
-            value = options.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(
-                    f"{key} must be a non-negative number of seconds", key=f"models.{alias}.options.{key}"
-                )
-            settings[key] = float(value)
-        transport = context.extras.get("httpx_transport")
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise ConfigError("extras['httpx_transport'] must be an httpx.AsyncBaseTransport")
-        host = url.host + (f":{url.port}" if url.port else "")
+            backends.append((backend, endpoint.weight))
+        retry = _Retry(binding.max_retries, common.retry_base, common.retry_cap)
+        rng = random.Random()
+        return BalancedBackend(
+            alias,
+            backends,
+            cooldown_s=binding.cooldown_s,
+            cooldown_after=binding.cooldown_after,
+            rounds=binding.max_retries + 1,
+            backoff=lambda round_: retry.backoff(round_, rng),
+        )
+
+    @classmethod
+    def _endpoint(
+        cls,
+        binding: ModelBinding,
+        common: _Common,
+        *,
+        url: httpx.URL,
+        name: str,
+        api_key: str | None,
+        api_key_env: str | None,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        retries: int,
+    ) -> OpenAIBackend:
         return cls(
-            name=f"{alias}@{host}",
+            name=name,
             model=binding.model,
-            base_url=base_url,
+            base_url=str(url),
             capabilities=Capabilities(
                 chat=True,
                 classify=True,
@@ -340,16 +369,26 @@ class OpenAIBackend:
                 logprobs=binding.capabilities.logprobs,
             ),
             api_key=api_key,
-            api_key_env=binding.api_key_env,
+            api_key_env=api_key_env,
             headers=dict(binding.headers),
             price=binding.price,
             timeout=binding.timeout,
-            retry=_Retry(binding.max_retries, settings["retry_base"], settings["retry_cap"]),
+            retry=_Retry(retries, common.retry_base, common.retry_cap),
             max_concurrency=binding.max_concurrency,
-            requests_per_minute=binding.requests_per_minute,
-            tokens_per_minute=binding.tokens_per_minute,
-            transport=transport,
-            response_format=str(response_format),
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            transport=common.transport,
+            response_format=common.response_format,
+        )
+
+    def has_capacity(self) -> bool:
+        """Whether this endpoint's request and token limiters would admit a request now (for the
+        balancer), taking the token estimate of the last request sent as the size of the next."""
+        state = self._state
+        if state is None:
+            return True
+        return (state.rpm is None or state.rpm.has_capacity()) and (
+            state.tpm is None or state.tpm.has_capacity(min(float(self._last_estimate), state.tpm.max_rate))
         )
 
     def __repr__(self) -> str:
@@ -416,6 +455,30 @@ class OpenAIBackend:
             output_tokens = len(streamed.entries) if streamed.entries else tokens_for_chars(len(text))
             warnings = (STOPPED_EARLY,)
         log.debug("model_stream_stopped", endpoint=self.name, chars=len(text), tokens=output_tokens)
+        return self._result(
+            text,
+            (input_tokens, output_tokens, attempts),
+            started,
+            logprobs=logprobs,
+            finish_reason=None,
+            warnings=warnings,
+            stopped_early=True,
+        )
+
+    def _result(
+        self,
+        text: str,
+        counts: tuple[int, int, int],
+        started: float,
+        *,
+        logprobs: RawTokenLogprobs | None,
+        finish_reason: str | None,
+        warnings: tuple[str, ...],
+        stopped_early: bool = False,
+    ) -> ChatResult:
+        """A :class:`ChatResult` from this endpoint: ``counts`` are input tokens, output tokens and
+        attempts; the cost is priced here and the latency runs from ``started``."""
+        input_tokens, output_tokens, attempts = counts
         return ChatResult(
             text=text,
             model=self.model,
@@ -428,9 +491,9 @@ class OpenAIBackend:
             ),
             latency_ms=(time.perf_counter() - started) * 1000,
             logprobs=logprobs,
-            finish_reason=None,
+            finish_reason=finish_reason,
             warnings=warnings,
-            stopped_early=True,
+            stopped_early=stopped_early,
         )
 
     def _chat_result(
@@ -456,17 +519,10 @@ class OpenAIBackend:
             data.get("usage"), request, prompt_chars, content or ""
         )
         finish = choice.get("finish_reason")
-        return ChatResult(
-            text=content or "",
-            model=self.model,
-            endpoint=self.name,
-            usage=Usage(
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost_usd=self.price.cost(input_tokens, output_tokens),
-                requests=attempts,
-            ),
-            latency_ms=(time.perf_counter() - started) * 1000,
+        return self._result(
+            content or "",
+            (input_tokens, output_tokens, attempts),
+            started,
             logprobs=_parse_logprobs(choice.get("logprobs")) if wants_logprobs else None,
             finish_reason=finish if isinstance(finish, str) else None,
             warnings=warnings,
@@ -689,12 +745,18 @@ class OpenAIBackend:
                 )
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, body: dict[str, Any], estimate: int, attempt: int) -> dict[str, Any]:
+    async def _admit(self, estimate: int) -> _LoopState:
+        """Wait for the request and token limiters to admit one request of ``estimate`` tokens."""
         state = await self._loop_state()
         if state.rpm is not None:
             await state.rpm.acquire()
         if state.tpm is not None:
+            self._last_estimate = estimate
             await state.tpm.acquire(min(float(estimate), state.tpm.max_rate))
+        return state
+
+    async def _attempt(self, body: dict[str, Any], estimate: int, attempt: int) -> dict[str, Any]:
+        state = await self._admit(estimate)
         async with state.semaphore:
             log.debug("model_request", endpoint=self.name, model=self.model, attempt=attempt)
             try:
@@ -709,11 +771,7 @@ class OpenAIBackend:
     async def _stream_attempt(
         self, body: dict[str, Any], estimate: int, attempt: int, decide: Decide
     ) -> _Streamed:
-        state = await self._loop_state()
-        if state.rpm is not None:
-            await state.rpm.acquire()
-        if state.tpm is not None:
-            await state.tpm.acquire(min(float(estimate), state.tpm.max_rate))
+        state = await self._admit(estimate)
         streamed = _Streamed()
         async with state.semaphore:
             log.debug("model_request", endpoint=self.name, model=self.model, attempt=attempt, stream=True)
@@ -897,6 +955,76 @@ class OpenAIBackend:
         raise ModelUnavailable(
             f"{self.name} is unavailable: {detail} {tries}", model=self.model, status=failure.status
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """The settings every endpoint of a binding shares, read and checked once."""
+
+    retry_base: float
+    retry_cap: float
+    response_format: str
+    transport: httpx.AsyncBaseTransport | None
+
+
+def _common_settings(alias: str, binding: ModelBinding, context: BuildContext) -> _Common:
+    options = dict(binding.options)
+    response_format = options.pop("response_format", "json_schema")
+    if response_format not in RESPONSE_FORMATS:
+        raise ConfigError(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}",
+            key=f"models.{alias}.options.response_format",
+        )
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the openai backend: {', '.join(unknown)}; "
+            f"known: {', '.join([*_OPTIONS, 'response_format'])}",
+            key=f"models.{alias}.options",
+        )
+    settings: dict[str, float] = {}
+    for key, default in _OPTIONS.items():
+        value = options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(
+                f"{key} must be a non-negative number of seconds", key=f"models.{alias}.options.{key}"
+            )
+        settings[key] = float(value)
+    transport = context.extras.get("httpx_transport")
+    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+        raise ConfigError("extras['httpx_transport'] must be an httpx.AsyncBaseTransport")
+    return _Common(settings["retry_base"], settings["retry_cap"], str(response_format), transport)
+
+
+def _checked_url(base_url: str, key: str) -> httpx.URL:
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"base_url is not a valid URL: {exc}", key=key) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            "base_url must be an http(s) URL ending in the API version, e.g. https://api.openai.com/v1",
+            key=key,
+        )
+    return url
+
+
+def _host(url: httpx.URL) -> str:
+    """``host[:port]``: how an endpoint is named in outcomes and logs (no credentials, path or query)."""
+    return url.host + (f":{url.port}" if url.port else "")
+
+
+def _api_key(variable: str | None, context: BuildContext, key: str) -> str | None:
+    if not variable:
+        return None
+    api_key = context.environ.get(variable, "").strip()
+    if not api_key:
+        raise ConfigError(
+            f"environment variable {variable} is not set or empty; "
+            "export the API key there or change 'api_key_env'",
+            key=key,
+        )
+    return api_key
 
 
 def _message_json(message: Message) -> dict[str, Any]:

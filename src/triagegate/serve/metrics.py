@@ -1,8 +1,8 @@
 """Prometheus metrics for one app instance, in its own registry (two apps never share counters).
 
 HTTP metrics are labelled by route template, never by raw path, and ticket metrics by
-values the graph bounds (tier names, taxonomy categories, node names, model aliases), so
-label cardinality stays fixed whatever clients send.
+values the graph bounds (tier names, taxonomy categories, node names, model aliases and the
+endpoints its bindings name), so label cardinality stays fixed whatever clients send.
 """
 
 from __future__ import annotations
@@ -89,6 +89,12 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self.endpoint_answers = Counter(
+            "triagegate_model_endpoint_answers",
+            "Node runs answered, by model alias and the endpoint that answered (alias@host[:port]).",
+            ["model", "endpoint"],
+            registry=r,
+        )
         self.reply_warnings = Counter(
             "triagegate_model_reply_warnings",
             "Model replies not taken as given (token counts replaced by estimates), by alias and code.",
@@ -123,6 +129,8 @@ class ServiceMetrics:
                 self.cost.labels(run.model_alias).inc(run.cost_usd)
             if run.error:
                 self.provider_errors.labels(run.node, run.model_alias).inc()
+            elif run.endpoint:
+                self.endpoint_answers.labels(run.model_alias, run.endpoint[:128]).inc()
             for warning in run.warnings:
                 self.reply_warnings.labels(run.model_alias, warning[:64]).inc()
 

@@ -36,10 +36,37 @@ class ReadyReport(BaseModel):
 
 
 async def _probe(client: httpx.AsyncClient, binding: ModelBinding, environ: Mapping[str, str]) -> ModelCheck:
-    base = (binding.base_url or "https://api.openai.com/v1").rstrip("/")
+    """A binding with several ``endpoints`` is ready when one of them is (the balancer routes
+    around the others); the detail names each endpoint that is not."""
+    if not binding.endpoints:
+        return await _probe_one(client, binding, binding.base_url, binding.api_key_env, environ)
+    checks = await asyncio.gather(
+        *(
+            _probe_one(client, binding, e.base_url, e.api_key_env or binding.api_key_env, environ)
+            for e in binding.endpoints
+        )
+    )
+    down = [
+        f"{e.base_url}: {c.detail}" for e, c in zip(binding.endpoints, checks, strict=True) if not c.ready
+    ]
+    ready = len(down) < len(checks)
+    detail = f"{len(checks) - len(down)} of {len(checks)} endpoints ready" + (
+        f" ({'; '.join(down)})" if down else ""
+    )
+    return ModelCheck(ready=ready, backend=binding.backend, detail=detail)
+
+
+async def _probe_one(
+    client: httpx.AsyncClient,
+    binding: ModelBinding,
+    base_url: str | None,
+    api_key_env: str | None,
+    environ: Mapping[str, str],
+) -> ModelCheck:
+    base = (base_url or "https://api.openai.com/v1").rstrip("/")
     headers = dict(binding.headers)
-    if binding.api_key_env and environ.get(binding.api_key_env):
-        headers["Authorization"] = f"Bearer {environ[binding.api_key_env].strip()}"
+    if api_key_env and environ.get(api_key_env):
+        headers["Authorization"] = f"Bearer {environ[api_key_env].strip()}"
     try:
         response = await client.get(f"{base}/models", headers=headers)
     except httpx.TimeoutException:
