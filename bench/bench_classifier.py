@@ -340,6 +340,7 @@ def banking77(
         "test_rows": len(test),
         "labels": len(model.labels),
         "method": model.metadata.method,
+        "temperature": getattr(model.metadata, "temperature", None),
         "model": model.name,
         "train_seconds": round(model.metadata.train_seconds + embed_seconds, 2),
         "train_embed_seconds": round(embed_seconds, 2),
@@ -868,7 +869,8 @@ def markdown(results: dict[str, Any], rows: list[Check]) -> str:
         "- Encoder: all-MiniLM-L6-v2 from the PyPI package the `encoder` extra installs, run by triagegate's own "
         f"numpy forward pass (`triagegate.models.encoder`); texts past {results['max_tokens']} tokens are truncated.",
         f"- Head (`{e['banking77']['model']}`): `[2 x embedding, word TF-IDF, char TF-IDF]` under one linear softmax; "
-        f"full data: {e['banking77']['method']}; {FEWSHOT} per intent and the graph's examples: "
+        f"full data: {e['banking77']['method']} (scores divided by a temperature fitted on their out-of-fold "
+        f"scores, T={e['banking77']['temperature']:.3f}); {FEWSHOT} per intent and the graph's examples: "
         f"{results['few_shot']['encoder'][0]['method']} (see `triagegate.tuning.encoder_training`).",
         f"- Both kinds are fitted on the same rows in the same run: BANKING77's own train/test files; {FEWSHOT} "
         "seeded rows per intent (`random.Random(seed)`, seeds 0..); unknown intents drawn by "

@@ -7,13 +7,17 @@ It is ``tests/support/openai_server.py`` with two additions:
   model calls); any other ticket gets :data:`EASY_CONFIDENCE` and stays with the mini tier
   (one call). Routing is therefore a function of the request body alone, identical for
   every client that sends the ticket text in a user message.
+* ``--answer-words N`` makes the text fields of auto replies N words long (a realistic
+  answer length, where the default is two words);
+* ``GET /bench/counts`` returns ``{"models": {model: requests}}``, the chat requests received
+  per model so far (so a bench can check which tiers a ticket reached);
 * ``POST /bench/arm`` makes the server note the wall-clock arrival time (``time.time()``)
   of the next chat request, and ``GET /bench/first`` returns it as ``{"first": t | null}``,
   so start-up can be timed from process start to first model request.
 
 Run::
 
-    python bench/loopback_server.py --port 0
+    python bench/loopback_server.py --port 0 [--ttft MODEL=SECONDS ...] [--per-token MODEL=SECONDS ...]
 
 prints ``READY http://127.0.0.1:PORT/v1`` and serves until SIGTERM or SIGINT.
 """
@@ -73,6 +77,8 @@ class _BenchApp(openai_server._App):  # type: ignore[misc]
             await openai_server._send_json(send, 200, {"armed": True})
         elif scope["type"] == "http" and path == "/bench/first" and scope["method"] == "GET":
             await openai_server._send_json(send, 200, {"first": self.server.first_arrival})
+        elif scope["type"] == "http" and path == "/bench/counts" and scope["method"] == "GET":
+            await openai_server._send_json(send, 200, {"models": dict(self.server.model_counts)})
         else:
             await super().__call__(scope, receive, send)
 
@@ -82,12 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--ttft", action="append", default=[], metavar="[MODEL=]SECONDS")
+    parser.add_argument("--per-token", action="append", default=[], metavar="[MODEL=]SECONDS")
+    parser.add_argument(
+        "--answer-words",
+        type=int,
+        default=0,
+        help="auto replies' text fields: this many words (0: the default)",
+    )
     args = parser.parse_args(argv)
+    if args.answer_words > 0:
+        openai_server.AUTO_TEXT = " ".join(["word"] * args.answer_words)
     openai_server._App = _BenchApp
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with BenchServer(host=args.host, port=args.port, latency=args.latency) as server:
+    timing = openai_server._timing(args.ttft, args.per_token)
+    with BenchServer(host=args.host, port=args.port, latency=args.latency, timing=timing) as server:
         print(f"READY {server.base_url}", flush=True)
         stop.wait()
     print(f"served {server.count} requests: {dict(server.status_counts)}", file=sys.stderr, flush=True)

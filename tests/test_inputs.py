@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from triagegate.errors import InputError
@@ -27,6 +29,7 @@ from triagegate.inputs import (
     stream_rows,
     to_ticket,
 )
+from triagegate.types import Ticket
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -403,3 +406,17 @@ def test_any_csv_bytes_give_rows_or_one_clean_input_error(data: bytes) -> None:
 @given(text=st.text(max_size=100))
 def test_printable_never_lets_a_control_character_through(text: str) -> None:
     assert is_clean(printable(text, 200))
+
+
+@pytest.mark.parametrize("text", [" \t\n", "\x1c", "\x1f\x85", "\ufeff", "\u3000\u00a0"])
+def test_text_blank_in_either_regex_dialect_is_refused_everywhere(text: str) -> None:
+    """White space by JSON Schema's ``\\s`` (U+FEFF) or Python's (U+001C-U+001F, U+0085) is blank
+    for the Ticket model, the input reader and the API document's pattern alike."""
+    from triagegate.types import TEXT_PATTERN, is_blank
+
+    assert is_blank(text)
+    assert re.search(TEXT_PATTERN, text) is None
+    with pytest.raises(ValidationError, match="blank"):
+        Ticket(text=text)
+    assert not is_blank(text + "x")
+    Ticket(text=text + "x")

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 from triagegate.errors import (
     BadModelOutput,
     ConfigError,
+    HandoffError,
+    HandoffNotFound,
+    HandoffResolved,
     InputError,
     ModelError,
     ModelTimeout,
@@ -27,7 +30,18 @@ from triagegate.errors import (
     TriagegateError,
     UnsupportedOperation,
 )
-from triagegate.types import Attachment, GateDecision, NodeRun, Outcome, Ticket, Triage, Turn, Usage
+from triagegate.types import (
+    Attachment,
+    GateDecision,
+    Handoff,
+    HumanAnswer,
+    NodeRun,
+    Outcome,
+    Ticket,
+    Triage,
+    Turn,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from triagegate.gate import Decision, decide
@@ -54,6 +68,11 @@ __all__ = [
     "GateDecision",
     "GatePolicy",
     "GraphSpec",
+    "Handoff",
+    "HandoffError",
+    "HandoffNotFound",
+    "HandoffResolved",
+    "HumanAnswer",
     "InputError",
     "ModelError",
     "ModelTimeout",

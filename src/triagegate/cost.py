@@ -200,6 +200,12 @@ class Estimator:
             escalated_usd=self._usd(first, calls[first]) + sum(self._usd(n, calls[n]) for n in later),
         )
 
+    def calls_usd(self, mean_text_chars: float) -> dict[str, float]:
+        """Estimated USD of each call (a tier's, ``<tier>:draft``) for a text-only ticket of
+        ``mean_text_chars``, so a cascade can be costed along any path (``calibrate --cascade``)."""
+        calls = self._calls(mean_text_chars - len(_PROBE), 0)
+        return {key: self._usd(key, tokens) for key, tokens in calls.items()}
+
     def routes(self, mean_text_chars: float) -> CostEstimate:
         """USD per ticket on each route for text-only tickets of ``mean_text_chars`` (``eval``, ``calibrate``)."""
         calls = self._calls(mean_text_chars - len(_PROBE), 0)

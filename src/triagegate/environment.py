@@ -28,7 +28,26 @@ REDIS_URL = "TRIAGEGATE_REDIS_URL"
 RESULTS_DSN = "TRIAGEGATE_RESULTS_DSN"
 """The PostgreSQL DSN the workers write outcomes to."""
 
-RESERVED = frozenset({API_KEYS, METRICS_TOKEN, CACHE_DIR, LOG_LEVEL, RECORD, REPLAY, REDIS_URL, RESULTS_DSN})
+CHECKPOINTS = "TRIAGEGATE_CHECKPOINTS"
+"""Where handoffs and threads are kept: a SQLite file or a ``postgresql://`` DSN (default: a
+SQLite file per graph under the cache directory)."""
+STORE = "TRIAGEGATE_STORE"
+"""The outcome store ``batch`` and ``serve`` write to (a SQLite path or a ``postgresql://`` URL), as ``--store`` does."""
+
+RESERVED = frozenset(
+    {
+        API_KEYS,
+        METRICS_TOKEN,
+        CACHE_DIR,
+        LOG_LEVEL,
+        RECORD,
+        REPLAY,
+        REDIS_URL,
+        RESULTS_DSN,
+        CHECKPOINTS,
+        STORE,
+    }
+)
 """Variables with a meaning of their own, so no model alias may map onto them."""
 
 

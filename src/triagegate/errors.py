@@ -52,6 +52,22 @@ class InputError(TriagegateError):
         super().__init__(message)
 
 
+class HandoffError(TriagegateError):
+    """A resume names a handoff that cannot be resumed; ``thread_id`` names it."""
+
+    def __init__(self, message: str, *, thread_id: str) -> None:
+        self.thread_id = thread_id
+        super().__init__(message)
+
+
+class HandoffNotFound(HandoffError):
+    """No handoff is kept under that thread id (HTTP 404)."""
+
+
+class HandoffResolved(HandoffError):
+    """The handoff was already answered, or another resume holds it right now (HTTP 409); nothing changed."""
+
+
 class ModelError(TriagegateError):
     """A model backend failed for good: retries and fallbacks are exhausted, or the error is permanent."""
 

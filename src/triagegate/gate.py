@@ -10,15 +10,17 @@ Precedence, highest first:
    steer the system (``suspected_injection``).
 2. **never_escalate** categories keep the mini answer, overriding the soft rules below.
 3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``,
-   ``low_confidence`` when confidence is under the category's threshold (or the global one),
-   and ``ungrounded`` when the policy has ``always_escalate.ungrounded`` and the graph's
-   knowledge base has no article supporting the ticket.
+   ``repeat_contact`` when the ticket is at least the customer's ``repeat_contact``-th message
+   in its thread, ``low_confidence`` when confidence is under the category's threshold (or
+   the global one), and ``ungrounded`` when the policy has ``always_escalate.ungrounded`` and
+   the graph's knowledge base has no article supporting the ticket.
 
 All matching reasons are reported, not just the first, so an outcome explains itself.
 
 :func:`pregate` is the other half of the gate: what is known about a ticket before a tier
 runs (an image the tier cannot see, suspected injection, a category the tier does not
-serve) skips that tier without calling its model.
+serve) skips that tier without calling its model, and :func:`handoff_reasons` is the rule
+that sends a ticket to a person where the cascade would end.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from triagegate.models.base import Capabilities
-from triagegate.spec import GatePolicy, TierSpec
+from triagegate.spec import GatePolicy, HandoffPolicy, TierSpec
 from triagegate.types import Triage
 
 HARD_REASONS = ("triage_failed", "logprobs_missing", "needs_vision", "suspected_injection")
@@ -58,10 +60,16 @@ class Decision:
 
 
 def decide(
-    triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False, grounded: bool = True
+    triage: Triage,
+    policy: GatePolicy,
+    *,
+    mini_has_vision: bool = False,
+    contact: int = 1,
+    grounded: bool = True,
 ) -> Decision:
     """Decide whether the mini tier's answer stands (``mini``) or the ticket escalates (``flagship``).
 
+    ``contact`` is the ticket's place in its thread (:attr:`triagegate.types.Ticket.contact`).
     ``grounded`` says whether the knowledge base had an article supporting the ticket (true
     when the graph has none: the ``ungrounded`` rule needs a knowledge base).
     """
@@ -84,6 +92,8 @@ def decide(
         soft.append(f"category:{triage.category}")
     if triage.priority in rules.priorities:
         soft.append(f"priority:{triage.priority}")
+    if rules.repeat_contact is not None and contact >= rules.repeat_contact:
+        soft.append("repeat_contact")
     if triage.confidence < threshold:
         soft.append("low_confidence")
     if rules.ungrounded and not grounded:
@@ -123,4 +133,36 @@ def pregate(facts: TicketFacts, tier: TierSpec, capabilities: Capabilities) -> t
             reasons.append("category_unknown")
         elif facts.category not in tier.categories:
             reasons.append("category_not_served")
+    return tuple(reasons)
+
+
+def handoff_reasons(
+    policy: HandoffPolicy | None,
+    *,
+    confidence: float | None,
+    category: str | None,
+    priority: str | None,
+    contact: int = 1,
+    failed: bool = False,
+) -> tuple[str, ...]:
+    """Why a person should answer a ticket whose run would end here; empty means the model's answer stands.
+
+    ``confidence`` is the ticket's (the last triage's; ``None`` when nothing triaged it, which
+    ``below`` does not count as low), ``category`` and ``priority`` the final ones, ``failed``
+    whether no tier produced an answer. Reasons are prefixed ``handoff:`` so an Outcome tells
+    them from the gates' escalation reasons.
+    """
+    if policy is None:
+        return ()
+    reasons: list[str] = []
+    if failed and policy.on_failure:
+        reasons.append("handoff:failed")
+    if policy.below is not None and confidence is not None and confidence < policy.below:
+        reasons.append("handoff:low_confidence")
+    if category is not None and category in policy.categories:
+        reasons.append(f"handoff:category:{category}")
+    if priority is not None and priority in policy.priorities:
+        reasons.append(f"handoff:priority:{priority}")
+    if policy.repeat_contact is not None and contact >= policy.repeat_contact:
+        reasons.append("handoff:repeat_contact")
     return tuple(reasons)

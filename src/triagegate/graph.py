@@ -7,6 +7,9 @@ For tiers ``t1 .. tn`` (cheapest first, :attr:`GraphSpec.tiers`) the graph is::
     ti:draft ---------> END (drafted) | next tier that serves it (drafting failed)
     tn    ------------> END
 
+With a ``handoff`` rule every ``END`` above becomes a choice between ``END`` and the
+``human`` node (:mod:`triagegate.handoff`), which pauses the run for a person and then ends.
+
 Nodes (:mod:`triagegate.nodes`) call models and return partial updates; the state's reducers
 (:class:`TicketState`) add them up. Routing is LangGraph's conditional edges, and each router
 is a pure function of the state and of the :class:`Cascade` (the spec plus each tier model's
@@ -30,13 +33,15 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 
 from triagegate import nodes
 from triagegate.gate import TicketFacts, pregate
+from triagegate.handoff import HUMAN, human, reasons_of
 from triagegate.models.base import Capabilities
 from triagegate.spec import GraphSpec, TierSpec
 from triagegate.state import RunContext, TicketState, last_triage
-from triagegate.types import GateDecision, NodeRun, Outcome, Triage
+from triagegate.types import GateDecision, Handoff, NodeRun, Outcome, Triage
 
 Graph = CompiledStateGraph[TicketState, RunContext, TicketState, TicketState]
 
@@ -105,6 +110,13 @@ def _entry_router(cascade: Cascade, hops: dict[Hashable, str]) -> Callable[[Tick
     return enter
 
 
+def _end(cascade: Cascade, state: TicketState, label: str) -> str:
+    """``label`` (to ``END``), or ``hand off`` when the graph's handoff rule sends the ticket to a person."""
+    if cascade.spec.handoff is not None and reasons_of(cascade.spec, state):
+        return "hand off"
+    return label
+
+
 def _tier_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Callable[[TicketState], str]:
     """The gate's edge after tier ``index``: keep (end, or draft the answer), or escalate to
     the next tier the pre-gate lets run."""
@@ -114,8 +126,8 @@ def _tier_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Cal
     def gate(state: TicketState) -> str:
         decision = state["visits"][-1].decision
         if decision is not None and decision.route == "keep":
-            if "reply" in state:
-                return "keep"
+            if state.get("reply") is not None:
+                return _end(cascade, state, "keep")
             if drafts:
                 return "draft"
         return label[next_hop(cascade, facts_of(state), index)[0]]
@@ -127,9 +139,18 @@ def _draft_router(cascade: Cascade, index: int, hops: dict[Hashable, str]) -> Ca
     label = _labels(hops)
 
     def drafted(state: TicketState) -> str:
-        return "drafted" if "reply" in state else label[next_hop(cascade, facts_of(state), index)[0]]
+        if state.get("reply") is not None:
+            return _end(cascade, state, "drafted")
+        return label[next_hop(cascade, facts_of(state), index)[0]]
 
     return drafted
+
+
+def _last_router(cascade: Cascade) -> Callable[[TicketState], str]:
+    def answered(state: TicketState) -> str:
+        return _end(cascade, state, "answered")
+
+    return answered
 
 
 def _gate_label(tier: TierSpec) -> str:
@@ -139,9 +160,14 @@ def _gate_label(tier: TierSpec) -> str:
     return f"{gate.threshold}{extra}"
 
 
-def build_graph(spec: GraphSpec, capabilities: Mapping[str, Capabilities]) -> Graph:
+def build_graph(
+    spec: GraphSpec, capabilities: Mapping[str, Capabilities], *, checkpointer: Checkpointer = None
+) -> Graph:
     """Compile ``spec``'s cascade; ``capabilities`` by model alias (the built backends', or
-    those the graph file declares when nothing is built, as ``graph show`` does)."""
+    those the graph file declares when nothing is built, as ``graph show`` does).
+
+    ``checkpointer`` keeps each run's state by thread (LangGraph's ``thread_id``): needed for
+    the ``human`` step to pause and resume, and for threads; without one a run keeps nothing."""
     cascade = Cascade(spec, capabilities)
     tiers = cascade.tiers
     graph = StateGraph(TicketState, context_schema=RunContext)
@@ -159,18 +185,28 @@ def build_graph(spec: GraphSpec, capabilities: Mapping[str, Capabilities]) -> Gr
             graph.add_node(
                 nodes.draft_node_name(tier.name), nodes.draft_node(tier), metadata={"model": tier.draft.model}
             )
+    handoff: dict[Hashable, str] = {}
+    if spec.handoff is not None:
+        graph.add_node(HUMAN, human, metadata={"handoff": "a person answers"})
+        graph.add_edge(HUMAN, END)
+        handoff = {"hand off": HUMAN}
     graph.add_conditional_edges(START, _entry_router(cascade, entry := _hops(names, -1, "enter")), entry)
     for i, tier in enumerate(tiers[:-1]):
         escalate = _hops(names, i, "escalate")
-        targets: dict[Hashable, str] = {"keep": END, **escalate}
+        targets: dict[Hashable, str] = {"keep": END, **escalate, **handoff}
         if cascade.drafts(tier):
             draft = nodes.draft_node_name(tier.name)
             targets["draft"] = draft
             failed = _hops(names, i, "drafting failed")
-            graph.add_conditional_edges(draft, _draft_router(cascade, i, failed), {"drafted": END, **failed})
+            graph.add_conditional_edges(
+                draft, _draft_router(cascade, i, failed), {"drafted": END, **failed, **handoff}
+            )
         graph.add_conditional_edges(tier.name, _tier_router(cascade, i, escalate), targets)
-    graph.add_edge(tiers[-1].name, END)
-    return graph.compile(name=spec.name)
+    if handoff:
+        graph.add_conditional_edges(tiers[-1].name, _last_router(cascade), {"answered": END, **handoff})
+    else:
+        graph.add_edge(tiers[-1].name, END)
+    return graph.compile(name=spec.name, checkpointer=checkpointer)
 
 
 def decisions_of(cascade: Cascade, state: TicketState) -> list[GateDecision]:
@@ -196,9 +232,21 @@ def decisions_of(cascade: Cascade, state: TicketState) -> list[GateDecision]:
     return out
 
 
-def build_outcome(state: TicketState, cascade: Cascade, ctx: RunContext) -> Outcome:
-    """Assemble the Outcome from the final state (pure: no I/O, no clock)."""
+def build_outcome(
+    state: TicketState,
+    cascade: Cascade,
+    ctx: RunContext,
+    *,
+    pending: Handoff | None = None,
+    thread_id: str | None = None,
+) -> Outcome:
+    """Assemble the Outcome from the final state (pure: no I/O, no clock).
+
+    ``pending`` is the handoff a run paused on: the Outcome is then ``awaiting_human``, its
+    ``answer`` empty and the draft in ``handoff``; a resumed run's state carries its handoff.
+    """
     reply = state.get("reply")
+    handoff = pending or state.get("handoff")
     triage: Triage | None = last_triage(state)
     runs: list[NodeRun] = list(state.get("runs") or ())
     decisions = decisions_of(cascade, state)
@@ -209,13 +257,18 @@ def build_outcome(state: TicketState, cascade: Cascade, ctx: RunContext) -> Outc
         for reason in decision.reasons:
             if reason not in reasons:
                 reasons.append(reason)
+    if handoff is not None:
+        reasons += [r for r in handoff.reasons if r not in reasons]
     answer = reply.answer if reply else None
+    status = "failed" if answer is None or reply is None or reply.status == "failed" else "ok"
+    if pending is not None:
+        answer, status = None, "awaiting_human"
     return Outcome(
         ticket_id=state["ticket"].id,
         run_id=state["run_id"],
         graph=ctx.graph_name,
         graph_hash=ctx.graph_hash,
-        status="failed" if answer is None or reply is None or reply.status == "failed" else "ok",
+        status=status,
         route=reply.route if reply else "none",
         category=(reply.category if reply else None) or (triage.category if triage else None),
         priority=(reply.priority if reply else None) or (triage.priority if triage else None),
@@ -233,6 +286,8 @@ def build_outcome(state: TicketState, cascade: Cascade, ctx: RunContext) -> Outc
         output_tokens=sum(r.output_tokens for r in runs),
         cost_usd=sum(r.cost_usd for r in runs),
         errors=list(state.get("errors") or ()),
+        thread_id=thread_id,
+        handoff=handoff,
     )
 
 

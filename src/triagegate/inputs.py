@@ -52,7 +52,7 @@ from pydantic import ValidationError
 
 from triagegate.errors import InputError
 from triagegate.log import get_logger
-from triagegate.types import Attachment, Ticket
+from triagegate.types import Attachment, Ticket, is_blank
 
 log = get_logger("triagegate.inputs")
 
@@ -512,7 +512,7 @@ def to_row(record: Record) -> Row:
     text = named.get("text")
     if not _present(text):
         return _unusable(record, ticket_id, "the ticket has no 'text'", "missing_text")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or is_blank(text):
         return _unusable(record, ticket_id, "the ticket has a blank or non-string 'text'", "missing_text")
     values: dict[str, Any] = {"id": ticket_id or "-", "text": text}
     if _present(named.get("subject")):

@@ -201,7 +201,8 @@ async def triage_ticket(
     """Triage ``ticket`` with one tier's model, as the tier's node does; never raises for a model failure.
 
     A chat model bound for log-probabilities streams its reply and stops it as soon as the
-    option-code token shows the ticket escalates (the early gate); the triage is then built
+    option-code token shows the ticket escalates (the early gate, unless the tier's gate has
+    ``early: false``); the triage is then built
     from what had arrived. A model failure gives a failed triage (``confidence_method:
     none``), which the gate escalates. Tuning (:mod:`triagegate.tuning.scoring`) calls this
     to triage with one tier outside the graph. ``articles`` (searched here when not given) fills
@@ -230,7 +231,7 @@ async def triage_ticket(
             stopped: list[EarlyTriage] = []
 
             async def send(req: ChatRequest) -> ChatResult:
-                if not req.top_logprobs or policy is None:
+                if not req.top_logprobs or policy is None or not policy.early:
                     return await backend.chat(req)
                 early = EarlyGate(spec, req, lambda reading: escalates_early(reading, policy))
                 result = await chat_until(backend, req, early)
@@ -286,7 +287,9 @@ async def triage_ticket(
     return triage, meter.finish(error, error_type)
 
 
-def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool, grounded: bool = True) -> GateDecision:
+def gate_decision(
+    tier: TierSpec, triage: Triage, *, vision: bool, contact: int = 1, grounded: bool = True
+) -> GateDecision:
     """The tier's gate (:func:`triagegate.gate.decide`, pure) applied to its triage, as recorded.
 
     ``grounded``: whether the knowledge base supports the ticket (for the ``ungrounded`` rule).
@@ -295,7 +298,7 @@ def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool, grounded: boo
     decisions, and a log line costs about 12 us of CPU per ticket.
     """
     assert tier.gate is not None, "every tier but the last has a gate (checked when the graph loads)"
-    decision = decide(triage, tier.gate, mini_has_vision=vision, grounded=grounded)
+    decision = decide(triage, tier.gate, mini_has_vision=vision, contact=contact, grounded=grounded)
     log.debug(
         "gate",
         tier=tier.name,
@@ -323,7 +326,11 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
             ctx, tier, ticket, state.get("images", ()), state.get("flags"), articles=found
         )
         decision = gate_decision(
-            tier, triage, vision=ctx.backend_for(tier).capabilities.vision, grounded=found.grounded
+            tier,
+            triage,
+            vision=ctx.backend_for(tier).capabilities.vision,
+            contact=ticket.contact,
+            grounded=found.grounded,
         )
         update: dict[str, Any] = {"visits": [Visit(tier.name, triage, decision)], "runs": [run]}
         if triage.error:

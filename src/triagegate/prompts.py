@@ -7,19 +7,21 @@ fixed set of variables; a placeholder outside that set is a :class:`ConfigError`
 time (with file, line and the variable), not a surprise in production.
 
 Ticket text is untrusted. It is only ever placed in the user message, inside
-``<ticket>...</ticket>`` delimiters that the text itself cannot close or reopen.
+``<ticket>...</ticket>`` delimiters that the text itself cannot close or reopen. So is the
+conversation before it (``Ticket.messages``): the ``ticket`` variable carries it first, inside
+``<history>...</history>``, one turn per paragraph, under the same rule.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from triagegate.errors import ConfigError
-from triagegate.types import Ticket
+from triagegate.types import Ticket, Turn
 
 if TYPE_CHECKING:
     from triagegate.knowledge import Hit
@@ -201,14 +203,30 @@ def load_graph_templates(loaded: LoadedSpec, keys: Iterable[str] | None = None) 
     return out
 
 
-_DELIMITER_START = re.compile(r"<(?=\s*/?\s*ticket\b)", re.IGNORECASE)
-"""The '<' of anything that reads as an opening or closing ticket tag, closed by '>' or not."""
+_DELIMITER_START = re.compile(r"<(?=\s*/?\s*(?:ticket|history)\b)", re.IGNORECASE)
+"""The '<' of anything that reads as an opening or closing ticket or history tag, closed by '>' or not."""
+
+_SPEAKERS = {"customer": "Customer", "agent": "Agent"}
+
+
+def delimit_history(turns: Sequence[Turn]) -> str:
+    """The conversation before a ticket, oldest first, for a prompt: ``""`` when there is none.
+
+    Each turn is a paragraph ``Customer: ...`` or ``Agent: ...`` inside ``<history>`` delimiters
+    that no turn's text can close or reopen (an agent turn may quote the customer).
+    """
+    if not turns:
+        return ""
+    body = "\n\n".join(f"{_SPEAKERS[t.role]}: {_DELIMITER_START.sub('‹', t.content)}" for t in turns)
+    return "<history>\n" + body + "\n</history>"
 
 
 def delimit_ticket(ticket: Ticket) -> str:
-    """Wrap the ticket for a prompt so that its text cannot break out of the delimiters."""
+    """Wrap the ticket for a prompt so that its text cannot break out of the delimiters; the
+    conversation before it, if any, comes first (:func:`delimit_history`)."""
     body = f"Subject: {ticket.subject}\n{ticket.text}" if ticket.subject else ticket.text
-    return "<ticket>\n" + _DELIMITER_START.sub("‹", body) + "\n</ticket>"
+    block = "<ticket>\n" + _DELIMITER_START.sub("‹", body) + "\n</ticket>"
+    return f"{delimit_history(ticket.messages)}\n\n{block}" if ticket.messages else block
 
 
 _ARTICLE_TAG = re.compile(r"<(?=\s*/?\s*articles?\b)", re.IGNORECASE)

@@ -268,10 +268,30 @@ class AlwaysEscalate(_Strict):
     ungrounded: bool = False
     """Escalate a ticket the graph's knowledge base has no supporting article for (a soft rule,
     reason ``ungrounded``); needs ``knowledge_base``."""
+    repeat_contact: int | None = Field(default=None, ge=2)
+    """Escalate a ticket that is at least the customer's N-th message in its thread (reason
+    ``repeat_contact``): a customer who had to write again was not helped by this tier."""
 
 
 class NeverEscalate(_Strict):
     categories: list[str] = Field(default_factory=list)
+
+
+class ShadowPolicy(_Strict):
+    """A seeded sample of the tickets a tier keeps, also run through the next tier off the
+    customer's path, to measure the precision of kept answers in production
+    (:mod:`triagegate.shadow`).
+
+    ``rate`` is the share sampled; ``seed`` fixes which tickets (the same ticket id is always
+    in or out of the sample); ``max_usd_per_day`` caps what shadow runs may spend per UTC day
+    (per process); ``target`` is the precision the tier's kept answers must hold, which
+    ``triagegate report`` checks the lower bound of its interval against (exit code 3).
+    """
+
+    rate: float = Field(ge=0.0, le=1.0)
+    max_usd_per_day: float | None = Field(default=None, gt=0.0)
+    seed: int = 0
+    target: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class GatePolicy(_Strict):
@@ -285,6 +305,12 @@ class GatePolicy(_Strict):
     """What a triage reply without usable log-probabilities means when its model is bound for
     them: ``escalate`` (a hard rule, reason ``logprobs_missing``), or ``verbalized`` (gate the
     model's stated confidence). Both log a warning and set ``Outcome.confidence_fallback``."""
+    early: bool = True
+    """Apply the gate while a log-probability reply streams, cancelling the rest of one that
+    escalates. ``false`` reads every reply whole: slower to escalate, but a ``--record``
+    recording then holds whole replies, which can be replayed under any threshold."""
+    shadow: ShadowPolicy | None = None
+    """Shadow sampling of the tickets this tier keeps (see :class:`ShadowPolicy`)."""
 
     @field_validator("category_thresholds")
     @classmethod
@@ -311,6 +337,23 @@ class TierSpec(NodeSpec):
     categories: list[str] | None = Field(default=None, min_length=1)
     draft: DraftSpec | None = None
     gate: GatePolicy | None = None
+
+
+class HandoffPolicy(_Strict):
+    """When a person answers instead of the model, after the cascade has produced its best draft.
+
+    Checked where a run would end (a kept tier, a draft, the last tier); any matching rule
+    sends the ticket to the ``human`` step (:func:`triagegate.gate.handoff_reasons`).
+    ``below`` compares the ticket's confidence (:attr:`triagegate.types.Outcome.confidence`,
+    the last triage's); ``categories`` and ``priorities`` the final ones; ``repeat_contact``
+    the ticket's place in its thread; ``on_failure`` hands off a ticket no tier could answer.
+    """
+
+    below: float | None = Field(default=None, ge=0.0, le=1.0)
+    categories: list[str] = Field(default_factory=list)
+    priorities: list[str] = Field(default_factory=list)
+    repeat_contact: int | None = Field(default=None, ge=2)
+    on_failure: bool = False
 
 
 class KnowledgeBaseSpec(_Strict):
@@ -412,6 +455,8 @@ class GraphSpec(_Strict):
     """The cascade, cheapest first; see the README's "Tiers" for the routing rule."""
     limits: Limits = Field(default_factory=Limits)
     knowledge_base: KnowledgeBaseSpec | None = None
+    handoff: HandoffPolicy | None = None
+    """When a person answers (the ``human`` step after the cascade); ``None``: never."""
 
     @model_validator(mode="before")
     @classmethod
@@ -500,8 +545,32 @@ class GraphSpec(_Strict):
                 if fb == alias:
                     raise ValueError(f"models.{alias}.fallbacks lists the alias itself")
         self._tiers_resolve(aliases)
+        self._handoff_resolves()
         _check_reachable(self)
         return self
+
+    def _handoff_resolves(self) -> None:
+        if self.handoff is None:
+            return
+        if self.handoff == HandoffPolicy():
+            raise _RefError(
+                ("handoff",),
+                "handoff has no rule, so no ticket would ever reach a person: give it one of below, "
+                "categories, priorities, repeat_contact or on_failure (or delete it)",
+            )
+        _known_categories(
+            ("handoff", "categories"), self.handoff.categories, set(self.taxonomy.category_names)
+        )
+        self._known_priorities(("handoff", "priorities"), self.handoff.priorities)
+
+    def _known_priorities(self, where: tuple[int | str, ...], names: list[str]) -> None:
+        for j, p in enumerate(names):
+            if p not in self.taxonomy.priorities:
+                raise _RefError(
+                    (*where, j),
+                    f"{dotted(where)} names unknown priorities: {p} "
+                    f"(the taxonomy has: {', '.join(self.taxonomy.priorities)})",
+                )
 
     def _tiers_resolve(self, aliases: set[str]) -> None:
         defined = ", ".join(sorted(aliases))
@@ -555,14 +624,7 @@ class GraphSpec(_Strict):
                     "ungrounded escalates a ticket no knowledge-base article supports, but this graph has "
                     "no knowledge_base: add one (knowledge_base: ../kb) or delete this rule",
                 )
-            for j, p in enumerate(gate.always_escalate.priorities):
-                if p not in self.taxonomy.priorities:
-                    where = (*at, "always_escalate", "priorities", j)
-                    raise _RefError(
-                        where,
-                        f"{dotted(where[:-1])} names unknown priorities: {p} "
-                        f"(the taxonomy has: {', '.join(self.taxonomy.priorities)})",
-                    )
+            self._known_priorities((*at, "always_escalate", "priorities"), gate.always_escalate.priorities)
 
     def _last_tier_fits(self, t: TierSpec, here: tuple[int | str, ...]) -> None:
         i = here[1]
@@ -630,7 +692,7 @@ def _may_escalate(spec: GraphSpec, tier: TierSpec) -> tuple[bool, frozenset[str]
     names = spec.taxonomy.category_names
     if hard:
         return passes, frozenset(names)
-    soft = bool(rules.complexity or rules.priorities or rules.ungrounded)
+    soft = bool(rules.complexity or rules.priorities or rules.repeat_contact or rules.ungrounded)
     return passes, frozenset(
         c
         for c in names

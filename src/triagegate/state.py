@@ -4,6 +4,11 @@ The state is a ``TypedDict`` whose list fields declare their reducer: nodes retu
 updates, and LangGraph adds a node's ``visits``, ``runs`` and ``errors`` to what is there and
 replaces the other keys. Backends, templates and the spec are not state: they reach every
 node through the runtime context (``context_schema=RunContext``).
+
+A graph with a ``handoff`` rule, or a ticket on a thread, runs under a checkpointer, which
+stores this state between the pause for a person and the resume. Every type the state holds
+is listed in :data:`CHECKPOINTED_TYPES`, the checkpointer serialiser's allowlist: a
+checkpoint can only revive these classes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from typing import TYPE_CHECKING, Annotated, TypedDict
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template
 from triagegate.spec import GraphSpec, TierSpec
-from triagegate.types import GateDecision, NodeRun, Ticket, Triage
+from triagegate.types import (
+    Attachment,
+    AttachmentKind,
+    GateDecision,
+    Handoff,
+    NodeRun,
+    Ticket,
+    Triage,
+    Turn,
+)
 
 if TYPE_CHECKING:
     from triagegate.knowledge import KnowledgeBase
@@ -53,7 +67,9 @@ class TicketState(TypedDict, total=False):
     """What one run carries from node to node.
 
     ``visits``, ``runs`` and ``errors`` are appended to (``operator.add``); ``reply`` is set
-    once, by the node that answers. The routers (:mod:`triagegate.graph`) read ``visits``.
+    once, by the node that answers (``None`` at the start of a run on a thread, where the
+    previous run's reply is cleared). The routers (:mod:`triagegate.graph`) read ``visits``.
+    ``handoff`` is set by the ``human`` step when a person has answered.
     """
 
     run_id: str
@@ -62,7 +78,8 @@ class TicketState(TypedDict, total=False):
     flags: list[str]
     """Screening flags of the ticket's text (:func:`triagegate.screening.flags_for`), found once at entry."""
     visits: Annotated[list[Visit], operator.add]
-    reply: Reply
+    reply: Reply | None
+    handoff: Handoff | None
     runs: Annotated[list[NodeRun], operator.add]
     errors: Annotated[list[str], operator.add]
 
@@ -73,6 +90,22 @@ def last_triage(state: TicketState) -> Triage | None:
         if visit.triage is not None:
             return visit.triage
     return None
+
+
+CHECKPOINTED_TYPES: tuple[type, ...] = (
+    Reply,
+    Visit,
+    Ticket,
+    Turn,
+    Attachment,
+    AttachmentKind,
+    Triage,
+    GateDecision,
+    NodeRun,
+    Handoff,
+    ImagePart,
+)
+"""Every class a checkpointed :class:`TicketState` holds (the serialiser's allowlist)."""
 
 
 @dataclass(frozen=True, slots=True)

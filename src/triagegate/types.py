@@ -7,6 +7,7 @@ JSON-friendly.
 
 from __future__ import annotations
 
+import re
 import uuid
 from enum import StrEnum
 from typing import Any, Literal
@@ -63,34 +64,54 @@ class Turn(BaseModel):
     content: str
 
 
+TEXT_PATTERN = r"[^\s\x1c-\x1f\x85\ufeff]"
+r"""A character that is not white space by either regex dialect that reads the API document:
+JSON Schema's (ECMA-262, whose ``\s`` has U+FEFF) or Python's (whose ``\s`` has U+001C-U+001F
+and U+0085). The union is spelled out, so the document and the server refuse the same texts."""
+_VISIBLE = re.compile(TEXT_PATTERN)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` has no character outside :data:`TEXT_PATTERN`'s white space."""
+    return _VISIBLE.search(text) is None
+
+
 class Ticket(BaseModel):
     """A customer-support ticket. ``text`` is untrusted customer input.
 
     ``messages`` is the conversation before ``text``, oldest first (the OpenAI-compatible
-    endpoint fills it from earlier turns). It is carried on the ticket and stored with it;
-    the prompts do not render it yet.
+    endpoint fills it from earlier turns); every tier's prompt sees it, delimited as untrusted
+    (:func:`triagegate.prompts.delimit_history`). ``thread_id`` names a conversation the
+    pipeline's checkpointer holds: the ticket continues it, and its earlier turns are put
+    before ``messages``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(default_factory=new_ticket_id, min_length=1, max_length=200)
-    text: str = Field(min_length=1, json_schema_extra={"pattern": r"\S"})
+    text: str = Field(min_length=1, json_schema_extra={"pattern": TEXT_PATTERN})
     """At least one character that is not white space (the document says so with ``pattern``)."""
     subject: str | None = None
     attachments: list[Attachment] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     messages: list[Turn] = Field(default_factory=list)
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")
 
     @field_validator("text")
     @classmethod
     def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("ticket text is blank")
         return value
 
     @property
     def has_images(self) -> bool:
         return any(a.kind is AttachmentKind.IMAGE for a in self.attachments)
+
+    @property
+    def contact(self) -> int:
+        """Which contact of the customer's this ticket is: 1 plus the customer turns before it."""
+        return 1 + sum(1 for turn in self.messages if turn.role == "customer")
 
 
 Complexity = Literal["low", "medium", "high"]
@@ -165,7 +186,7 @@ class NodeRun(BaseModel):
     ``logprobs_unusable:<reason>`` (label scoring fell back to a stated confidence)."""
 
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "awaiting_human"]
 
 ROUTING_SKIPS = frozenset({"category_not_served", "category_unknown"})
 """Pre-gate reasons that are routing, not escalation: a tier that serves other categories."""
@@ -188,6 +209,71 @@ class GateDecision(BaseModel):
     confidence: float | None = None
     threshold: float | None = None
     reasons: list[str] = Field(default_factory=list)
+
+
+HumanAction = Literal["approve", "edit", "answer"]
+
+
+class HumanAnswer(BaseModel):
+    """What a person sends to resume a handoff: approve the draft as it is, edit it, or answer anew.
+
+    ``text`` is required for ``edit`` and ``answer`` and refused for ``approve``; ``by`` names
+    who answered (free text, for the record).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: HumanAction
+    text: str | None = Field(default=None, max_length=20_000)
+    by: str | None = Field(default=None, max_length=200)
+    category: str | None = Field(default=None, max_length=200)
+    """The category the person files the ticket under, when it is not the one the tiers gave
+    (it must be in the graph's taxonomy); human answers become labelled data with it."""
+
+    @model_validator(mode="after")
+    def _text_fits_action(self) -> HumanAnswer:
+        if self.action == "approve" and self.text is not None:
+            raise ValueError("'approve' sends the draft as it is and takes no text; use 'edit' to change it")
+        if self.action != "approve" and (self.text is None or is_blank(self.text)):
+            raise ValueError(f"'{self.action}' needs the text of the answer")
+        return self
+
+
+class Handoff(BaseModel):
+    """A ticket handed to a person: why, the best draft, and (once resumed) what the person did.
+
+    ``diff`` is the unified diff from ``draft`` to ``answer`` when the person changed it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reasons: list[str] = Field(default_factory=list)
+    draft: str | None = None
+    draft_route: str | None = None
+    """The tier whose answer is the draft."""
+    action: HumanAction | None = None
+    answer: str | None = None
+    by: str | None = None
+    category: str | None = None
+    """The category the person gave, if they changed it."""
+    diff: str | None = None
+
+
+class ShadowCheck(BaseModel):
+    """Whether a kept ticket was sampled for a shadow run by the next tier (``gate.shadow``).
+
+    ``scheduled``: the shadow run was started off the customer's path; its verdict is written
+    to the outcome store's ``labels`` table (source ``shadow``) when it finishes. ``capped``:
+    the ticket was sampled but the day's shadow budget (``max_usd_per_day``) was spent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    """The tier that kept the ticket."""
+    judge: str
+    """The tier that runs the shadow (the next one)."""
+    status: Literal["scheduled", "capped"]
 
 
 class Outcome(BaseModel):
@@ -224,6 +310,14 @@ class Outcome(BaseModel):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     errors: list[str] = Field(default_factory=list)
+    thread_id: str | None = None
+    """The conversation the run is kept under, when the pipeline keeps it (a graph with a
+    ``handoff`` rule, or a ticket that named a thread); resume a handoff and continue a thread by it."""
+    handoff: Handoff | None = None
+    """Set when the ticket went to a person: ``status`` is ``awaiting_human`` until resumed,
+    then ``ok`` with ``route`` ``human``."""
+    shadow: ShadowCheck | None = None
+    """Set when the tier that kept the ticket sampled it for a shadow run (see :class:`ShadowCheck`)."""
 
     @property
     def skipped(self) -> list[GateDecision]:

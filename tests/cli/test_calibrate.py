@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +372,153 @@ def test_write_patches_the_first_tiers_gate_of_a_tiers_file(
     assert gate.category_thresholds == policy["category_thresholds"]
     assert re.search(rf"      threshold: {re.escape(repr(policy['threshold']))} +# too low\?", after)
     assert all(line in after.splitlines() for line in before.splitlines() if "threshold" not in line)
+
+
+CASCADE = REPO / "graphs" / "cascade.yaml"
+CODE_LINE = re.compile(r"^([A-Z])\) (\w+):", re.MULTILINE)
+
+
+def cascade_copy(tmp_path: Path) -> Path:
+    """graphs/cascade.yaml in a directory of its own (prompts linked), to patch or run."""
+    (tmp_path / "graphs").mkdir(exist_ok=True)
+    if not (tmp_path / "prompts").exists():
+        (tmp_path / "prompts").symlink_to(REPO / "prompts")
+    path = tmp_path / "graphs" / "cascade.yaml"
+    path.write_text(CASCADE.read_text(encoding="utf-8"), encoding="utf-8")
+    return path
+
+
+def cascade_tickets(path: Path, copies: int = 6) -> dict[str, str]:
+    """graphs/cascade.yaml's own examples, numbered; every third row mixes in another category's
+    text (labelled with it), so the classifier is unsure of some. Returns ``{text: label}``."""
+    examples = {c.name: c.examples for c in load_spec(CASCADE, environ={}).spec.taxonomy.categories}
+    names = list(examples)
+    rows: dict[str, str] = {}
+    for n in range(copies):
+        for k, (label, texts) in enumerate(examples.items()):
+            for i, text in enumerate(texts):
+                if (n + k + i) % 3 == 0:
+                    other = names[(k + 1 + n % 2) % len(names)]
+                    rows[f"{text} Also: {examples[other][(i + n) % len(examples[other])]} ({n})"] = other
+                else:
+                    rows[f"{text} ({n})"] = label
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows.items())
+    return rows
+
+
+def small_is_right(text: str) -> bool:
+    """The simulated small model knows seven tickets in ten (a fixed hash of the text)."""
+    return zlib.crc32(text.encode()) % 10 < 7
+
+
+def knowing_server(server: OpenAIServer, rows: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point graphs/cascade.yaml's hosted tiers at ``server`` and script them: the flagship
+    names every ticket's category, the small model seven in ten, sure (0.95) when right and
+    unsure (0.5) when wrong."""
+
+    def ticket(body: dict[str, Any]) -> str:
+        said = user_text(body)
+        return max((t for t in rows if t in said), key=len)
+
+    def choose(field: str, values: list[Any], body: dict[str, Any]) -> Any:
+        if field != "category":
+            return values[0]
+        system = next(m["content"] for m in body["messages"] if m["role"] == "system")
+        code_of = {name: code for code, name in CODE_LINE.findall(system)}
+        text = ticket(body)
+        right = body["model"] == "flagship-model" or small_is_right(text)
+        label = rows[text] if right else next(n for n in code_of if n != rows[text])
+        return code_of[label]
+
+    server.choose = choose
+    server.code_confidence = lambda body: 0.95 if small_is_right(ticket(body)) else 0.5
+    monkeypatch.setenv("TRIAGEGATE_SMALL_BASE_URL", server.base_url)
+    monkeypatch.setenv("TRIAGEGATE_FLAGSHIP_BASE_URL", server.base_url)
+
+
+def test_cascade_calibration_fits_every_tier_and_writes_both_gates(
+    openai_server: OpenAIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = cascade_tickets(tmp_path / "tickets.csv")
+    knowing_server(openai_server, rows, monkeypatch)
+    graph = cascade_copy(tmp_path)
+    before = graph.read_text(encoding="utf-8")
+    recording = tmp_path / "rec.jsonl"
+    args = [str(graph), str(tmp_path / "tickets.csv"), "--cascade", "--target-accuracy", "0.9"]
+    report = calibrate_json(capsys, *args, "--record", str(recording), "--write")
+    assert openai_server.model_counts == {"small-model": len(rows), "flagship-model": len(rows)}
+    fit, held = report["fit"], report["held_out"]
+    assert fit["feasible"] and fit["fitted"]["accuracy"] >= 0.9
+    assert set(fit["thresholds"]) == {"classifier", "small"}
+    assert report["tickets"] == len(rows) == report["calibration_tickets"] + report["held_out_tickets"]
+    for point in (fit["fitted"], held, report["at_graph"]):
+        assert [t["name"] for t in point["tiers"]] == ["classifier", "small", "flagship"]
+        assert sum(t["answered"] for t in point["tiers"]) == pytest.approx(1.0)
+        assert point["tiers"][0]["reached"] == pytest.approx(1.0)
+        assert point["last_share"] == point["tiers"][2]["reached"]
+    # the small tier takes some tickets off the flagship, so the cascade is cheaper than the flagship alone
+    assert held["tiers"][1]["answered"] > 0 and held["cost_per_1000"] < report["last_alone"]["cost_per_1000"]
+    assert report["last_alone"]["accuracy"] == 1.0
+    curve = report["curve"]
+    costs = [row["calibration"]["cost_per_1000"] for row in curve]
+    accuracies = [row["calibration"]["accuracy"] for row in curve]
+    assert len(curve) >= 2 and costs == sorted(costs) and accuracies == sorted(accuracies)
+    assert [c["name"] for c in report["tier_curves"]] == ["classifier", "small"]
+    small = report["tier_curves"][1]
+    assert small["at_threshold"]["threshold"] == fit["thresholds"]["small"]
+    # --write patched both tiers' gates and nothing else
+    spec = load_spec(graph).spec
+    assert report["wrote"] == str(graph)
+    assert {n: spec.gate_of(n).threshold for n in ("classifier", "small")} == fit["thresholds"]
+    after = graph.read_text(encoding="utf-8")
+    pairs = list(zip(before.splitlines(), after.splitlines(), strict=True))
+    assert all(
+        a == b or (a.startswith("      threshold: ") and b.startswith("      threshold: ")) for a, b in pairs
+    )
+    # the recording of whole replies replays offline to the same fit
+    openai_server.stop()
+    graph.write_text(before, encoding="utf-8")
+    replayed = calibrate_json(capsys, *args, "--replay", str(recording))
+    assert replayed["fit"] == fit and replayed["held_out"] == held
+
+
+@pytest.fixture
+def small_cascade(
+    openai_server: OpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    """A copy of graphs/cascade.yaml on the scripted server, and 80 labelled tickets."""
+    rows = cascade_tickets(tmp_path / "tickets.csv", copies=2)
+    knowing_server(openai_server, rows, monkeypatch)
+    return cascade_copy(tmp_path), tmp_path / "tickets.csv"
+
+
+def test_cascade_calibration_that_cannot_meet_its_objective_leaves_the_graph_alone(
+    small_cascade: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph, data = small_cascade
+    before = graph.read_text(encoding="utf-8")
+    args = [str(graph), str(data), "--cascade", "--target-accuracy", "0.99"]
+    report = calibrate_json(capsys, *args, "--max-last-share", "0.05", "--write", code=1)
+    assert not report["fit"]["feasible"] and report["wrote"] is None
+    # the gate's rules send security and urgent tickets to the flagship whatever the thresholds:
+    # the fit comes as close to the share as it can
+    least = min(row["calibration"]["last_share"] for row in report["curve"])
+    assert 0.05 < report["fit"]["fitted"]["last_share"] <= least
+    assert any("not writing" in note for note in report["notes"])
+    assert graph.read_text(encoding="utf-8") == before
+
+
+def test_cascade_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cascade_tickets(tmp_path / "tickets.csv", copies=1)
+    graph = cascade_copy(tmp_path)
+    data = str(tmp_path / "tickets.csv")
+    assert main(["calibrate", str(graph), data, "--cascade", "--budget", "1"]) == 2
+    assert "--cascade needs --target-accuracy" in capsys.readouterr().err
+    assert main(["calibrate", str(graph), data, "--target-accuracy", "0.9", "--max-last-share", "0.2"]) == 2
+    assert "add --cascade" in capsys.readouterr().err

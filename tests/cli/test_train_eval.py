@@ -11,6 +11,7 @@ import pytest
 import structlog
 import yaml
 
+from tests.cli.test_calibrate import small_cascade
 from tests.models.test_classifier import EXAMPLES, write_graph
 from tests.support.shared_data import shared_file
 from triagegate.cli import main
@@ -176,3 +177,28 @@ def test_score_rows_with_a_chat_model_mini(tmp_path: Path) -> None:
     assert run.gate_kept == [True, False, False]
     assert run.gate_reasons["low_confidence"] == 2 and run.gate_reasons["triage_failed"] == 1
     assert len(run.errors) == 1 and run.errors[0].startswith("line 4: triage failed")
+
+
+__all__ = ["small_cascade"]  # the fixture: graphs/cascade.yaml on the scripted loopback server
+
+
+def test_eval_cascade_reports_every_tier_at_the_graphs_thresholds(
+    small_cascade: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TRIAGEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    graph, data = small_cascade
+    assert main(["eval", str(graph), str(data), "--cascade", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    at = report["at_graph"]
+    assert at["thresholds"] == {"classifier": 0.9, "small": 0.8}
+    small = at["tiers"][1]
+    # the small model is sure exactly when right, so at 0.8 it answers only what it knows
+    assert small["answered"] > 0 and small["accuracy"] == 1.0
+    assert report["tier_curves"][1]["at_threshold"]["accuracy_kept"] == 1.0
+    assert main(["eval", str(graph), str(data), "--cascade"]) == 0
+    printed = capsys.readouterr().out
+    assert "tier small:" in printed and "last tier alone" in printed

@@ -176,7 +176,9 @@ def test_binary_and_cross_fitted_models() -> None:
     texts = [f"it is {w} number {i}" for label in words for i, w in enumerate(words[label] * 15)]
     labels = [label for label in words for _ in range(60)]
     model = training.fit(texts, labels)
-    assert model.metadata.method == "cross-fitted-svm" and model.coef.shape[0] == 1
+    meta = model.metadata
+    assert meta.method == "cross-fitted-svm" and model.coef.shape[0] == 1
+    assert meta.temperature != 1.0 and meta.oof_accuracy is not None and meta.oof_accuracy > 0.9
     assert model.predict_one("really great") == pytest.approx(
         model.predict_proba(["really great"])[0], abs=1e-6
     )
@@ -227,6 +229,19 @@ def test_a_model_from_another_encoder_is_refused_with_a_way_out(tmp_path: Path) 
     loaded = load_spec(write_graph(tmp_path, mini_options={"model_path": "m.skops"}))
     with pytest.raises(ConfigError, match=r"trained with the encoder"):
         build(loaded, tmp_path / "cache")
+
+
+@needs_encoder
+def test_a_version_1_encoder_file_is_refused_with_a_way_out(tmp_path: Path) -> None:
+    path = training.save(training.fit(TEXTS, LABELS), tmp_path / "m.skops")
+    assert ec.OLD_FORMATS == ("triagegate-encoder-classifier/1",)
+
+    def older(payload: dict[str, Any]) -> None:
+        payload["format"] = ec.OLD_FORMATS[0]
+
+    with pytest.raises(ConfigError, match=r"older format .*train it again with 'triagegate train'") as err:
+        training.load(_rewrite(path, older))
+    assert ec.FORMAT in err.value.reason and err.value.file == str(path)
 
 
 @needs_encoder

@@ -362,3 +362,43 @@ def test_a_whole_reply_wins_over_a_stopped_one_and_either_over_a_failure(
         assert read_recording(path).entries[key]["response"]["text"] == "stopped"
     else:
         assert asyncio.run(backend.chat(request)).text == served
+
+
+def _graph_with_early(tmp_path: Path, early: bool, threshold: float) -> Path:
+    """tests/graphs/loopback_openai.yaml with the gate's ``early`` switch and threshold set."""
+    raw = yaml.safe_load(GRAPH.read_text(encoding="utf-8"))
+    raw["prompts"] = str(REPO / "prompts")
+    raw["gate"].update({"early": early, "threshold": threshold})
+    path = tmp_path / f"early-{early}-{threshold}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _run_graph(graph: Path, env: dict[str, str], **options: Any) -> list[Outcome]:
+    async def go() -> list[Outcome]:
+        async with triagegate.load(graph, environ=env, **options) as pipeline:
+            return [await pipeline.run(t) for t in TICKETS]
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_early_false_records_whole_replies_that_replay_at_another_threshold(
+    openai_server: OpenAIServer, tmp_path: Path, early: bool
+) -> None:
+    openai_server.code_confidence = unsure_about_refunds
+    recording = tmp_path / "rec.jsonl"
+    live = _run_graph(_graph_with_early(tmp_path, early, 0.7), environ(openai_server), record=recording)
+    assert [o.route for o in live] == ["mini", "flagship", "mini"]
+    mini = [json.loads(line) for line in recording.read_text(encoding="utf-8").splitlines()]
+    refund = next(e for e in mini if e["node"] == "triage" and "refund" in json.dumps(e["request"]))
+    assert bool(refund["response"].get("stopped_early")) is early
+    openai_server.stop()
+    lenient = _graph_with_early(tmp_path, early, 0.2)
+    replayed = _run_graph(lenient, {}, replay=recording)
+    if early:
+        assert replayed[1].status == "failed"
+        assert "the recorded reply was stopped early" in " ".join(replayed[1].errors)
+        return
+    assert replayed[1].route == "mini" and replayed[1].confidence == pytest.approx(0.3, abs=1e-6)
+    assert [o.route for o in replayed] == ["mini", "mini", "mini"]

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.queue.conftest import LOOPBACK, QueueEnv, scripted_pipeline, triage_reply
+from tests.support.openai_server import OpenAIServer
 from triagegate.models.base import ChatRequest
 from triagegate.queue.status import queue_status, render
 from triagegate.queue.store import OutcomeStore
@@ -328,3 +329,25 @@ def test_a_worker_that_cannot_reach_redis_never_says_ready(database: str) -> Non
     assert done.stdout == "", "READY is printed only once both services answered"
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("error: cannot reach Redis at redis://127.0.0.1:1/0")
+
+
+async def test_shadow_verdicts_of_worker_tickets_are_written_before_the_worker_returns(
+    queue_env: QueueEnv, openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    import triagegate
+    from tests.test_shadow import environ, shadow_graph
+    from triagegate.store.postgres import read
+
+    openai_server.code_confidence = 0.95
+    tickets = [Ticket(id=f"s-{n}", text=f"charged twice, case {n}") for n in range(6)]
+    await queue_env.stream.add_tickets(tickets)
+    async with triagegate.load(shadow_graph(tmp_path), environ=environ(openai_server)) as pipeline:
+        stats = await Worker(pipeline, queue_env.stream, queue_env.store, settings()).run()
+        assert pipeline.shadows is not None and pipeline.shadows.pending == 0
+    assert stats.processed == 6
+    snapshot = read(queue_env.dsn)
+    assert sorted(s.outcome.ticket_id for s in snapshot.outcomes) == sorted(t.id for t in tickets)
+    assert sorted(lab.ticket_id for lab in snapshot.labels) == sorted(t.id for t in tickets)
+    assert {lab.acceptable for lab in snapshot.labels} == {False}
+    assert [g.targets for g in snapshot.graphs] == [{"mini": 0.9}]
+    assert openai_server.model_counts == {"mini-model": 6, "flagship-model": 6}

@@ -192,3 +192,56 @@ def test_a_tiers_file_refuses_with_a_snippet_naming_the_first_tier() -> None:
     with pytest.raises(GatePatchError, match=r"line 2, outside 'tiers\[0\]\.gate'") as caught:
         patch_text(text, 0.7, {})
     assert "# the gate of the first tier (tiers[0], first):\ngate:\n  threshold: 0.7\n" in str(caught.value)
+
+
+THREE_TIERS = """\
+tiers:
+  - name: classifier
+    model: clf
+    gate:
+      threshold: 0.9   # the first tier
+  - name: small
+    model: small
+    gate:
+      # tuned by hand
+      threshold: 0.8
+      category_thresholds: {billing: 0.95}
+  - name: flagship
+    model: flagship
+taxonomy:
+  categories:
+    - name: billing
+"""
+
+
+def test_a_tier_is_patched_by_name_and_the_others_are_left_alone() -> None:
+    after = patch_text(THREE_TIERS, 0.65, {}, tier="small")
+    lines = after.splitlines()
+    assert "      threshold: 0.9   # the first tier" in lines and "      threshold: 0.65" in lines
+    assert "      # tuned by hand" in lines and "category_thresholds" not in after
+    assert yaml.safe_load(after)["tiers"][1]["gate"] == {"threshold": 0.65}
+    with pytest.raises(GatePatchError, match="no tier is named 'medium'"):
+        patch_text(THREE_TIERS, 0.5, {}, tier="medium")
+    assert snippet(0.65, {}, tier="small", index=1).startswith("# the gate of tier (tiers[1], small):\n")
+
+
+def test_every_tier_patched_at_once_writes_the_file_once(tmp_path: Path) -> None:
+    from triagegate.tuning.gate_patch import patch_tiers_file
+
+    graph = tmp_path / "graphs" / "cascade.yaml"
+    graph.parent.mkdir()
+    (tmp_path / "prompts").symlink_to(REPO / "prompts")
+    shutil.copy(REPO / "graphs" / "cascade.yaml", graph)
+    before = graph.read_text(encoding="utf-8")
+    patch_tiers_file(graph, {"classifier": (0.42, {}), "small": (0.7, {"billing": 0.9})})
+    spec = load_spec(graph, environ={}).spec
+    assert spec.gate_of("classifier").threshold == 0.42
+    assert (spec.gate_of("small").threshold, spec.gate_of("small").category_thresholds) == (
+        0.7,
+        {"billing": 0.9},
+    )
+    after = graph.read_text(encoding="utf-8")
+    assert [line for line in before.splitlines() if line not in after.splitlines()] == [
+        "      threshold: 0.9",
+        "      threshold: 0.8",
+    ]

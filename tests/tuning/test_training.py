@@ -114,6 +114,31 @@ def test_round_trip_keeps_probabilities_and_needs_no_trusted_types(tmp_path: Pat
     assert np.array_equal(loaded.predict_proba(PROBES), model.predict_proba(PROBES))
 
 
+def test_cross_fitted_scores_come_from_svms_that_never_saw_the_row() -> None:
+    # One private feature per row and random labels: only memorising a row predicts it, so
+    # scores from the fold that held it out are at chance while the averaged SVMs, each
+    # having seen the row in all folds but one, recall most training labels.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 25)
+    rng.shuffle(y)
+    x = np.eye(len(y))
+    crossed = training.cross_fit_svm(x, y, folds=5, C=10.0, class_weight=None, max_iter=5000)
+    assert crossed.scores.shape == (100, 4) and crossed.coef.shape == (4, 100)
+    assert crossed.accuracy(y) < 0.45
+    assert np.mean((x @ crossed.coef.T + crossed.intercept).argmax(1) == y) > 0.9
+
+
+def test_cross_fit_of_two_labels_scores_one_column() -> None:
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    x = rng.normal(size=(60, 3)) + y[:, None] * 3.0
+    crossed = training.cross_fit_svm(x, y, folds=3, C=1.0, class_weight="balanced", max_iter=2000)
+    assert crossed.scores.shape == (60, 1) and crossed.coef.shape == (1, 3)
+    assert crossed.accuracy(y) > 0.9
+    coef, intercept = crossed.logistic_calibrated(y, C=1.0, max_iter=1000)
+    assert coef.shape == (1, 3) and intercept.shape == (1,)
+
+
 def test_a_format_1_file_is_refused_with_a_way_out(tmp_path: Path) -> None:
     import skops.io as sio
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -98,7 +98,7 @@ class RunStats:
             self.by_category[outcome.category] += 1
         if outcome.escalated:
             self.reasons.update(outcome.escalation_reasons)
-        if outcome.status != "ok":
+        if outcome.status not in ("ok", "awaiting_human"):
             label = kind or failure_kind(outcome)
             self.failure_kinds[label] += 1
             if len(self.examples) < MAX_EXAMPLES:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,13 +37,15 @@ from triagegate.cost import Estimator
 from triagegate.errors import ConfigError
 from triagegate.inputs import Row, count_rows, open_input, read_rows, resolve_format, stream_rows
 from triagegate.pipeline import failed_outcome
-from triagegate.types import Ticket
+from triagegate.store import OutcomeWriter, StoreError, describe_store, graph_info, open_store
+from triagegate.types import Outcome, Ticket
 
 if TYPE_CHECKING:
     from triagegate.pipeline import Pipeline
 
 StopReason = Literal["finished", "interrupted", "abandoned", "budget", "limit"]
 LEDGER_SUFFIX = ".ledger.sqlite"
+STORE_SUFFIX = ".store.sqlite"
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,21 @@ class BatchOptions:
     """Escalation rate assumed for cost estimates until real costs are known."""
     commit_every: int = 256
     commit_interval: float = 0.5
+    store: str | None = None
+    """The outcome store (:mod:`triagegate.store`) every Outcome is also written to: a SQLite path or a
+    ``postgresql://`` URL; None: ``OUTPUT.store.sqlite`` beside the output."""
 
     @property
     def ledger_path(self) -> Path:
         return self.state if self.state is not None else default_ledger_path(self.output)
+
+    @property
+    def store_url(self) -> str:
+        return (
+            self.store
+            if self.store is not None
+            else str(self.output.with_name(self.output.name + STORE_SUFFIX))
+        )
 
 
 def default_ledger_path(output: Path) -> Path:
@@ -132,6 +145,8 @@ class BatchRunner:
         self._consumer: asyncio.Task[None] | None = None
         self._finished_one = asyncio.Event()
         self._abandoned = False
+        self._store: OutcomeWriter | None = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     def request_stop(self) -> None:
         """Take no new tickets; those in flight finish and are recorded."""
@@ -190,7 +205,12 @@ class BatchRunner:
                             "commit; those tickets run again"
                         )
                     self._spent_before = ledger.spent_usd
-                    await self._run(rows, ledger, sink)
+                    await self._open_store()
+                    try:
+                        await self._run(rows, ledger, sink)
+                        await self.pipeline.drain_shadows()
+                    finally:
+                        await self._close_store()
                 finally:
                     sink.close()
                 report = self._report(ledger)
@@ -201,6 +221,40 @@ class BatchRunner:
                 stream.close()
         assert self._stop is not None
         return BatchResult(self._stop, report)
+
+    async def _open_store(self) -> None:
+        """Open the outcome store, record the graph, and route shadow verdicts into it."""
+        url = self.options.store_url
+        store = open_store(url)
+        try:
+            await store.open()
+            await store.register_graph(graph_info(self.pipeline))
+        except Exception as exc:
+            await store.close()
+            raise StoreError(f"cannot open the outcome store {describe_store(url)}: {exc}") from None
+        self._store = store
+        if self.pipeline.shadows is not None:
+            self._unsubscribe = self.pipeline.shadows.subscribe(store.put_label)
+
+    async def _close_store(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _store_outcome(self, outcome: Outcome) -> None:
+        """Write an Outcome to the store before its line goes to the output: a crash between the two
+        runs the ticket again on resume, and the upsert keeps one row per ticket and graph."""
+        assert self._store is not None
+        try:
+            await self._store.upsert(outcome)
+        except Exception as exc:
+            raise StoreError(
+                f"cannot write to the outcome store {describe_store(self.options.store_url)}: {exc}; "
+                "fix that and re-run to resume"
+            ) from None
 
     async def _run(self, rows: Iterator[Row], ledger: Ledger, sink: OutcomeSink) -> None:
         self.stats.started = time.monotonic()
@@ -230,6 +284,7 @@ class BatchRunner:
         try:
             async for outcome in outcomes:
                 line, supersedes = self._in_flight.pop(outcome.ticket_id)
+                await self._store_outcome(outcome)
                 sink.write(outcome, line, supersedes=supersedes)
                 self.stats.add(outcome, line)
                 self._finished_one.set()
@@ -262,11 +317,11 @@ class BatchRunner:
                     reason = f"line {row.line}: the same ticket as line {known_line} (no id, same content); not run again"
                 else:
                     reason = f"line {row.line}: duplicate id {row.id!r} (first seen on line {known_line}); not run again"
-                self._write_rejected(sink, row, reason, "duplicate_id", status="skipped")
+                await self._write_rejected(sink, row, reason, "duplicate_id", status="skipped")
                 continue
             ticket = row.ticket
             if ticket is None:
-                self._write_rejected(
+                await self._write_rejected(
                     sink, row, row.error or "", row.kind or "invalid_ticket", supersedes=supersedes
                 )
                 continue
@@ -298,7 +353,7 @@ class BatchRunner:
             return "retry", known, entry.run_id
         return "done", known, None
 
-    def _write_rejected(
+    async def _write_rejected(
         self,
         sink: OutcomeSink,
         row: Row,
@@ -309,6 +364,8 @@ class BatchRunner:
         supersedes: str | None = None,
     ) -> None:
         outcome = failed_outcome(row.id, reason, self.pipeline, status=status)
+        if status != "skipped":  # a duplicate row shares its id with the ticket whose outcome the store holds
+            await self._store_outcome(outcome)
         sink.write(outcome, row.line, duplicate=status == "skipped", supersedes=supersedes)
         self.stats.add(outcome, row.line, kind)
 
@@ -342,6 +399,7 @@ class BatchRunner:
             "input": options.input,
             "output": str(options.output),
             "ledger": str(options.ledger_path),
+            "store": describe_store(options.store_url),
             "options": {
                 "concurrency": options.concurrency,
                 "limit": options.limit,

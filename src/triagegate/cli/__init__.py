@@ -61,6 +61,8 @@ COMMAND_MODULES = [
     "batch_cmd",
     "demo_cmd",
     "calibrate_cmd",
+    "handoff_cmd",
+    "report_cmd",
 ]
 """Modules that register subcommands on import; add one line per new subcommand module."""
 

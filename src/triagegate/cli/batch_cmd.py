@@ -49,6 +49,15 @@ def batch(
         Path | None,
         typer.Option("--state", help="Ledger file (default: OUTPUT.ledger.sqlite beside the output)."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar=environment.STORE,
+            help="Outcome store every Outcome is also written to, for 'triagegate report': a SQLite file or a "
+            f"postgresql:// URL (env {environment.STORE}; default: OUTPUT.store.sqlite beside the output).",
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="auto (by suffix, else sniffed), jsonl, csv or tsv.")
     ] = "auto",
@@ -140,6 +149,7 @@ def batch(
         input=source,
         output=output,
         state=state,
+        store=store,
         format=fmt,
         concurrency=concurrency,
         limit=limit,

@@ -9,19 +9,27 @@ import typer
 
 from triagegate.cli import app
 from triagegate.cli.common import GraphArg, JsonOpt, LogLevelOpt, percent, setup_logging
+from triagegate.cli.eval_cmd import data_options, emit
 from triagegate.cli.recording import RecordOpt, ReplayOpt
-from triagegate.cli.train_cmd import DataArg, FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
+from triagegate.cli.train_cmd import FitOnSplitOpt, LabelColOpt, SeedOpt, SplitOpt, TextColOpt
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from triagegate.tuning.calibrate import Reference
     from triagegate.tuning.calibration import Objective, OperatingPoint
+    from triagegate.tuning.cascade import CascadeObjective
+    from triagegate.tuning.cascade_tuning import CascadeReport
     from triagegate.tuning.report import CalibrateReport
 
 
 @app.command()
 def calibrate(
     graph: GraphArg,
-    data: DataArg,
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Labeled data: CSV, TSV or JSONL (not with --from-store).", show_default=False),
+    ] = None,
     target_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -39,7 +47,25 @@ def calibrate(
         typer.Option(
             "--budget",
             min=0.0,
-            help="Best overall accuracy within this many USD per 1,000 tickets (estimated).",
+            help="Best overall accuracy within this many USD per 1,000 tickets (estimated); with --cascade, "
+            "a bound on the cost of the cascade.",
+        ),
+    ] = None,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="Fit every tier's threshold: the cheapest cascade meeting --target-accuracy on its answers "
+            "(with --max-last-share and --budget as bounds).",
+        ),
+    ] = False,
+    max_last_share: Annotated[
+        float | None,
+        typer.Option(
+            "--max-last-share",
+            min=0.0,
+            max=1.0,
+            help="With --cascade: at most this share of tickets reaches the last tier.",
         ),
     ] = None,
     text_col: TextColOpt = None,
@@ -106,6 +132,24 @@ def calibrate(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the JSON report here.")] = None,
     as_json: JsonOpt = False,
     log_level: LogLevelOpt = None,
+    from_store: Annotated[
+        str | None,
+        typer.Option(
+            "--from-store",
+            help="Fit on the shadow and human labels in this outcome store instead of DATA "
+            "(with --write, also records the store's confidences as the drift reference).",
+        ),
+    ] = None,
+    since: Annotated[
+        str, typer.Option("--since", help="With --from-store: outcomes of the last 24h, 7d, ... or 'all'.")
+    ] = "all",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Record the first tier's confidences on DATA in this outcome store (drift reference).",
+        ),
+    ] = None,
 ) -> None:
     """Fit GRAPH's gate thresholds on DATA to one objective and report them on held-out rows.
 
@@ -113,6 +157,10 @@ def calibrate(
     are triaged by the graph's mini tier, split (seeded) into a calibration part, where the
     thresholds are fitted, and a held-out part, where coverage and kept accuracy are
     reported with bootstrap intervals. Without --write the YAML to paste is printed.
+
+    With --cascade every tier triages every row once and every gated tier's threshold is
+    fitted: the cheapest cascade whose answers are --target-accuracy accurate, optionally
+    with at most --max-last-share of tickets reaching the last tier and within --budget.
 
     Example: triagegate calibrate graphs/support.yaml tickets.csv --target-accuracy 0.98 --plot curve.png
     """
@@ -122,39 +170,99 @@ def calibrate(
 
     started = time.perf_counter()
     setup_logging(log_level)
+    if from_store is not None:
+        if cascade or max_last_share is not None:
+            from triagegate.errors import InputError
+
+            raise InputError("--cascade fits every tier on DATA's rows; it does not read --from-store")
+        report = _from_store(
+            graph,
+            from_store,
+            since,
+            _objective(target_accuracy, max_escalation, budget),
+            seed,
+            calibration_fraction,
+            per_category,
+            min_support,
+            resamples,
+            flagship_accuracy,
+            write,
+        )
+        _finish(report, started, output, as_json, write)
+        return
+    if data is None:
+        raise typer.BadParameter("give DATA, or --from-store STORE", param_hint="DATA")
+    common = data_options(
+        graph, data, text_col, label_col, split_fraction, seed, fit, concurrency, record, replay
+    )
+    common.update(calibration_fraction=calibration_fraction, sample=sample, write=write)
+    if cascade or max_last_share is not None:
+        from triagegate.tuning.cascade_tuning import CascadeOptions, calibrate_cascade
+
+        objective = _cascade_objective(cascade, target_accuracy, max_escalation, max_last_share, budget)
+        cascade_report = calibrate_cascade(CascadeOptions(objective=objective, **common))
+        cascade_report.seconds = round(time.perf_counter() - started, 3)
+        emit(cascade_report, output, as_json, print_cascade_report)
+        if write and cascade_report.wrote is None:
+            raise typer.Exit(1)
+        return
     options = CalibrateOptions(
-        graph=graph,
-        data=data,
         objective=_objective(target_accuracy, max_escalation, budget),
-        text_col=text_col,
-        label_col=label_col,
-        split_fraction=split_fraction,
-        seed=seed,
-        fit=fit,
-        calibration_fraction=calibration_fraction,
         per_category=per_category,
         min_support=min_support,
         reference=_reference(reference),
         flagship_accuracy=flagship_accuracy,
-        sample=sample,
         resamples=resamples,
-        concurrency=concurrency,
-        record=record,
-        replay=replay,
         plot_path=plot_path,
-        write=write,
+        store=store,
+        **common,
     )
-    report = calibrate(options)
+    _finish(calibrate(options), started, output, as_json, write)
+
+
+def _finish(report: CalibrateReport, started: float, output: Path | None, as_json: bool, write: bool) -> None:
+    import time
+
     report.seconds = round(time.perf_counter() - started, 3)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(report.model_dump_json())
-    else:
-        print_report(report)
+    emit(report, output, as_json, print_report)
     if write and report.wrote is None:
         raise typer.Exit(1)
+
+
+def _from_store(
+    graph: Path,
+    store: str,
+    since: str,
+    objective: Objective,
+    seed: int,
+    calibration_fraction: float,
+    per_category: bool,
+    min_support: int,
+    resamples: int,
+    flagship_accuracy: float | None,
+    write: bool,
+) -> CalibrateReport:
+    import time
+
+    from triagegate.cli.report_cmd import parse_since
+    from triagegate.tuning.calibrate import StoreCalibrateOptions, calibrate_from_store
+
+    window = parse_since(since)
+    return calibrate_from_store(
+        StoreCalibrateOptions(
+            graph=graph,
+            store=store,
+            objective=objective,
+            since=None if window is None else time.time() - window,
+            seed=seed,
+            calibration_fraction=calibration_fraction,
+            per_category=per_category,
+            min_support=min_support,
+            resamples=resamples,
+            flagship_accuracy=flagship_accuracy,
+            write=write,
+        )
+    )
 
 
 def _objective(target: float | None, escalation: float | None, budget: float | None) -> Objective:
@@ -171,6 +279,81 @@ def _objective(target: float | None, escalation: float | None, budget: float | N
     if len(given) != 1:
         raise InputError("give exactly one objective: --target-accuracy, --max-escalation or --budget")
     return given[0]
+
+
+def _cascade_objective(
+    cascade: bool,
+    target: float | None,
+    escalation: float | None,
+    max_last_share: float | None,
+    budget: float | None,
+) -> CascadeObjective:
+    from triagegate.errors import InputError
+    from triagegate.tuning.cascade import CascadeObjective
+
+    if not cascade:
+        raise InputError("--max-last-share bounds a cascade fit: add --cascade")
+    if target is None:
+        raise InputError("--cascade needs --target-accuracy (the accuracy of the cascade's answers)")
+    if escalation is not None:
+        raise InputError(
+            "--cascade bounds the share reaching the last tier with --max-last-share, not --max-escalation"
+        )
+    return CascadeObjective(target_accuracy=target, max_last_share=max_last_share, budget=budget)
+
+
+def print_cascade_report(report: CascadeReport) -> None:
+    """The chosen thresholds on both parts, the graph's and the last tier alone, the curve, each tier's curve."""
+    from rich.console import Console
+
+    from triagegate.cli.eval_cmd import cascade_table, tier_curve_tables
+
+    console = Console()
+    fit = report.fit
+    console.print(
+        f"[bold]{report.tickets} tickets[/bold] from {report.data}: {report.calibration_tickets} to fit, "
+        f"{report.held_out_tickets} held out (seed {report.seed})",
+        highlight=False,
+    )
+    for name, model in report.models.items():
+        console.print(f"tier {name}: {model}", highlight=False)
+    met = "met" if fit.feasible else "NOT met"
+    console.print(
+        f"objective: {fit.description} ({met} on the calibration part, "
+        f"{'met' if report.feasible_held_out else 'not met'} on the held-out part; "
+        f"{fit.combinations} combinations in {report.fit_seconds:.2f} s)",
+        highlight=False,
+    )
+    console.print(
+        cascade_table(
+            "chosen thresholds, the graph's, and the last tier alone",
+            [
+                ("chosen: calibration", fit.fitted),
+                ("chosen: held out", report.held_out),
+                ("graph: held out", report.at_graph),
+                ("last tier alone: held out", report.last_alone),
+            ],
+        )
+    )
+    console.print(
+        cascade_table(
+            "the cascade's curve (cheapest for its accuracy on the calibration part), held out",
+            [("", row.held_out) for row in report.curve],
+        )
+    )
+    for table in tier_curve_tables(report.tier_curves):
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    _print_patch(console, report.wrote, report.patch)
+
+
+def _print_patch(console: Console, wrote: str | None, patch: str) -> None:
+    if wrote:
+        console.print(f"patched {wrote}:", highlight=False)
+    else:
+        console.print("set these in the graph file (or run again with --write):", highlight=False)
+    console.print(patch.rstrip("\n"), markup=False, highlight=False)
 
 
 def _reference(value: str | None) -> Reference | None:
@@ -286,8 +469,4 @@ def print_report(report: CalibrateReport) -> None:
         console.print(f"note: {note}", highlight=False)
     if report.plot:
         console.print(f"wrote the curves to {report.plot}", highlight=False)
-    if report.wrote:
-        console.print(f"patched {report.wrote}:", highlight=False)
-    else:
-        console.print("set these in the graph file (or run again with --write):", highlight=False)
-    console.print(report.patch.rstrip("\n"), markup=False, highlight=False)
+    _print_patch(console, report.wrote, report.patch)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from triagegate import environment
+
 if TYPE_CHECKING:
     from triagegate.types import GateDecision, Outcome
 
@@ -19,6 +21,15 @@ LogLevelOpt = Annotated[
     typer.Option(
         "--log-level",
         help="Log level for structured logs on stderr (default: TRIAGEGATE_LOG_LEVEL or WARNING).",
+    ),
+]
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar=environment.STORE,
+        help=f"Outcome store to write every Outcome to: a SQLite file or a postgresql:// URL (env {environment.STORE}).",
     ),
 ]
 
@@ -72,7 +83,22 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
     table.add_row("latency", f"{outcome.latency_ms:.0f} ms")
     for error in outcome.errors:
         table.add_row("error", error)
+    if outcome.thread_id:
+        table.add_row("thread", outcome.thread_id)
+    handoff = outcome.handoff
+    if handoff is not None:
+        table.add_row("handed off because", ", ".join(handoff.reasons))
+        if handoff.action:
+            table.add_row("person", f"{handoff.action}" + (f" by {handoff.by}" if handoff.by else ""))
     console.print(table)
+    if handoff is not None and handoff.draft and outcome.answer is None:
+        console.print(
+            f"\n[bold]draft[/bold] (from {handoff.draft_route}; triagegate handoff resume to answer)"
+        )
+        console.print(handoff.draft, markup=False, highlight=False)
+    if handoff is not None and handoff.diff:
+        console.print("\n[bold]edit against the draft[/bold]")
+        console.print(handoff.diff, markup=False, highlight=False)
     if outcome.answer:
         console.print("\n[bold]answer[/bold]")
         console.print(outcome.answer, markup=False, highlight=False)

@@ -34,7 +34,27 @@ def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
         lines.append(f"{alias}: {binding.backend} {binding.model}{where}")
     lines += _tier_lines(spec, legacy=loaded.legacy)
     lines += [f"confidence: {_confidence_line(loaded, i)}" for i in range(len(spec.tiers) - 1)]
+    if spec.handoff is not None:
+        lines.append(f"handoff: {_handoff_line(spec)}")
     return loaded, lines
+
+
+def _handoff_line(spec: GraphSpec) -> str:
+    """When a person answers, in words: the rules of the graph's ``handoff`` block."""
+    rule = spec.handoff
+    assert rule is not None
+    parts = []
+    if rule.below is not None:
+        parts.append(f"confidence below {rule.below}")
+    if rule.categories:
+        parts.append(f"category {', '.join(rule.categories)}")
+    if rule.priorities:
+        parts.append(f"priority {', '.join(rule.priorities)}")
+    if rule.repeat_contact is not None:
+        parts.append(f"contact {rule.repeat_contact} or later in a thread")
+    if rule.on_failure:
+        parts.append("no tier could answer")
+    return "a person answers on " + "; ".join(parts) + " (runs are kept by the checkpointer)"
 
 
 def _tier_lines(spec: GraphSpec, *, legacy: bool) -> list[str]:

@@ -203,10 +203,19 @@ def worker(
     exit_when_idle: Annotated[
         float | None, typer.Option(help="Exit after this many seconds with nothing to do (drain and exit).")
     ] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoints",
+            help="Where handoffs are kept (default: TRIAGEGATE_CHECKPOINTS, else the --results database, "
+            "shared by the whole fleet).",
+        ),
+    ] = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Consume tickets from the stream's consumer group, run them through GRAPH, upsert outcomes into
-    PostgreSQL and acknowledge each entry only after its row is committed.
+    PostgreSQL and acknowledge each entry only after its row is committed. Resume entries
+    (triagegate handoff resume --redis) finish a handoff with a person's answer.
 
     Applies database migrations at start. Prints 'READY <consumer>' once consuming. SIGTERM
     or SIGINT stops reading, finishes and acknowledges in-flight tickets, and exits 0.
@@ -231,7 +240,13 @@ def worker(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    pipeline = load(Path(graph))
+    import os
+
+    from triagegate import environment
+
+    pipeline = load(
+        Path(graph), checkpoints=checkpoints or os.environ.get(environment.CHECKPOINTS) or results
+    )
 
     async def go() -> None:
         client = connect(redis_url)

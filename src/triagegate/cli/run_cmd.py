@@ -23,6 +23,9 @@ def run(
     ] = None,
     subject: Annotated[str | None, typer.Option(help="Ticket subject line.")] = None,
     ticket_id: Annotated[str | None, typer.Option("--id", help="Ticket id (default: a random one).")] = None,
+    thread: Annotated[
+        str | None, typer.Option("--thread", help="Continue (or start) this conversation thread.")
+    ] = None,
     as_json: JsonOpt = False,
     record: RecordOpt = None,
     replay: ReplayOpt = None,
@@ -43,6 +46,8 @@ def run(
     fields: dict[str, object] = {"text": text, "subject": subject}
     if ticket_id:
         fields["id"] = ticket_id
+    if thread:
+        fields["thread_id"] = thread
     fields["attachments"] = [Attachment.image(i) for i in image or []]
     from triagegate.pipeline import as_ticket
 
@@ -61,5 +66,5 @@ def run(
         sys.stdout.write(outcome.model_dump_json() + "\n")
     else:
         print_outcome(outcome, pipeline.describe_models())
-    if outcome.status != "ok":
+    if outcome.status not in ("ok", "awaiting_human"):
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from triagegate.cli import app
-from triagegate.cli.common import GraphArg, LogLevelOpt, setup_logging
+from triagegate.cli.common import GraphArg, LogLevelOpt, StoreOpt, setup_logging
 
 
 @app.command()
@@ -49,6 +49,7 @@ def serve(
     shutdown_timeout: Annotated[
         float, typer.Option(help="On SIGTERM, seconds to let in-flight requests finish before closing them.")
     ] = 30.0,
+    store: StoreOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Serve GRAPH over HTTP: POST /v1/tickets, POST /v1/tickets:batch, /healthz, /readyz, /metrics.
@@ -95,6 +96,7 @@ def serve(
             rate_limit=rate_limit,
             rate_burst=rate_burst,
             cors_origins=tuple(cors_origin or ()),
+            store=store,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -333,6 +333,35 @@ def offer_tokens(result: ChatResult, decide: Decide, *, complete: bool = True) -
     return None
 
 
+def held_reply_until(
+    result: ChatResult, decide: Decide, cost: Callable[[int, int], float]
+) -> ChatResult | None:
+    """A reply a backend holds whole (scripted, replayed), fed to ``decide`` as a live stream would be.
+
+    Returns the reply cut where ``decide`` said ``"stop"`` (output tokens: those shown,
+    priced with ``cost(input_tokens, output_tokens)``), ``result`` itself when it was
+    recorded stopped early and ``decide`` stops at that same token, or ``None`` when
+    ``decide`` did not stop it: the caller then answers with the whole reply (or, holding
+    only a stopped one, says it cannot).
+    """
+    count = offer_tokens(result, decide, complete=not result.stopped_early)
+    if count is None:
+        return None
+    if result.stopped_early and count == len(result.logprobs or ()):
+        return result
+    usage = result.usage
+    return stopped_result(
+        result,
+        count,
+        Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=count,
+            cost_usd=cost(usage.input_tokens, count),
+            requests=usage.requests,
+        ),
+    )
+
+
 def stopped_result(result: ChatResult, count: int, usage: Usage) -> ChatResult:
     """``result`` cut after its first ``count`` tokens (as :func:`offer_tokens` counted them)."""
     tokens = result.logprobs or ()

@@ -34,7 +34,10 @@ from triagegate.models import artifacts
 from triagegate.models import encoder as enc
 from triagegate.models.encoder import EncoderIdentity
 
-FORMAT = "triagegate-encoder-classifier/1"
+FORMAT = "triagegate-encoder-classifier/2"
+"""Version 2: the cross-fitted head's probabilities come from a temperature on the SVMs' scores
+(version 1 put a logistic calibrator on them). Files of version 1 are refused: train again."""
+OLD_FORMATS = ("triagegate-encoder-classifier/1",)
 NAME = f"{enc.SHORT_NAME}-hybrid"
 """The model name the backend reports (the Outcome's triage ``model``)."""
 
@@ -57,15 +60,14 @@ class EncoderTrainConfig(BaseModel):
     """Folds of the out-of-fold scores that calibrate the probabilities."""
     cross_fit_mean_per_label: int = Field(default=60, ge=2)
     """Training sets with at least this many examples per label on average (and ``folds`` of
-    the rarest) get cross-fitted SVMs under a logistic calibrator, as the TF-IDF model; smaller
-    ones get a logistic regression with an out-of-fold temperature. On BANKING77 the
-    cross-fitted model's probabilities were too low with 10, 20 and 35 examples an intent
-    (expected calibration error 0.25, 0.12, 0.06 against 0.01-0.03 tempered) and right with
-    all 130 (0.016); the tempered regression costs six fits, too slow for 10,000 rows."""
+    the rarest) get cross-fitted linear SVMs whose averaged scores are divided by a temperature
+    fitted on their out-of-fold scores; smaller ones get a logistic regression with an
+    out-of-fold temperature. On BANKING77 the cross-fitted model's probabilities were too low
+    with 10, 20 and 35 examples an intent (expected calibration error 0.25, 0.12, 0.06 against
+    0.01-0.03 tempered) and right with all 130; the tempered regression costs six fits, too
+    slow for 10,000 rows."""
     C: float = Field(default=0.5, gt=0)
     """Inverse regularisation of the cross-fitted linear SVMs."""
-    calibration_C: float = Field(default=1.0, gt=0)
-    """Inverse regularisation of the logistic calibrator on the SVMs' out-of-fold scores."""
     logistic_C: float = Field(default=30.0, gt=0)
     """Inverse regularisation of the logistic regression used below ``cross_fit_mean_per_label``."""
     max_iter: int = Field(default=3000, ge=10)
@@ -90,9 +92,10 @@ class EncoderModelMetadata(BaseModel):
     training_sha256: str
     config: EncoderTrainConfig
     method: Literal["cross-fitted-svm", "logistic-temperature"]
-    """``cross-fitted-svm``: fold SVMs averaged under a logistic calibrator fitted on their
-    out-of-fold scores; ``logistic-temperature``: a logistic regression whose logits are divided
-    by a temperature fitted on out-of-fold logits (``temperature``)."""
+    """``cross-fitted-svm``: fold SVMs averaged, their scores divided by a temperature fitted on
+    their out-of-fold scores; ``logistic-temperature``: a logistic regression whose logits are
+    divided by a temperature fitted on out-of-fold logits. Either way the division is folded
+    into the stored weights; ``temperature`` records it."""
     temperature: float = 1.0
     oof_accuracy: float | None = None
     """Accuracy of the out-of-fold predictions the calibration was fitted on (None when too few)."""

@@ -52,8 +52,7 @@ from triagegate.models.base import (
     Decide,
     RawAlternatives,
     TokenLogprob,
-    offer_tokens,
-    stopped_result,
+    held_reply_until,
 )
 from triagegate.models.recording import (
     FORMAT,
@@ -259,24 +258,12 @@ class ReplayBackend:
 
     async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
         result = self._chat_result(self._entry(request))
-        count = offer_tokens(result, decide, complete=not result.stopped_early)
-        if count is None:
-            if result.stopped_early:
-                self._cut_short(request, "the recorded reply was stopped early, and this one reads further")
-            return result
-        if result.stopped_early and count == len(result.logprobs or ()):
-            return result
-        usage = result.usage
-        return stopped_result(
-            result,
-            count,
-            Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=count,
-                cost_usd=self.price.cost(usage.input_tokens, count),
-                requests=usage.requests,
-            ),
-        )
+        stopped = held_reply_until(result, decide, self.price.cost)
+        if stopped is not None:
+            return stopped
+        if result.stopped_early:
+            self._cut_short(request, "the recorded reply was stopped early, and this one reads further")
+        return result
 
     def _cut_short(self, request: ChatRequest, why: str) -> NoReturn:
         canonical = canonical_request(self.source_alias, request)

@@ -25,8 +25,7 @@ from triagegate.models.base import (
     Classification,
     ClassifyRequest,
     Decide,
-    offer_tokens,
-    stopped_result,
+    held_reply_until,
 )
 from triagegate.spec import ModelBinding
 from triagegate.types import Usage
@@ -97,20 +96,7 @@ class ScriptedBackend:
     async def chat_until(self, request: ChatRequest, decide: Decide) -> ChatResult:
         """The scripted reply, cut where ``decide`` stops it (output tokens: those shown)."""
         result = await self.chat(request)
-        count = offer_tokens(result, decide)
-        if count is None:
-            return result
-        usage = result.usage
-        return stopped_result(
-            result,
-            count,
-            Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=count,
-                cost_usd=self.binding.price.cost(usage.input_tokens, count),
-                requests=usage.requests,
-            ),
-        )
+        return held_reply_until(result, decide, self.binding.price.cost) or result
 
     async def classify(self, request: ClassifyRequest) -> Classification:
         if self._classify is None:

@@ -1,7 +1,8 @@
 """The ticket stream on Redis: entry format, consumer-group reads, reclaiming, dead letters.
 
-An entry is either ``{"ticket": <Ticket JSON>}`` or, for a row that was bad at enqueue
-time and pushed on purpose, ``{"poison": <raw row>, "reason": ...}``. Related keys hang
+An entry is either ``{"ticket": <Ticket JSON>}``, a person's answer to a handoff
+``{"resume": <thread id>, "answer": <HumanAnswer JSON>}``, or, for a row that was bad at
+enqueue time and pushed on purpose, ``{"poison": <raw row>, "reason": ...}``. Related keys hang
 off the stream name: ``<stream>:dead`` (the dead-letter stream), ``<stream>:errors``
 (last processing error per entry id, so a dead letter can say why) and
 ``<stream>:stats:<group>`` (per-consumer counters the workers publish for
@@ -17,9 +18,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from triagegate.types import Ticket
+from triagegate.types import HumanAnswer, Ticket
 
 TICKET_FIELD = "ticket"
+RESUME_FIELD = "resume"
+ANSWER_FIELD = "answer"
 POISON_FIELD = "poison"
 REASON_FIELD = "reason"
 ENQUEUE_CHUNK = 500
@@ -41,6 +44,23 @@ class Entry:
     id: str
     fields: dict[str, str]
     deliveries: int = 1
+
+    @property
+    def is_resume(self) -> bool:
+        return RESUME_FIELD in self.fields
+
+    def resume(self) -> tuple[str, HumanAnswer]:
+        """The thread and answer of a resume entry; raises :class:`PoisonEntry` when they do not validate."""
+        thread = self.fields.get(RESUME_FIELD, "")
+        try:
+            answer = HumanAnswer.model_validate_json(self.fields.get(ANSWER_FIELD, ""))
+        except ValueError as exc:
+            raise PoisonEntry(
+                f"resume entry's answer does not validate: {str(exc).splitlines()[0]}"
+            ) from None
+        if not thread:
+            raise PoisonEntry("resume entry names no thread")
+        return thread, answer
 
     def ticket(self) -> Ticket:
         """The entry's ticket; raises :class:`PoisonEntry` when it has none or it does not validate."""
@@ -90,6 +110,10 @@ class TicketStream:
 
     async def add_tickets(self, tickets: Sequence[Ticket]) -> list[str]:
         return await self._add([{TICKET_FIELD: t.model_dump_json()} for t in tickets])
+
+    async def add_resume(self, thread_id: str, answer: HumanAnswer) -> str:
+        """Queue a person's answer to the handoff on ``thread_id`` for a worker to apply."""
+        return (await self._add([{RESUME_FIELD: thread_id, ANSWER_FIELD: answer.model_dump_json()}]))[0]
 
     async def add_poison(self, raw: str, reason: str) -> str:
         return (await self._add([{POISON_FIELD: raw, REASON_FIELD: reason}]))[0]

@@ -1,5 +1,14 @@
 """A queue worker: read tickets from a consumer group, run them, upsert outcomes, then acknowledge.
 
+A resume entry (a person's answer to a handoff, :meth:`TicketStream.add_resume`) is applied
+with :meth:`Pipeline.resume` under a claim named after the entry, so a redelivered entry
+finishes its own resume rather than being refused by it, and the final Outcome is upserted
+over the ticket's pending one. A resume that another already answered (the race: exactly
+one wins), an unknown thread or an answer that does not fit is dead-lettered with the reason.
+
+Workers write to the PostgreSQL outcome store (:mod:`triagegate.store.postgres`), shadow
+verdicts included; a worker that stops waits for its shadow runs before it returns.
+
 Per entry, in order: give up on it if it was already delivered ``max_deliveries`` times
 (dead letter, with the last recorded error); dead-letter it at once if it is poison (no
 valid ticket: retrying cannot help); run it (a ticket the pipeline refuses becomes a
@@ -30,7 +39,7 @@ import psycopg
 import structlog
 from redis.exceptions import RedisError
 
-from triagegate.errors import InputError
+from triagegate.errors import HandoffError, InputError
 from triagegate.log import get_logger
 from triagegate.pipeline import Pipeline, failed_outcome
 from triagegate.queue.redis_stream import Entry, PoisonEntry, TicketStream
@@ -84,6 +93,10 @@ class WorkerStats:
     errors: int = 0
     """Attempts that left the entry pending for a retry."""
     reclaimed: int = 0
+    resumed: int = 0
+    """Of ``processed``, handoffs a person's answer from the stream finished."""
+    resumes_refused: int = 0
+    """Resume entries dead-lettered: answered already (another resume won), unknown thread, bad answer."""
     started_at: float = field(default_factory=time.time)
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
@@ -118,6 +131,23 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> WorkerStats:
+        """Consume until stopped (or idle), then finish in-flight entries and their shadow runs."""
+        from triagegate.store import graph_info
+
+        try:
+            await self.store.register_graph(graph_info(self.pipeline))
+        except Exception as exc:  # the report lacks this graph's targets until a worker registers it
+            log.warning("graph_not_registered", error=f"{type(exc).__name__}: {exc}")
+        shadows = self.pipeline.shadows
+        unsubscribe = shadows.subscribe(self.store.put_label) if shadows is not None else None
+        try:
+            return await self._run()
+        finally:
+            await self.pipeline.drain_shadows()
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def _run(self) -> WorkerStats:
         s = self.settings
         await self.stream.ensure_group()
         self._dispatch(await self.stream.read_own_pending(self.consumer, s.concurrency * 4))
@@ -187,6 +217,9 @@ class Worker:
             why = last or "no error was recorded: the worker holding it died or stalled each time"
             await self._dead(entry, f"gave up after {entry.deliveries - 1} deliveries; last error: {why}")
             return
+        if entry.is_resume:
+            await self._resume(entry)
+            return
         try:
             ticket = entry.ticket()
         except PoisonEntry as exc:
@@ -199,8 +232,23 @@ class Worker:
         await self._store(outcome)
         await self.stream.ack(entry.id)
         self.stats.processed += 1
-        if outcome.status != "ok":
+        if outcome.status not in ("ok", "awaiting_human"):
             self.stats.failed_outcomes += 1
+
+    async def _resume(self, entry: Entry) -> None:
+        try:
+            thread, answer = entry.resume()
+            outcome = await self.pipeline.resume(
+                thread, answer, claimer=f"queue:{self.stream.stream}:{entry.id}"
+            )
+        except (PoisonEntry, HandoffError, InputError) as exc:
+            self.stats.resumes_refused += 1
+            await self._dead(entry, f"resume refused: {exc}")
+            return
+        await self._store(outcome)
+        await self.stream.ack(entry.id)
+        self.stats.processed += 1
+        self.stats.resumed += 1
 
     async def _store(self, outcome: Outcome) -> None:
         try:
@@ -230,6 +278,8 @@ class Worker:
             "dead": st.dead,
             "errors": st.errors,
             "reclaimed": st.reclaimed,
+            "resumed": st.resumed,
+            "resumes_refused": st.resumes_refused,
             "in_flight": len(self._tasks),
             "rate_per_s": round(st.rate(now), 3),
             "started_at": st.started_at,

@@ -43,12 +43,13 @@ from triagegate.serve.intake import (
 from triagegate.serve.limits import RateLimiter, check_ticket_for_http
 from triagegate.serve.metrics import ServiceMetrics
 from triagegate.serve.middleware import Gate
+from triagegate.serve.outcomes import StoreLink
 from triagegate.serve.settings import ServeSettings
-from triagegate.types import Outcome, Ticket
+from triagegate.types import HumanAnswer, Outcome, Ticket
 
 log = get_logger("triagegate.serve")
 ROUTES = frozenset({"/v1/tickets", "/v1/tickets:batch", "/healthz", "/readyz", "/metrics", "/openapi.json"})
-ROUTES |= {"/v1/chat/completions", "/v1/models"}
+ROUTES |= {"/v1/chat/completions", "/v1/models", "/v1/handoffs"}
 JSON = "application/json"
 
 
@@ -151,7 +152,12 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     _, extra = models_json_schema(
-        [(Ticket, "validation"), (BatchRequest, "validation"), *openai_api.SCHEMA_MODELS],
+        [
+            (Ticket, "validation"),
+            (BatchRequest, "validation"),
+            (HumanAnswer, "validation"),
+            *openai_api.SCHEMA_MODELS,
+        ],
         ref_template="#/components/schemas/{model}",
     )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -162,6 +168,9 @@ def _openapi(app: FastAPI, settings: ServeSettings, max_images: int) -> dict[str
         "properties": {k: v for k, v in UPLOAD_SCHEMA["properties"].items() if k != "images"},
     }
     _describe_http_limits(schemas, settings, max_images)
+    from triagegate.serve.handoffs import describe_openapi
+
+    describe_openapi(schemas)
     name = app.state.pipeline.name
     openai_api.describe_openapi(
         schemas, models=[f"{openai_api.MODEL_PREFIX}{name}", name], max_images=max_images
@@ -194,11 +203,18 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
     max_image_bytes = settings.max_image_bytes or limits.max_image_bytes
     metrics = ServiceMetrics(pipeline.spec.taxonomy.category_names)
 
+    outcomes = StoreLink(pipeline, settings, metrics)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if settings.close_pipeline:
-            await pipeline.aclose()
+        await outcomes.open()
+        try:
+            yield
+        finally:
+            await pipeline.drain_shadows()
+            await outcomes.close()
+            if settings.close_pipeline:
+                await pipeline.aclose()
 
     app = ServiceApp(
         title="triagegate",
@@ -223,6 +239,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         except InputError as exc:
             raise ApiError("invalid_ticket", str(exc)) from None
         metrics.observe_outcome(outcome)
+        await outcomes.write(outcome)
         return outcome
 
     @app.post(
@@ -347,7 +364,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
         """Requests, routes, escalation reasons, node latencies, tokens, cost and provider errors.
 
         Needs the metrics token when the service has one, else an API key when it has keys.
+        With an outcome store, also the figures of ``triagegate report`` over the report window.
         """
+        await outcomes.refresh_figures()
         return Response(metrics.render(), media_type=metrics.content_type)
 
     app.include_router(
@@ -355,6 +374,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None) -> Fas
             pipeline, run=run_one, max_images=limits.max_images, max_image_bytes=max_image_bytes
         )
     )
+    from triagegate.serve.handoffs import handoffs_router
+
+    app.include_router(handoffs_router(pipeline, observe=metrics.observe_outcome))
     app.openapi = lambda: _openapi(app, settings, limits.max_images)  # type: ignore[method-assign]
     keys = KeyRing(settings.api_keys)
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)

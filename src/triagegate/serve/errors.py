@@ -32,6 +32,9 @@ CODES: dict[str, int] = {
     "model_not_found": 404,
     "model_failed": 502,
     "model_unavailable": 503,
+    "handoff_not_found": 404,
+    "handoff_resolved": 409,
+    "invalid_answer": 422,
 }
 """Stable error codes and the HTTP status each one is sent with."""
 

@@ -7,7 +7,8 @@ endpoints its bindings name), so label cardinality stays fixed whatever clients 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,9 @@ from prometheus_client import (
 )
 
 from triagegate.types import Outcome
+
+if TYPE_CHECKING:
+    from triagegate.tuning.monitoring import MonitoringReport
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -101,6 +105,93 @@ class ServiceMetrics:
             ["model", "warning"],
             registry=r,
         )
+
+        self.store_errors = Counter(
+            "triagegate_store_errors",
+            "Outcomes or shadow verdicts the outcome store failed to write.",
+            registry=r,
+        )
+        self.shadow_capped = Gauge(
+            "triagegate_shadow_budget_capped",
+            "Sampled tickets not shadowed since start because the tier's daily shadow budget was spent.",
+            ["tier"],
+            registry=r,
+        )
+        self.shadow_runs = Gauge(
+            "triagegate_shadow_runs",
+            "Shadow runs finished since start, by the tier that kept the ticket.",
+            ["tier"],
+            registry=r,
+        )
+        self.shadow_spent = Gauge(
+            "triagegate_shadow_cost_usd",
+            "USD spent on shadow runs since start, by tier.",
+            ["tier"],
+            registry=r,
+        )
+        window = "in the outcome store over the report window (triagegate report)"
+        self.report_tickets = Gauge("triagegate_report_tickets", f"Tickets {window}.", registry=r)
+        self.tier_share = Gauge(
+            "triagegate_report_tier_share",
+            f"Share of tickets each tier answered, {window}.",
+            ["tier"],
+            registry=r,
+        )
+        self.kept_precision = Gauge(
+            "triagegate_report_kept_precision",
+            f"Precision of kept answers from shadow and human labels with its 95% Wilson bounds, {window}.",
+            ["tier", "bound"],
+            registry=r,
+        )
+        self.kept_labels = Gauge(
+            "triagegate_report_kept_labels", f"Labelled kept answers, {window}.", ["tier"], registry=r
+        )
+        self.precision_alert = Gauge(
+            "triagegate_report_precision_alert",
+            f"1 when the lower bound of kept precision is under the tier's target, {window}.",
+            ["tier"],
+            registry=r,
+        )
+        self.confidence_psi = Gauge(
+            "triagegate_report_confidence_psi",
+            f"Population stability index of the tier's confidences against its calibration data, {window}.",
+            ["tier"],
+            registry=r,
+        )
+        self.cost_ratio = Gauge(
+            "triagegate_report_cost_ratio_all_flagship",
+            f"Cost as a share of sending every ticket to the last tier, {window}.",
+            registry=r,
+        )
+
+    def observe_shadows(
+        self, capped: Mapping[str, int], runs: Mapping[str, int], spent: Mapping[str, float]
+    ) -> None:
+        for tier, count in capped.items():
+            self.shadow_capped.labels(tier[:64]).set(count)
+        for tier, count in runs.items():
+            self.shadow_runs.labels(tier[:64]).set(count)
+        for tier, usd in spent.items():
+            self.shadow_spent.labels(tier[:64]).set(usd)
+
+    def observe_report(self, report: MonitoringReport) -> None:
+        """Set the report gauges from the store's figures (tiers come from the graphs, so labels stay bounded)."""
+        self.report_tickets.set(report.tickets)
+        if report.cost.ratio is not None:
+            self.cost_ratio.set(report.cost.ratio)
+        for t in report.tiers:
+            tier = t.tier[:64]
+            self.tier_share.labels(tier).set(t.share)
+            if t.psi is not None:
+                self.confidence_psi.labels(tier).set(t.psi)
+            p = t.precision
+            if p is None:
+                continue
+            self.kept_labels.labels(tier).set(p.labelled)
+            self.precision_alert.labels(tier).set(1 if t.alert else 0)
+            for bound, value in (("estimate", p.precision), ("low", p.low), ("high", p.high)):
+                if value is not None:
+                    self.kept_precision.labels(tier, bound).set(value)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

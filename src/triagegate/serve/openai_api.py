@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from triagegate.pipeline import Pipeline
 from triagegate.serve.errors import ApiError, error_json, error_responses
 from triagegate.serve.intake import checked_ticket, is_json, media_type
-from triagegate.types import GateDecision, Outcome, Ticket
+from triagegate.types import TEXT_PATTERN, GateDecision, Outcome, Ticket
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -74,11 +74,11 @@ class ImagePart(_Open):
 
 
 UserPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
-NonBlank = Annotated[str, Field(pattern=r"\S")]
+NonBlank = Annotated[str, Field(pattern=TEXT_PATTERN)]
 NON_BLANK_TEXT_PART: dict[str, Any] = {
     "type": "object",
     "required": ["type", "text"],
-    "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": r"\S"}},
+    "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": TEXT_PATTERN}},
 }
 
 

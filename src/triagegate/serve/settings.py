@@ -30,6 +30,12 @@ class ServeSettings:
     ready_timeout: float = 2.0
     close_pipeline: bool = True
     """Close the pipeline's backends when the app shuts down (the app owns it)."""
+    store: str | None = None
+    """The outcome store each Outcome (and each shadow verdict) is written to; None: none."""
+    report_window_s: float = 86_400.0
+    """The window of the store's figures ``/metrics`` exports (``triagegate report --since``)."""
+    report_refresh_s: float = 30.0
+    """How long ``/metrics`` reuses the store's figures before reading it again."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:

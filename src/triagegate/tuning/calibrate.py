@@ -18,8 +18,6 @@ sample with the same prompt (live, recorded with ``--record``, or replayed with
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +29,17 @@ from triagegate.spec import GatePolicy, LoadedSpec
 from triagegate.tuning import calibration as cal
 from triagegate.tuning.datasets import LabeledText, MissingColumn, load_unlabeled
 from triagegate.tuning.report import CalibrateReport
+from triagegate.tuning.scoring import DataOptions
 from triagegate.types import Triage
 
 Reference = Literal["labels", "flagship"]
 
 
-@dataclass(frozen=True)
-class CalibrateOptions:
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions(DataOptions):
     """What ``triagegate calibrate`` was asked; see its ``--help`` for each option."""
 
-    graph: Path
-    data: Path
     objective: cal.Objective
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the graph's classifier on the training part of the split first (``--train``)."""
     calibration_fraction: float = 0.5
     per_category: bool = True
     min_support: int = cal.DEFAULT_MIN_SUPPORT
@@ -57,12 +48,11 @@ class CalibrateOptions:
     flagship_accuracy: float | None = None
     sample: int | None = None
     resamples: int = cal.DEFAULT_RESAMPLES
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
     plot_path: Path | None = None
     write: bool = False
     """Patch the first tier's gate in the graph file when the objective is met on the calibration tickets."""
+    store: str | None = None
+    """Record the first tier's confidences on DATA in this outcome store, as the report's drift reference."""
 
 
 def forced_routes(triages: Sequence[Triage], policy: GatePolicy, *, mini_has_vision: bool) -> list[int]:
@@ -146,24 +136,22 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     from triagegate.models.recording import recorded
     from triagegate.models.replay import replay_path
     from triagegate.pipeline import default_cache_dir
-    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.datasets import load_labeled
     from triagegate.tuning.gate_patch import snippet
     from triagegate.tuning.scoring import (
         check_labels,
         flagship_view,
-        load_graph,
-        mini_backend,
+        open_graph,
+        options_backend,
         route_costs,
+        split_rows,
         split_summary,
         tickets_for,
         triage_backend,
         triage_tickets,
     )
 
-    if options.fit and not options.split_fraction:
-        raise InputError("--train needs --split, or it would calibrate on its own training rows")
-    env = dict(os.environ if environ is None else environ)
-    loaded = load_graph(options.graph, options.replay, env)
+    env, loaded = open_graph(options, environ)
     spec = loaded.spec
     try:
         rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
@@ -177,23 +165,12 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     if labeled and not use_flagship:
         check_labels(rows, spec, options.data)
     fraction, seed = options.split_fraction, options.seed
-    train_rows, rows = split(rows, fraction, seed) if fraction else ([], rows)
-    if options.sample is not None and options.sample < len(rows):
-        chosen = sorted(random.Random(seed).sample(range(len(rows)), options.sample))
-        rows = [rows[i] for i in chosen]
-        notes.append(f"a seeded sample (seed {seed}) of {options.sample} evaluated rows")
+    train_rows, rows = split_rows(rows, options, options.sample, notes)
     if len(rows) < 4:
         raise InputError(
             f"{options.data}: {len(rows)} rows to calibrate on; need at least 4 (2 to fit, 2 to hold out)"
         )
-    alias, backend, note = mini_backend(
-        loaded,
-        graph=options.graph,
-        data=options.data,
-        train_rows=train_rows if options.fit else None,
-        record=options.record,
-        environ=env,
-    )
+    alias, backend, note = options_backend(loaded, options, train_rows, env)
     if note:
         notes.append(note)
     replaying = replay_path(options.replay, env) is not None
@@ -273,6 +250,11 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
         _plot(report, options, calibration_part, held_out_part, economics)
     if options.write:
         _write(report, options.graph)
+    if options.store is not None:
+        record_reference(options.store, spec.name, spec.first_tier.name, [t.confidence for t in mini])
+        report.notes.append(
+            f"recorded the first tier's confidences on DATA in {options.store} as the drift reference"
+        )
     return report
 
 
@@ -311,3 +293,120 @@ def _write(report: CalibrateReport, graph: Path) -> None:
         report.wrote = str(graph)
     else:
         report.notes.append(f"not writing {graph}: the objective is not met on the calibration tickets")
+
+
+@dataclass(frozen=True)
+class StoreCalibrateOptions:
+    """``triagegate calibrate GRAPH --from-store STORE``: refit the first tier's thresholds on the
+    shadow and human labels in the outcome store (see :func:`calibrate_from_store`)."""
+
+    graph: Path
+    store: str
+    objective: cal.Objective
+    since: float | None = None
+    """Only outcomes written at or after this time (Unix seconds)."""
+    graph_hash: str | None = None
+    seed: int = 13
+    calibration_fraction: float = 0.5
+    per_category: bool = True
+    min_support: int = cal.DEFAULT_MIN_SUPPORT
+    resamples: int = cal.DEFAULT_RESAMPLES
+    flagship_accuracy: float | None = None
+    write: bool = False
+    """Patch the graph as ``calibrate --write`` does, and record the store's confidences as the new reference."""
+
+
+def calibrate_from_store(options: StoreCalibrateOptions) -> CalibrateReport:
+    """Fit the first tier's thresholds on the store's labelled kept tickets and report them held out.
+
+    The labelled predictions come from :func:`triagegate.tuning.monitoring.labelled_predictions`
+    and go through the same fitting as :func:`calibrate`; costs per route are the means the store
+    measured. With ``write``, the graph is patched when the objective is met, and the first tier's
+    confidences in the window become the reference the report's drift is measured against.
+    """
+    from triagegate.cost import CostEstimate
+    from triagegate.spec import load_spec
+    from triagegate.store import read_store
+    from triagegate.tuning.gate_patch import snippet
+    from triagegate.tuning.monitoring import labelled_predictions, tier_confidence, tier_costs
+
+    loaded = load_spec(options.graph)
+    spec = loaded.spec
+    tier = spec.first_tier.name
+    snapshot = read_store(options.store, since=options.since, graph_hash=options.graph_hash)
+    scored = labelled_predictions(snapshot, tier)
+    if len(scored) < 4:
+        raise InputError(
+            f"{options.store}: {len(scored)} labelled tickets kept by tier {tier!r}; need at least 4 "
+            "(turn on gate.shadow, or add human labels, and let more tickets through)"
+        )
+    kept_usd, escalated_usd = tier_costs(snapshot, tier)
+    notes = [
+        "fitted on kept tickets only (their labels come from shadow runs and people), so thresholds can rise "
+        "freely but fall only to the lowest confidence kept; coverage is the share of these labelled kept tickets"
+    ]
+    if kept_usd is None or escalated_usd is None:
+        notes.append("no measured cost for one route in the store; it is taken as 0")
+    cost = CostEstimate(
+        kept_usd=kept_usd or 0.0,
+        escalated_usd=escalated_usd or 0.0,
+        basis=f"measured: mean cost of kept and of escalated tickets in {options.store}",
+    )
+    given = options.flagship_accuracy
+    economics = cal.Economics.from_cost(
+        cost,
+        1.0 if given is None else given,
+        "assumed 1.0: the stronger tier is the reference"
+        if given is None
+        else "given with --flagship-accuracy",
+    )
+    arrays = cal.Tickets.from_scored(scored)
+    fitting, held = cal.split_indices(len(scored), options.calibration_fraction, options.seed)
+    result = cal.calibrate(
+        arrays.subset(fitting),
+        arrays.subset(held),
+        options.objective,
+        economics,
+        per_category=options.per_category,
+        min_support=options.min_support,
+        resamples=options.resamples,
+        seed=options.seed,
+    )
+    sources = sorted({lab.source for lab in snapshot.labels})
+    report = CalibrateReport(
+        graph=str(options.graph),
+        data=options.store,
+        triage_model=f"{spec.first_tier.model} as the store recorded it",
+        reference=f"labels in the outcome store ({', '.join(sources) or 'none'})",
+        tickets=len(scored),
+        calibration_fraction=options.calibration_fraction,
+        cost=cost,
+        result=result,
+        patch=snippet(
+            result.policy.threshold,
+            result.policy.category_thresholds,
+            tier=None if loaded.legacy else tier,
+        ),
+        notes=notes,
+    )
+    if options.write:
+        _write(report, options.graph)
+        if report.wrote is not None:
+            live = [c for s in snapshot.outcomes if (c := tier_confidence(s.outcome, tier)) is not None]
+            record_reference(options.store, spec.name, tier, live)
+    return report
+
+
+def record_reference(store: str, graph: str, tier: str, confidences: Sequence[float]) -> None:
+    """Write ``tier``'s confidence histogram (:func:`~triagegate.tuning.monitoring.reference_histogram`)
+    to the outcome store as the reference the report measures drift against."""
+    from triagegate.store import open_store
+    from triagegate.tuning.monitoring import reference_histogram
+
+    reference = reference_histogram(graph, tier, confidences)
+
+    async def put() -> None:
+        async with open_store(store) as writer:
+            await writer.put_reference(reference)
+
+    asyncio.run(put())

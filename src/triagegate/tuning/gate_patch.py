@@ -2,10 +2,12 @@
 
 Graph files are edited by people and carry comments, ordering, quoting, anchors and flow
 style. The patch is a ruamel.yaml round trip: the file is loaded as a comment-preserving
-tree, the first tier's ``threshold`` and ``category_thresholds`` are set in place (keys
-kept in their order, new ones appended sorted, comments on kept keys kept) and the tree is
-written back with the file's own indentation. The first tier's gate is ``tiers[0].gate``,
-or the top-level ``gate`` in a file of the legacy ``nodes:``/``gate:`` form.
+tree, a tier's ``threshold`` and ``category_thresholds`` are set in place (keys kept in
+their order, new ones appended sorted, comments on kept keys kept) and the tree is written
+back with the file's own indentation. The tier is named (``tier=``), or the first one by
+default: its gate is ``tiers[i].gate``, or the top-level ``gate`` in a file of the legacy
+``nodes:``/``gate:`` form (whose only gated tier is the first). :func:`patch_tiers_file`
+patches several tiers at once (``calibrate --cascade --write``), checked and written once.
 
 Two checks guard the result, and a failed one leaves the file untouched and raises
 :class:`GatePatchError` with the snippet to paste by hand instead:
@@ -22,7 +24,7 @@ import difflib
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,13 @@ def _key(name: str) -> str:
     return name if plain else DoubleQuotedScalarString(name)
 
 
-def snippet(threshold: float, category_thresholds: Mapping[str, float], *, tier: str | None = None) -> str:
+def snippet(
+    threshold: float, category_thresholds: Mapping[str, float], *, tier: str | None = None, index: int = 0
+) -> str:
     """The ``gate`` keys to set, as YAML to paste into a graph file.
 
-    ``tier`` names the first tier of a file written as tiers, so the snippet says where it
-    goes (``tiers[0].gate``); without it, the snippet is the legacy top-level ``gate``.
+    ``tier`` names the tier (at ``index`` in a file written as tiers), so the snippet says
+    where it goes (``tiers[0].gate``); without it, the snippet is the legacy top-level ``gate``.
     """
     gate: dict[str, Any] = {"threshold": float(threshold)}
     gate["category_thresholds"] = CommentedMap(
@@ -63,7 +67,10 @@ def snippet(threshold: float, category_thresholds: Mapping[str, float], *, tier:
     if not category_thresholds:
         gate["category_thresholds"].fa.set_flow_style()
     text = _dump({"gate": gate}, mapping=2, sequence=4, offset=2)
-    return text if tier is None else f"# the gate of the first tier (tiers[0], {tier}):\n{text}"
+    if tier is None:
+        return text
+    which = "the first tier" if index == 0 else "tier"
+    return f"# the gate of {which} (tiers[{index}], {tier}):\n{text}"
 
 
 def _dump(data: Any, *, mapping: int, sequence: int, offset: int) -> str:
@@ -97,37 +104,50 @@ def _mapping_indent(root: CommentedMap) -> int:
     return 2
 
 
-def _first_tier(root: CommentedMap) -> CommentedMap | None:
-    """The first tier's mapping in a file written as ``tiers``; ``None`` in the legacy form."""
+def _tier_index(root: CommentedMap, tier: str | None) -> int | None:
+    """The index of the tier named ``tier`` (the first when ``None``) in a file written as
+    ``tiers``; ``None`` in the legacy form, where only the first tier has a gate."""
     tiers = root.get("tiers")
     if tiers is None:
+        if tier not in (None, "mini"):
+            raise ValueError(f"a file of the legacy form gates only its first tier (mini), not {tier!r}")
         return None
-    if not isinstance(tiers, list) or not tiers or not isinstance(tiers[0], CommentedMap):
-        raise ValueError("'tiers' is not a list that starts with a tier mapping")
-    if tiers[0].fa.flow_style():
-        raise ValueError("the first tier is written in flow style")
-    return tiers[0]
+    if not isinstance(tiers, list) or not tiers or not all(isinstance(t, CommentedMap) for t in tiers):
+        raise ValueError("'tiers' is not a list of tier mappings")
+    index = 0 if tier is None else next((i for i, t in enumerate(tiers) if t.get("name") == tier), None)
+    if index is None:
+        raise ValueError(f"no tier is named {tier!r}")
+    if tiers[index].fa.flow_style():
+        raise ValueError(f"tier {tiers[index].get('name')!r} is written in flow style")
+    return index
 
 
-def _gate_holder(root: CommentedMap) -> tuple[CommentedMap, int | None]:
-    """The mapping that holds the first tier's ``gate``, and the line where what follows it starts.
+def _gate_holder(root: CommentedMap, tier: str | None) -> tuple[CommentedMap, int | None]:
+    """The mapping that holds the tier's ``gate``, and the line where what follows it starts.
 
-    For ``tiers[0]`` that is the next tier, or the next top-level key after ``tiers``
+    For ``tiers[i]`` that is the next tier, or the next top-level key after ``tiers``
     (``None``: the end of the file); for the legacy form, the root mapping itself.
     """
-    first = _first_tier(root)
-    if first is None:
+    index = _tier_index(root, tier)
+    if index is None:
         return root, None
     tiers = root["tiers"]
-    if len(tiers) > 1:
-        return first, int(tiers.lc.item(1)[0])
+    if len(tiers) > index + 1:
+        return tiers[index], int(tiers.lc.item(index + 1)[0])
     keys = list(root)
     later = [int(root.lc.key(k)[0]) for k in keys[keys.index("tiers") + 1 :]]
-    return first, min(later) if later else None
+    return tiers[index], min(later) if later else None
 
 
-def _set_thresholds(root: CommentedMap, threshold: float, thresholds: Mapping[str, float]) -> None:
-    holder, _ = _gate_holder(root)
+def _label(root: CommentedMap, tier: str | None) -> str:
+    index = _tier_index(root, tier)
+    return "gate" if index is None else f"tiers[{index}].gate"
+
+
+def _set_thresholds(
+    root: CommentedMap, threshold: float, thresholds: Mapping[str, float], tier: str | None
+) -> None:
+    holder, _ = _gate_holder(root, tier)
     gate = holder.get("gate")
     if gate is None:
         gate = holder["gate"] = CommentedMap()
@@ -149,14 +169,14 @@ def _set_thresholds(root: CommentedMap, threshold: float, thresholds: Mapping[st
         current[key if key is not None else _key(name)] = wanted[name]
 
 
-def _editable(root: CommentedMap, lines: int) -> tuple[range, set[int]]:
-    """The original lines the first tier's ``gate`` block spans, and those of them the patch may rewrite.
+def _editable(root: CommentedMap, lines: int, tier: str | None) -> tuple[range, set[int]]:
+    """The original lines the tier's ``gate`` block spans, and those of them the patch may rewrite.
 
     Lines may be inserted anywhere in the block; rewritten or removed only where they hold
     ``threshold`` or ``category_thresholds`` (or the whole block, for a flow-style or empty
     gate, which ruamel writes on one line).
     """
-    holder, after = _gate_holder(root)
+    holder, after = _gate_holder(root, tier)
     keys = list(holder)
     if "gate" not in keys:
         return range(lines, lines), set()
@@ -176,16 +196,27 @@ def _editable(root: CommentedMap, lines: int) -> tuple[range, set[int]]:
     return block, editable
 
 
-def patch_text(
-    text: str, threshold: float, category_thresholds: Mapping[str, float], *, source: str = "<graph>"
-) -> str:
-    """``text`` with the first tier's ``threshold`` and ``category_thresholds`` set; raises :class:`GatePatchError`.
-
-    Setting no category thresholds removes the key (the gate then uses the global one).
-    """
-    manual = (
-        f"set these keys by hand instead:\n{snippet(threshold, category_thresholds, tier=_tier_name(text))}"
+def _manual(text: str, threshold: float, category_thresholds: Mapping[str, float], tier: str | None) -> str:
+    index, name = _tier_name(text, tier)
+    return (
+        f"set these keys by hand instead:\n{snippet(threshold, category_thresholds, tier=name, index=index)}"
     )
+
+
+def patch_text(
+    text: str,
+    threshold: float,
+    category_thresholds: Mapping[str, float],
+    *,
+    source: str = "<graph>",
+    tier: str | None = None,
+) -> str:
+    """``text`` with a tier's ``threshold`` and ``category_thresholds`` set; raises :class:`GatePatchError`.
+
+    ``tier`` names the tier (default: the first). Setting no category thresholds removes
+    the key (the gate then uses the global one).
+    """
+    manual = _manual(text, threshold, category_thresholds, tier)
     try:
         _, sequence, offset = load_yaml_guess_indent(text)
         probe = _yaml().load(text)
@@ -194,9 +225,9 @@ def patch_text(
         mapping = _mapping_indent(probe)
         rt = _yaml(mapping, sequence or mapping + 2, offset or 0)
         root = rt.load(text)
-        block, editable = _editable(root, len(text.splitlines()))
+        block, editable = _editable(root, len(text.splitlines()), tier)
         _keep_anchors(root)
-        _set_thresholds(root, threshold, category_thresholds)
+        _set_thresholds(root, threshold, category_thresholds, tier)
         out = io.StringIO()
         rt.dump(root, out)
     except YAMLError as exc:
@@ -211,7 +242,7 @@ def patch_text(
             continue
         kept = next((i for i in range(i1, i2) if i not in editable), None)
         if kept is not None:
-            label = "gate" if _first_tier(root) is None else "tiers[0].gate"
+            label = _label(root, tier)
             where = f"outside '{label}'" if kept not in block else f"in '{label}' besides the thresholds"
             raise GatePatchError(
                 f"writing the file back would change line {kept + 1}, {where}; {manual}", file=source
@@ -219,28 +250,42 @@ def patch_text(
     return new
 
 
-def _tier_name(text: str) -> str | None:
-    """The first tier's name when ``text`` is written as tiers (for the snippet), else ``None``."""
+def _tier_name(text: str, tier: str | None = None) -> tuple[int, str | None]:
+    """The tier's index and name when ``text`` is written as tiers (for the snippet), else ``(0, None)``."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:
-        return None
+        return 0, tier
     tiers = raw.get("tiers") if isinstance(raw, dict) else None
-    if isinstance(tiers, list) and tiers and isinstance(tiers[0], dict):
-        return str(tiers[0].get("name", "tiers[0]"))
-    return None
+    if not isinstance(tiers, list) or not tiers:
+        return 0, tier
+    for i, item in enumerate(tiers):
+        name = item.get("name") if isinstance(item, dict) else None
+        if (tier is None and i == 0) or (tier is not None and name == tier):
+            return i, str(name or f"tiers[{i}]")
+    return 0, tier
 
 
-def _without_thresholds(spec: GraphSpec) -> dict[str, Any]:
+def _without_thresholds(spec: GraphSpec, tiers: Sequence[str]) -> dict[str, Any]:
     dumped: dict[str, Any] = spec.model_dump(mode="json")
-    gate = dumped["tiers"][0]["gate"]
-    gate.pop("threshold")
-    gate.pop("category_thresholds")
+    for tier in dumped["tiers"]:
+        if tier["name"] in tiers:
+            tier["gate"].pop("threshold")
+            tier["gate"].pop("category_thresholds")
     return dumped
 
 
-def patch_file(path: str | Path, threshold: float, category_thresholds: Mapping[str, float]) -> str:
-    """Patch the graph file at ``path`` in place (atomically) and return its new text.
+def patch_file(
+    path: str | Path, threshold: float, category_thresholds: Mapping[str, float], *, tier: str | None = None
+) -> str:
+    """Patch one tier's gate (default: the first tier's) in the graph file at ``path``, in
+    place (atomically), and return its new text; see :func:`patch_tiers_file`."""
+    return patch_tiers_file(path, {tier: (threshold, category_thresholds)})
+
+
+def patch_tiers_file(path: str | Path, gates: Mapping[str | None, tuple[float, Mapping[str, float]]]) -> str:
+    """Set ``{tier: (threshold, category_thresholds)}`` (``None``: the first tier) in the graph
+    file at ``path``, in place (atomically), and return its new text.
 
     Refuses, leaving the file untouched, when the patched text does not parse to the same
     graph with exactly the new thresholds.
@@ -248,9 +293,12 @@ def patch_file(path: str | Path, threshold: float, category_thresholds: Mapping[
     path = Path(path)
     source = str(path)
     text = path.read_text(encoding="utf-8")
-    new = patch_text(text, threshold, category_thresholds, source=source)
-    manual = (
-        f"set these keys by hand instead:\n{snippet(threshold, category_thresholds, tier=_tier_name(text))}"
+    new = text
+    for tier, (threshold, thresholds) in gates.items():
+        new = patch_text(new, threshold, thresholds, source=source, tier=tier)
+    manual = "set these keys by hand instead:\n" + "".join(
+        snippet(t, c, tier=name, index=index)
+        for (index, name), (t, c) in ((_tier_name(text, tier), gate) for tier, gate in gates.items())
     )
     before = parse_spec(text, source=source, base_dir=path.parent, environ={}).spec
     try:
@@ -259,12 +307,12 @@ def patch_file(path: str | Path, threshold: float, category_thresholds: Mapping[
         raise GatePatchError(
             f"the patched file would not validate ({exc.reason}); {manual}", file=source
         ) from None
-    gate = after.gate_of(after.first_tier.name)
-    if (
-        gate.threshold != threshold
-        or gate.category_thresholds != dict(category_thresholds)
-        or _without_thresholds(after) != _without_thresholds(before)
-    ):
+    names = [after.first_tier.name if tier is None else tier for tier in gates]
+    for name, (threshold, thresholds) in zip(names, gates.values(), strict=True):
+        gate = after.gate_of(name)
+        if gate.threshold != threshold or gate.category_thresholds != dict(thresholds):
+            raise GatePatchError(f"the patched file would not hold the new thresholds; {manual}", file=source)
+    if _without_thresholds(after, names) != _without_thresholds(before, names):
         raise GatePatchError(f"the patched file would change more than the thresholds; {manual}", file=source)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

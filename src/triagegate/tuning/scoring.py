@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,34 @@ def flagship_view(loaded: LoadedSpec) -> LoadedSpec:
     first = spec.first_tier.model_copy(update={"model": spec.last_tier.model, "draft": None})
     view = spec.model_copy(update={"tiers": [first, *spec.tiers[1:]]})
     return loaded.model_copy(update={"spec": view})
+
+
+def tier_view(loaded: LoadedSpec, index: int) -> LoadedSpec:
+    """The graph as tier ``index`` sees it when run as the first tier, to triage every ticket with it.
+
+    A tier before the last keeps its own prompt, budget and gate (the graph from that tier
+    on); the last tier is :func:`flagship_view` (it has no triage prompt of its own).
+    """
+    spec = loaded.spec
+    if not 0 <= index < len(spec.tiers):
+        raise ValueError(f"the graph has {len(spec.tiers)} tiers, not a tier {index}")
+    if index == len(spec.tiers) - 1:
+        return flagship_view(loaded)
+    return loaded.model_copy(update={"spec": spec.model_copy(update={"tiers": spec.tiers[index:]})})
+
+
+def whole_replies(loaded: LoadedSpec) -> LoadedSpec:
+    """``loaded`` with the first tier's early gate off (``early: false``).
+
+    Tuning needs each reply's confidence, not an early escalation, and a recording of
+    whole replies can be replayed under any threshold.
+    """
+    spec = loaded.spec
+    first = spec.first_tier
+    if first.gate is None or not first.gate.early:
+        return loaded
+    tier = first.model_copy(update={"gate": first.gate.model_copy(update={"early": False})})
+    return loaded.model_copy(update={"spec": spec.model_copy(update={"tiers": [tier, *spec.tiers[1:]]})})
 
 
 def classifier_triage(spec: GraphSpec, ticket: Ticket, probabilities: Mapping[str, float]) -> Triage:
@@ -172,13 +201,15 @@ async def triage_tickets(
     """Triage every ticket with ``backend`` as the graph's first tier does, in input order.
 
     ``backend`` serves the first tier's alias of ``loaded`` (``flagship_view(loaded)`` for
-    the flagship). Model failures come back as failed triages. A replay miss raises
+    the flagship). Replies are read whole (:func:`whole_replies`). Model failures come back
+    as failed triages. A replay miss raises
     :class:`ReplayMiss` once the tickets in flight finish (no further ticket starts), unless
     ``replay_misses`` is ``"fail"``: then it is a failed triage like any other error (for a
     run whose recording may cover only some tickets).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    loaded = whole_replies(loaded)
     spec = loaded.spec
     if isinstance(backend, ClassifierBackend):
         from triagegate.replies import classify_request
@@ -203,6 +234,27 @@ async def triage_tickets(
     if watch.miss is not None and replay_misses == "raise":
         raise watch.miss
     return [t for t in out if t is not None]
+
+
+async def score_tiers(
+    loaded: LoadedSpec,
+    tickets: Sequence[Ticket],
+    backends: Sequence[ModelBackend],
+    *,
+    concurrency: int = 8,
+) -> list[list[Triage]]:
+    """Every tier's triage of every ticket (``backends[i]`` serves tier ``i``, see :func:`tier_view`).
+
+    Each tier runs once per ticket whether or not the cascade would reach it, so the
+    cascade can then be replayed offline under any thresholds
+    (:mod:`triagegate.tuning.cascade`). A replay miss raises as in :func:`triage_tickets`.
+    """
+    if len(backends) != len(loaded.spec.tiers):
+        raise ValueError(f"{len(loaded.spec.tiers)} tiers but {len(backends)} backends")
+    return [
+        await triage_tickets(tier_view(loaded, i), tickets, backend, concurrency=concurrency)
+        for i, backend in enumerate(backends)
+    ]
 
 
 @dataclass
@@ -265,6 +317,60 @@ def load_graph(graph: str | Path, replay: Path | None, environ: Mapping[str, str
     from triagegate.spec import load_spec
 
     return replayed(load_spec(graph, environ=environ), replay, environ)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """What eval, calibrate and their ``--cascade`` forms share: the graph, DATA, how to split and run it."""
+
+    graph: Path
+    data: Path
+    text_col: str | None = None
+    label_col: str | None = None
+    split_fraction: float | None = None
+    seed: int = 13
+    fit: bool = False
+    """Fit the graph's classifier on the training part of the split first (``--train``)."""
+    concurrency: int = 8
+    record: Path | None = None
+    replay: Path | None = None
+
+
+def open_graph(options: DataOptions, environ: Mapping[str, str] | None) -> tuple[dict[str, str], LoadedSpec]:
+    """The environment and the graph (replayed if asked); refuses ``--train`` without ``--split``."""
+    if options.fit and not options.split_fraction:
+        raise InputError("--train needs --split, or it would measure the classifier on its own training rows")
+    env = dict(os.environ if environ is None else environ)
+    return env, load_graph(options.graph, options.replay, env)
+
+
+def split_rows(
+    rows: Sequence[LabeledText], options: DataOptions, sample: int | None, notes: list[str]
+) -> tuple[list[LabeledText], list[LabeledText]]:
+    """``(training, evaluated)`` rows: the seeded split when asked, then a seeded sample of the evaluated part."""
+    from triagegate.tuning.datasets import split
+
+    fraction, seed = options.split_fraction, options.seed
+    train_rows, rows = split(list(rows), fraction, seed) if fraction else ([], list(rows))
+    if sample is not None and sample < len(rows):
+        chosen = sorted(random.Random(seed).sample(range(len(rows)), sample))
+        rows = [rows[i] for i in chosen]
+        notes.append(f"a seeded sample (seed {seed}) of {sample} evaluated rows")
+    return train_rows, rows
+
+
+def options_backend(
+    loaded: LoadedSpec, options: DataOptions, train_rows: Sequence[LabeledText], environ: Mapping[str, str]
+) -> tuple[str, ModelBackend, str | None]:
+    """:func:`mini_backend` as the options ask (fitted on ``train_rows`` with ``--train``)."""
+    return mini_backend(
+        loaded,
+        graph=options.graph,
+        data=options.data,
+        train_rows=train_rows if options.fit else None,
+        record=options.record,
+        environ=environ,
+    )
 
 
 def check_labels(rows: Sequence[LabeledText], spec: GraphSpec, data: str | Path) -> None:
@@ -341,22 +447,11 @@ def split_summary(
     return {"fraction": fraction, "seed": seed, "train_rows": train_rows, "test_rows": test_rows}
 
 
-@dataclass(frozen=True)
-class EvalOptions:
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(DataOptions):
     """What ``triagegate eval`` was asked; see its ``--help`` for each option."""
 
-    graph: Path
-    data: Path
-    text_col: str | None = None
-    label_col: str | None = None
-    split_fraction: float | None = None
-    seed: int = 13
-    fit: bool = False
-    """Fit the graph's classifier on the training part of the split first (``--train``)."""
     limit: int | None = None
-    concurrency: int = 8
-    record: Path | None = None
-    replay: Path | None = None
 
 
 def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) -> EvalReport:
@@ -365,28 +460,18 @@ def evaluate(options: EvalOptions, *, environ: Mapping[str, str] | None = None) 
     Raises :class:`InputError`, :class:`DatasetError` or :class:`ConfigError` for bad
     options, data or graph, and :class:`ReplayMiss` when a replayed recording lacks a request.
     """
-    from triagegate.tuning.datasets import load_labeled, split
+    from triagegate.tuning.datasets import load_labeled
     from triagegate.tuning.evaluation import build_report
 
-    if options.fit and not options.split_fraction:
-        raise InputError("--train needs --split, or it would test on its own training rows")
-    env = dict(os.environ if environ is None else environ)
-    loaded = load_graph(options.graph, options.replay, env)
+    env, loaded = open_graph(options, environ)
     spec = loaded.spec
     rows = load_labeled(options.data, text_col=options.text_col, label_col=options.label_col)
     check_labels(rows, spec, options.data)
     fraction, seed = options.split_fraction, options.seed
-    train_rows, test_rows = split(rows, fraction, seed) if fraction else ([], rows)
+    train_rows, test_rows = split_rows(rows, options, None, [])
     if options.limit is not None:
         test_rows = test_rows[: options.limit]
-    alias, backend, note = mini_backend(
-        loaded,
-        graph=options.graph,
-        data=options.data,
-        train_rows=train_rows if options.fit else None,
-        record=options.record,
-        environ=env,
-    )
+    alias, backend, note = options_backend(loaded, options, train_rows, env)
     notes = [note] if note else []
 
     async def go() -> ScoredRun:

@@ -50,6 +50,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -309,6 +310,65 @@ def linear_svm(
     return coef, intercept
 
 
+@dataclass(frozen=True)
+class CrossFit:
+    """Linear SVMs cross-fitted on stratified folds: what both classifier kinds calibrate.
+
+    ``scores`` holds, for every training row, the scores of the fold SVM that did not see it
+    (one column per label, or one for two labels); ``coef``/``intercept`` are the fold SVMs'
+    mean, the model served (averaging keeps the scores it gives new tickets distributed like
+    the out-of-fold ones a calibrator is fitted on, and saves a refit on all rows).
+    """
+
+    scores: Matrix
+    coef: Matrix
+    intercept: Matrix
+
+    def accuracy(self, y: npt.NDArray[np.int64]) -> float:
+        """Accuracy of the out-of-fold scores' predictions."""
+        predicted = (
+            (self.scores[:, 0] > 0).astype(np.int64) if self.scores.shape[1] == 1 else self.scores.argmax(1)
+        )
+        return float(np.mean(predicted == y))
+
+    def logistic_calibrated(
+        self, y: npt.NDArray[np.int64], *, C: float, max_iter: int
+    ) -> tuple[Matrix, Matrix]:
+        """Weights of the mean SVM served through a multinomial logistic regression fitted on ``scores``.
+
+        Both are linear, so the result is one weight matrix and bias over the features.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        calibrator = LogisticRegression(C=C, max_iter=max_iter).fit(self.scores, y)
+        a = np.asarray(calibrator.coef_, dtype=np.float64)
+        return a @ self.coef, a @ self.intercept + np.asarray(calibrator.intercept_, dtype=np.float64)
+
+
+def cross_fit_svm(
+    x: Any, y: npt.NDArray[np.int64], *, folds: int, C: float, class_weight: str | None, max_iter: int
+) -> CrossFit:
+    """:func:`linear_svm` fitted on ``folds`` stratified folds (seeded) of ``x, y``; see :class:`CrossFit`.
+
+    Every label needs at least ``folds`` rows.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    rows = 1 if int(y.max()) + 1 <= 2 else int(y.max()) + 1
+    scores = np.zeros((len(y), rows))
+    coef_sum = np.zeros((rows, x.shape[1]))
+    intercept_sum = np.zeros(rows)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
+    for train_rows, held_rows in splitter.split(np.zeros(len(y)), y):
+        coef, intercept = linear_svm(
+            x[train_rows], y[train_rows], C=C, class_weight=class_weight, max_iter=max_iter
+        )
+        scores[held_rows] = x[held_rows] @ coef.T + intercept
+        coef_sum += coef
+        intercept_sum += intercept
+    return CrossFit(scores, coef_sum / folds, intercept_sum / folds)
+
+
 def fit_tfidf(
     texts: Sequence[str], labels: Sequence[str], config: TrainConfig | None = None, *, source: str = ""
 ) -> TrainedModel:
@@ -328,7 +388,6 @@ def fit_tfidf(
     import skops
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
 
     config = config or TrainConfig()
     if len(texts) != len(labels):
@@ -354,27 +413,16 @@ def fit_tfidf(
             intercept_all = np.asarray(regression.intercept_, dtype=np.float64)
         else:
             method = "cross-fitted-svm"
-            rows = 1 if len(names) == 2 else len(names)
-            scores = np.zeros((len(y), rows))
-            coef_sum = np.zeros((rows, x.shape[1]))
-            intercept_sum = np.zeros(rows)
-            splitter = StratifiedKFold(config.folds, shuffle=True, random_state=0)
-            for train_rows, held_rows in splitter.split(np.zeros(len(y)), y):
-                coef, intercept = linear_svm(
-                    x[train_rows],
-                    y[train_rows],
-                    C=config.C,
-                    class_weight=config.class_weight,
-                    max_iter=config.max_iter,
-                )
-                scores[held_rows] = x[held_rows] @ coef.T + intercept
-                coef_sum += coef
-                intercept_sum += intercept
-            calibrator = LogisticRegression(C=config.calibration_C, max_iter=config.max_iter).fit(scores, y)
-            a = np.asarray(calibrator.coef_, dtype=np.float64)
-            coef_all = a @ (coef_sum / config.folds)
-            intercept_all = a @ (intercept_sum / config.folds) + np.asarray(
-                calibrator.intercept_, dtype=np.float64
+            crossed = cross_fit_svm(
+                x,
+                y,
+                folds=config.folds,
+                C=config.C,
+                class_weight=config.class_weight,
+                max_iter=config.max_iter,
+            )
+            coef_all, intercept_all = crossed.logistic_calibrated(
+                y, C=config.calibration_C, max_iter=config.max_iter
             )
     metadata = ModelMetadata(
         labels=names,
@@ -450,15 +498,16 @@ def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> C
             f"not a readable skops model file ({type(exc).__name__}: {exc})", file=where
         ) from None
     found = payload.get("format") if isinstance(payload, dict) else None
-    if found in OLD_FORMATS:
+    from triagegate.models import encoder_classifier as ec
+
+    if found in OLD_FORMATS or found in ec.OLD_FORMATS:
+        current = ec.FORMAT if found in ec.OLD_FORMATS else FORMAT
         raise ConfigError(
-            f"the model was written in an older format ({found}; this version reads {FORMAT}): "
+            f"the model was written in an older format ({found}; this version reads {current}): "
             "train it again with 'triagegate train'",
             file=where,
         )
     model: Classifier
-    from triagegate.models import encoder_classifier as ec
-
     if found == ec.FORMAT:
         model = ec.from_payload(payload, where)
     elif found != FORMAT or not all(k in payload for k in ("features", "coef", "intercept")):
