@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml scripts/build_llama.sh | $(BIN)/python
+$(VENV)/.installed: pyproject.toml scripts/build_llama.sh scripts/llama_slim.cmake | $(BIN)/python
 	@bash scripts/build_llama.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@

@@ -9,8 +9,15 @@
 # keyed by version and flags, because pip's own wheel cache ignores CMAKE_ARGS and would
 # hand back a native build.
 #
+# Only what the binding loads is built: libllama and libggml*. llama.cpp's common library
+# (with its vendored HTTP client, about half the compile time) is turned off through
+# scripts/llama_slim.cmake, and the multimodal projector (libmtmd, which only llama-cpp-python's
+# image chat handlers load; triagegate's llama.cpp backend sends no images) through
+# LLAVA_BUILD=OFF. bench/RESULTS.md ("Setup time (issue 16)") has the build times.
+#
 # Usage: scripts/build_llama.sh VENV_PYTHON
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 python="$1"
 version="${LLAMA_CPP_VERSION:-0.3.36}"
@@ -28,7 +35,10 @@ if [[ "$arch" == "x86_64" ]]; then
 else
   cmake_args="${LLAMA_CMAKE_ARGS:-}"
 fi
-tag="$(printf '%s %s %s' "$version" "$arch" "$cmake_args" | sha256sum | cut -c1-12)"
+slim="-DLLAVA_BUILD=OFF"
+# The tag names what is built (version, CPU flags, targets), not where this checkout lives.
+tag="$(printf '%s %s %s %s %s' "$version" "$arch" "$cmake_args" "$slim" "$(sha256sum < "$here/llama_slim.cmake")" | sha256sum | cut -c1-12)"
+slim="$slim -DCMAKE_PROJECT_llama.cpp_INCLUDE=$here/llama_slim.cmake"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/triagegate/wheels/llama-cpp-python-$version-$tag"
 
 marker="$("$python" -c 'import sys; print(sys.prefix)')/.llama-cpp-python-$tag"
@@ -37,9 +47,9 @@ if [[ -f "$marker" ]] && "$python" -c "import importlib.metadata as m, sys; sys.
 fi
 
 if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo ">>> Building llama-cpp-python $version from source ($cmake_args): this takes 3-10 minutes on a 2-core machine, once per machine."
+  echo ">>> Building llama-cpp-python $version from source ($cmake_args), the library only: this takes about 4 minutes on a quiet 2-core machine, once per machine."
   mkdir -p "$cache"
-  CMAKE_ARGS="$cmake_args" "$python" -m pip wheel --quiet --no-deps --no-cache-dir \
+  CMAKE_ARGS="$cmake_args $slim" "$python" -m pip wheel --quiet --no-deps --no-cache-dir \
     "llama-cpp-python==$version" -w "$cache"
 fi
 "$python" -m pip install --quiet --force-reinstall --no-deps "$cache"/llama_cpp_python-*.whl

@@ -303,3 +303,25 @@ def test_a_missing_tier_prompt_names_the_tier_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_graph_templates(missing)
     assert info.value.key == "nodes.triage.prompt"
+
+
+@pytest.mark.parametrize(
+    ("node", "filename"), [("triage", "triage.md"), ("answer", "answer.md"), ("escalate", "escalate.md")]
+)
+def test_shipped_prompts_put_the_articles_in_the_user_message_before_the_ticket(
+    node: str, filename: str
+) -> None:
+    """The articles change per ticket: in the user message they leave the system message (the
+    prefix llama.cpp reuses between tickets) the same, and without a knowledge base the block is
+    empty and the user message is the one the prompt had before it was added."""
+    assert "articles" in NODE_VARIABLES[node]
+    template = load_template(PROMPTS, filename, node=node)
+    assert "{{articles}}" not in template.system
+    values = {name: f"<{name}>" for name in NODE_VARIABLES[node]}
+    _, user = template.render(values)
+    assert user.index("<articles>") < user.index("<ticket>")
+    _, bare = template.render(values | {"articles": ""})
+    assert "<articles>" not in bare and not bare.startswith("\n")
+    assert bare == template.user.replace("{{articles}}\n\n", "").strip().replace("{{", "<").replace(
+        "}}", ">"
+    ), "without a knowledge base, only the placeholder's line is gone"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from triagegate.models.base import Capabilities, Message
-from triagegate.prompts import DRAFT, Template
+from triagegate.prompts import DRAFT, Template, articles_block
 from triagegate.replies import answer_request, escalate_request, triage_request
 from triagegate.spec import GraphSpec, ModelBinding, NodeSpec
 from triagegate.types import Ticket, Triage
@@ -77,6 +77,17 @@ class TicketEstimate:
         return self.mini_usd + escalation_rate * (self.escalated_usd - self.mini_usd)
 
 
+def _largest_articles(spec: GraphSpec) -> str:
+    """The largest ``{{articles}}`` block a search can give a prompt of this graph ("" without a knowledge base)."""
+    kb = spec.knowledge_base
+    if kb is None:
+        return ""
+    from triagegate.knowledge import Article, Hit
+
+    filler = Article(id="article", title="title", body="x" * kb.max_chars, path="")
+    return articles_block([Hit(filler, 1.0)] * kb.top_k, max_chars=kb.max_chars)
+
+
 class Estimator:
     """Estimates for one graph; the fixed part of each prompt is rendered once.
 
@@ -84,7 +95,9 @@ class Estimator:
     ``calibrate`` build it; a replayed alias presents the recorded ones). Without it, and for
     every other tier, the graph's binding decides: a ``classifier`` backend classifies,
     anything else chats. ``templates`` are keyed as :func:`~triagegate.prompts.load_graph_templates`
-    keys them (tier names, and ``<tier>:draft``).
+    keys them (tier names, and ``<tier>:draft``). A graph with a knowledge base is estimated
+    with ``top_k`` articles of ``max_chars`` each in every prompt's ``{{articles}}``: the most a
+    search can put there, so a cost limit is never reached by surprise.
     """
 
     def __init__(
@@ -122,15 +135,20 @@ class Estimator:
             confidence_method="verbalized",
         )
         chat_caps = Capabilities(chat=True, vision=first_caps.vision, logprobs=first_caps.logprobs)
+        articles = _largest_articles(spec)
         self._base: dict[str, int] = {}
         for key, node in self._specs.items():
             template = templates[key]
             if key.endswith(DRAFT):
-                messages = answer_request(template, spec, probe, draft, [], node).messages
+                messages = answer_request(template, spec, probe, draft, [], node, articles=articles).messages
             elif key == spec.last_tier.name:
-                messages = escalate_request(template, spec, probe, draft, [], node).messages
+                messages = escalate_request(
+                    template, spec, probe, draft, [], node, articles=articles
+                ).messages
             else:
-                messages = triage_request(template, spec, probe, [], chat_caps, node).messages
+                messages = triage_request(
+                    template, spec, probe, [], chat_caps, node, articles=articles
+                ).messages
             self._base[key] = _chars(messages)
 
     def _calls(self, extra_chars: float, images: int) -> dict[str, tuple[int, int]]:

@@ -155,17 +155,40 @@ def _one_line(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def paragraphs(text: str) -> str:
+    """``text`` as the model wrote it, without runs of blank lines or trailing spaces: printed whole,
+    wrapped by the console, never cut."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out)
+
+
+def grounded_in(outcome: Outcome) -> str:
+    """The table's cell for the articles an answer was grounded in (``-`` for none)."""
+    return ", ".join(outcome.sources) or "-"
+
+
 def render(run: DemoRun, console: Console) -> None:
-    """Print the table of outcomes, the answers, the timings and the models that ran."""
+    """Print the table of outcomes, then every ticket and its whole answer, the timings and the models.
+
+    Answers are printed in full and wrapped to the console's width, each under its ticket with
+    the route that answered and the articles it was given, so a reader can judge them.
+    """
+    from rich.padding import Padding
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="triagegate demo", title_justify="left")
     for name, options in (
-        ("ticket", {}),
+        ("ticket", {"no_wrap": True}),
         ("route", {}),
         ("category", {}),
         ("confidence (method)", {}),
         ("why escalated", {"overflow": "fold"}),
+        ("grounded in", {"overflow": "fold"}),
         ("cost", {"justify": "right"}),
         ("latency", {"justify": "right"}),
     ):
@@ -179,17 +202,24 @@ def render(run: DemoRun, console: Console) -> None:
             outcome.category or "-",
             _confidence(outcome),
             ", ".join(outcome.escalation_reasons) or "-",
+            grounded_in(outcome),
             f"${outcome.cost_usd:.4f}",
             f"{outcome.latency_ms / 1000:.2f} s",
         )
     console.print(table)
-    console.print()
     for ticket, outcome in zip(run.tickets, run.outcomes, strict=True):
-        console.print(f"[bold]{ticket.id}[/bold]: {_one_line(ticket.text, 90)}", highlight=False)
+        console.print()
+        heading = Text(ticket.id, style="bold")
+        heading.append(f"  answered by {outcome.route}, grounded in {grounded_in(outcome)}", style="dim")
+        console.print(heading)
+        asked = f"{ticket.subject}: {ticket.text}" if ticket.subject else ticket.text
+        console.print(Padding(Text("ticket: ", style="italic") + Text(paragraphs(asked)), (0, 0, 0, 2)))
         if outcome.answer:
-            console.print(f"  answer: {_one_line(outcome.answer, 160)}", markup=False, highlight=False)
+            console.print(
+                Padding(Text("answer: ", style="italic") + Text(paragraphs(outcome.answer)), (0, 0, 0, 2))
+            )
         for error in outcome.errors:
-            console.print(f"  error: {_one_line(error, 200)}", markup=False, highlight=False, style="red")
+            console.print(Padding(Text(f"error: {_one_line(error, 400)}", style="red"), (0, 0, 0, 2)))
     console.print()
     count = len(run.outcomes)
     console.print(

@@ -11,8 +11,9 @@ Precedence, highest first:
 2. **never_escalate** categories keep the mini answer, overriding the soft rules below.
 3. **Soft rules**: ``complexity:<level>``, ``category:<name>``, ``priority:<name>``,
    ``repeat_contact`` when the ticket is at least the customer's ``repeat_contact``-th message
-   in its thread, and ``low_confidence`` when confidence is under the category's threshold (or
-   the global one).
+   in its thread, ``low_confidence`` when confidence is under the category's threshold (or
+   the global one), and ``ungrounded`` when the policy has ``always_escalate.ungrounded`` and
+   the graph's knowledge base has no article supporting the ticket.
 
 All matching reasons are reported, not just the first, so an outcome explains itself.
 
@@ -59,11 +60,18 @@ class Decision:
 
 
 def decide(
-    triage: Triage, policy: GatePolicy, *, mini_has_vision: bool = False, contact: int = 1
+    triage: Triage,
+    policy: GatePolicy,
+    *,
+    mini_has_vision: bool = False,
+    contact: int = 1,
+    grounded: bool = True,
 ) -> Decision:
     """Decide whether the mini tier's answer stands (``mini``) or the ticket escalates (``flagship``).
 
     ``contact`` is the ticket's place in its thread (:attr:`triagegate.types.Ticket.contact`).
+    ``grounded`` says whether the knowledge base had an article supporting the ticket (true
+    when the graph has none: the ``ungrounded`` rule needs a knowledge base).
     """
     threshold = policy.threshold_for(triage.category)
     rules = policy.always_escalate
@@ -88,6 +96,8 @@ def decide(
         soft.append("repeat_contact")
     if triage.confidence < threshold:
         soft.append("low_confidence")
+    if rules.ungrounded and not grounded:
+        soft.append("ungrounded")
 
     if hard:
         return Decision("flagship", tuple(hard + soft), threshold)

@@ -274,6 +274,7 @@ def build_outcome(
         priority=(reply.priority if reply else None) or (triage.priority if triage else None),
         complexity=triage.complexity if triage else None,
         answer=answer,
+        sources=list(reply.sources) if reply and answer is not None else [],
         confidence=triage.confidence if triage else None,
         confidence_method=triage.confidence_method if triage else None,
         confidence_fallback=triage.confidence_fallback if triage else None,

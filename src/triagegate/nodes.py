@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from langgraph.runtime import Runtime
@@ -25,6 +26,7 @@ from triagegate.errors import BadModelOutput, ModelError
 from triagegate.gate import decide
 from triagegate.log import get_logger
 from triagegate.models.base import ChatRequest, ChatResult, ImagePart, Message, ModelBackend, chat_until
+from triagegate.prompts import articles_block
 from triagegate.replies import EarlyGate, EarlyTriage
 from triagegate.screening import estimate_complexity, flags_for
 from triagegate.spec import GatePolicy, GraphSpec, TierSpec
@@ -32,6 +34,26 @@ from triagegate.state import Reply, RunContext, TicketState, Visit, last_triage
 from triagegate.types import GateDecision, NodeRun, Ticket, Triage, Usage
 
 log = get_logger("triagegate.nodes")
+
+
+@dataclass(frozen=True, slots=True)
+class Grounding:
+    """The knowledge-base articles found for a ticket: the prompt's ``{{articles}}`` and the sources it cites."""
+
+    block: str
+    sources: tuple[str, ...]
+    grounded: bool
+    """Whether an article supports the ticket; true in a graph without a knowledge base."""
+
+
+def grounding(ctx: RunContext, ticket: Ticket) -> Grounding:
+    """Search the graph's knowledge base for ``ticket`` (offline, well under a millisecond)."""
+    kb = ctx.knowledge
+    spec = ctx.spec.knowledge_base
+    if kb is None or spec is None:
+        return Grounding(articles_block(None), (), True)
+    hits = kb.for_ticket(ticket)
+    return Grounding(articles_block(hits, max_chars=spec.max_chars), tuple(h.id for h in hits), bool(hits))
 
 
 class Node(Protocol):
@@ -174,6 +196,7 @@ async def triage_ticket(
     ticket: Ticket,
     images: Sequence[ImagePart] = (),
     flags: Sequence[str] | None = None,
+    articles: Grounding | None = None,
 ) -> tuple[Triage, NodeRun]:
     """Triage ``ticket`` with one tier's model, as the tier's node does; never raises for a model failure.
 
@@ -182,7 +205,8 @@ async def triage_ticket(
     ``early: false``); the triage is then built
     from what had arrived. A model failure gives a failed triage (``confidence_method:
     none``), which the gate escalates. Tuning (:mod:`triagegate.tuning.scoring`) calls this
-    to triage with one tier outside the graph.
+    to triage with one tier outside the graph. ``articles`` (searched here when not given) fills
+    the prompt's ``{{articles}}``, so a chat model's answer is grounded like a draft's.
     """
     backend = ctx.backend_for(tier)
     meter = _Meter(tier.name, tier.model, backend)
@@ -194,8 +218,15 @@ async def triage_ticket(
     error_type: str | None = None
     try:
         if backend.capabilities.chat:
+            found = articles if articles is not None else grounding(ctx, ticket)
             request = replies.triage_request(
-                ctx.templates[tier.name], spec, ticket, list(images), backend.capabilities, tier
+                ctx.templates[tier.name],
+                spec,
+                ticket,
+                list(images),
+                backend.capabilities,
+                tier,
+                articles=found.block,
             )
             stopped: list[EarlyTriage] = []
 
@@ -256,14 +287,18 @@ async def triage_ticket(
     return triage, meter.finish(error, error_type)
 
 
-def gate_decision(tier: TierSpec, triage: Triage, *, vision: bool, contact: int = 1) -> GateDecision:
+def gate_decision(
+    tier: TierSpec, triage: Triage, *, vision: bool, contact: int = 1, grounded: bool = True
+) -> GateDecision:
     """The tier's gate (:func:`triagegate.gate.decide`, pure) applied to its triage, as recorded.
+
+    ``grounded``: whether the knowledge base supports the ticket (for the ``ungrounded`` rule).
 
     The decision is logged at DEBUG only: the ``ticket_done`` line at INFO carries the
     decisions, and a log line costs about 12 us of CPU per ticket.
     """
     assert tier.gate is not None, "every tier but the last has a gate (checked when the graph loads)"
-    decision = decide(triage, tier.gate, mini_has_vision=vision, contact=contact)
+    decision = decide(triage, tier.gate, mini_has_vision=vision, contact=contact, grounded=grounded)
     log.debug(
         "gate",
         tier=tier.name,
@@ -286,21 +321,31 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
     async def triage_and_gate(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
         ticket = state["ticket"]
-        triage, run = await triage_ticket(ctx, tier, ticket, state.get("images", ()), state.get("flags"))
+        found = grounding(ctx, ticket)
+        triage, run = await triage_ticket(
+            ctx, tier, ticket, state.get("images", ()), state.get("flags"), articles=found
+        )
         decision = gate_decision(
-            tier, triage, vision=ctx.backend_for(tier).capabilities.vision, contact=ticket.contact
+            tier,
+            triage,
+            vision=ctx.backend_for(tier).capabilities.vision,
+            contact=ticket.contact,
+            grounded=found.grounded,
         )
         update: dict[str, Any] = {"visits": [Visit(tier.name, triage, decision)], "runs": [run]}
         if triage.error:
             update["errors"] = [triage.error]
         if decision.route == "keep" and triage.answer:
-            update["reply"] = Reply(triage.answer, triage.category, triage.priority, route=tier.name)
+            update["reply"] = Reply(
+                triage.answer, triage.category, triage.priority, route=tier.name, sources=found.sources
+            )
         return update
 
     async def answer(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
         backend = ctx.backend_for(tier)
         meter = _Meter(tier.name, tier.model, backend)
+        found = grounding(ctx, state["ticket"])
         request = replies.escalate_request(
             ctx.templates[tier.name],
             ctx.spec,
@@ -309,6 +354,7 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
             state.get("images", []),
             tier,
             vision=backend.capabilities.vision,
+            articles=found.block,
         )
         try:
             reply = await _chat_with_one_repair(
@@ -322,7 +368,9 @@ def tier_node(tier: TierSpec, *, last: bool) -> Node:
                 "errors": [message],
             }
         return {
-            "reply": Reply(reply.answer, reply.category, reply.priority, route=tier.name),
+            "reply": Reply(
+                reply.answer, reply.category, reply.priority, route=tier.name, sources=found.sources
+            ),
             "runs": [meter.finish()],
         }
 
@@ -354,9 +402,16 @@ def draft_node(tier: TierSpec) -> Node:
         assert triage is not None, "a draft follows its tier's triage"
         backend = ctx.backends[spec_draft.model]
         meter = _Meter(name, spec_draft.model, backend)
+        found = grounding(ctx, state["ticket"])
         try:
             request = replies.answer_request(
-                ctx.templates[name], ctx.spec, state["ticket"], triage, state.get("images", []), spec_draft
+                ctx.templates[name],
+                ctx.spec,
+                state["ticket"],
+                triage,
+                state.get("images", []),
+                spec_draft,
+                articles=found.block,
             )
             result = await backend.chat(request)
             meter.add(result.usage, result.endpoint, result.model, result.warnings)
@@ -372,7 +427,7 @@ def draft_node(tier: TierSpec) -> Node:
                 "errors": [message],
             }
         return {
-            "reply": Reply(text, triage.category, triage.priority, route=tier.name),
+            "reply": Reply(text, triage.category, triage.priority, route=tier.name, sources=found.sources),
             "runs": [meter.finish()],
         }
 

@@ -113,7 +113,12 @@ class Pipeline:
         self.spec = loaded.spec
         env = dict(os.environ if environ is None else environ)
         self.templates: dict[str, Template] = load_graph_templates(loaded)
-        self.graph_hash = loaded.content_hash({n: t.text for n, t in self.templates.items()})
+        from triagegate import knowledge
+
+        self.knowledge = knowledge.load_for(loaded)
+        self.graph_hash = loaded.content_hash(
+            {n: t.text for n, t in self.templates.items()} | knowledge.content_texts(self.knowledge)
+        )
         self._context = BuildContext(
             loaded=loaded, environ=env, cache_dir=cache_dir or default_cache_dir(env), extras=extras or {}
         )
@@ -130,6 +135,7 @@ class Pipeline:
             graph_hash=self.graph_hash,
             templates=self.templates,
             backends=self.backends,
+            knowledge=self.knowledge,
         )
         capabilities = {alias: backend.capabilities for alias, backend in self.backends.items()}
         self._cascade = Cascade(self.spec, capabilities)

@@ -24,6 +24,7 @@ from triagegate.errors import ConfigError
 from triagegate.types import Ticket, Turn
 
 if TYPE_CHECKING:
+    from triagegate.knowledge import Hit
     from triagegate.spec import LoadedSpec
 
 PLACEHOLDER = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\}\}")
@@ -35,10 +36,13 @@ _SYNTAX = "templates support only {{ name }} placeholders (no filters, expressio
 USER_MARKER = "<!-- user -->"
 
 NODE_VARIABLES: dict[str, frozenset[str]] = {
-    "triage": frozenset({"ticket", "categories", "priorities", "attachments"}),
-    "answer": frozenset({"ticket", "category", "category_description", "priority", "attachments"}),
-    "escalate": frozenset({"ticket", "categories", "priorities", "attachments", "mini_triage"}),
+    "triage": frozenset({"ticket", "categories", "priorities", "attachments", "articles"}),
+    "answer": frozenset(
+        {"ticket", "category", "category_description", "priority", "attachments", "articles"}
+    ),
+    "escalate": frozenset({"ticket", "categories", "priorities", "attachments", "mini_triage", "articles"}),
 }
+"""Every role offers ``articles``: the knowledge-base articles found for the ticket (:func:`articles_block`)."""
 UNTRUSTED = "ticket"
 USER_ONLY = frozenset({UNTRUSTED, "mini_triage"})
 """Variables derived from customer text (the mini tier's notes can echo it): user message only."""
@@ -223,3 +227,42 @@ def delimit_ticket(ticket: Ticket) -> str:
     body = f"Subject: {ticket.subject}\n{ticket.text}" if ticket.subject else ticket.text
     block = "<ticket>\n" + _DELIMITER_START.sub("‹", body) + "\n</ticket>"
     return f"{delimit_history(ticket.messages)}\n\n{block}" if ticket.messages else block
+
+
+_ARTICLE_TAG = re.compile(r"<(?=\s*/?\s*articles?\b)", re.IGNORECASE)
+ARTICLES_NOTE = (
+    "Reference articles from the team's knowledge base, between <articles> and </articles>. "
+    "Take the facts of your answer from them and follow their steps; where they do not cover "
+    "the question, say what happens next instead of guessing."
+)
+NO_ARTICLES = "No article of the knowledge base covers this ticket."
+"""What the ``{{articles}}`` block says when the search found nothing."""
+
+
+def articles_block(hits: Iterable[Hit] | None, *, max_chars: int = 2000) -> str:
+    """The ``{{articles}}`` text: each article found for the ticket, delimited, best first.
+
+    The block opens with its own instruction (:data:`ARTICLES_NOTE`), so a template grounds
+    its answers by placing ``{{articles}}`` alone; ``None`` (a graph without a knowledge
+    base) renders as nothing, so the same templates read as before there. An empty search
+    says so inside the delimiters, so the model knows it has no reference to follow.
+
+    Articles are the team's own text, not the customer's, but an article quoting markup
+    still cannot close its delimiter or open another. A body longer than ``max_chars`` is
+    cut at a word and marked, so one long article cannot push a small model's context out.
+    """
+    if hits is None:
+        return ""
+    parts = []
+    for hit in hits:
+        article = hit.article
+        body = article.body
+        if len(body) > max_chars:
+            body = body[:max_chars].rsplit(None, 1)[0] + " [...]"
+        title = article.title.replace('"', "'")
+        parts.append(
+            f'<article id="{article.id}" title="{_ARTICLE_TAG.sub("‹", title)}">\n'
+            f"{_ARTICLE_TAG.sub('‹', body)}\n</article>"
+        )
+    body = "\n".join(parts) if parts else NO_ARTICLES
+    return f"{ARTICLES_NOTE}\n<articles>\n{body}\n</articles>"

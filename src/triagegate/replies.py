@@ -132,7 +132,10 @@ def triage_request(
     images: list[ImagePart],
     caps: Capabilities,
     node: NodeSpec,
+    *,
+    articles: str = "",
 ) -> ChatRequest:
+    """The triage request; ``articles`` is the ``{{articles}}`` block (:func:`triagegate.prompts.articles_block`)."""
     codes = category_codes(spec)
     system, user = template.render(
         {
@@ -140,6 +143,7 @@ def triage_request(
             "categories": _categories_block(spec, codes),
             "priorities": ", ".join(spec.taxonomy.priorities),
             "attachments": _attachments_note(ticket, images, caps.vision),
+            "articles": articles,
         }
     )
     schema = _schema(
@@ -251,8 +255,11 @@ def answer_request(
     triage: Triage,
     images: list[ImagePart],
     node: NodeSpec | None = None,
+    *,
+    articles: str = "",
 ) -> ChatRequest:
-    """The drafting request; ``node`` (a tier's ``draft``) sets the budget (512 tokens, temperature 0 without)."""
+    """The drafting request; ``node`` (a tier's ``draft``) sets the budget (512 tokens, temperature 0
+    without), ``articles`` the ``{{articles}}`` block."""
     category = spec.taxonomy.category(triage.category)
     system, user = template.render(
         {
@@ -261,6 +268,7 @@ def answer_request(
             "category_description": category.description if category else "",
             "priority": triage.priority,
             "attachments": _attachments_note(ticket, images, False),
+            "articles": articles,
         }
     )
     return ChatRequest(
@@ -295,7 +303,9 @@ def escalate_request(
     node: NodeSpec,
     *,
     vision: bool = True,
+    articles: str = "",
 ) -> ChatRequest:
+    """The last tier's request; ``articles`` is the ``{{articles}}`` block."""
     system, user = template.render(
         {
             "ticket": delimit_ticket(ticket),
@@ -303,6 +313,7 @@ def escalate_request(
             "priorities": ", ".join(spec.taxonomy.priorities),
             "attachments": _attachments_note(ticket, images, vision),
             "mini_triage": mini_triage_summary(triage),
+            "articles": articles,
         }
     )
     schema = _schema(

@@ -265,6 +265,9 @@ class AlwaysEscalate(_Strict):
     complexity: list[Complexity] = Field(default_factory=lambda: ["high"])  # type: ignore[arg-type]
     categories: list[str] = Field(default_factory=list)
     priorities: list[str] = Field(default_factory=lambda: ["urgent"])
+    ungrounded: bool = False
+    """Escalate a ticket the graph's knowledge base has no supporting article for (a soft rule,
+    reason ``ungrounded``); needs ``knowledge_base``."""
     repeat_contact: int | None = Field(default=None, ge=2)
     """Escalate a ticket that is at least the customer's N-th message in its thread (reason
     ``repeat_contact``): a customer who had to write again was not helped by this tier."""
@@ -353,6 +356,27 @@ class HandoffPolicy(_Strict):
     on_failure: bool = False
 
 
+class KnowledgeBaseSpec(_Strict):
+    """The folder of Markdown articles the answering tiers are grounded in (:mod:`triagegate.knowledge`).
+
+    Written as a path (``knowledge_base: ../kb``) or as a mapping with the retrieval settings.
+    """
+
+    path: str = Field(min_length=1)
+    """Relative to the graph file, like ``prompts``."""
+    top_k: int = Field(default=3, ge=1, le=20)
+    """At most this many articles go into a prompt."""
+    min_score: float = Field(default=0.1, ge=0.0, le=1.0)
+    """The cosine similarity (0 to 1) an article needs to support a ticket."""
+    max_chars: int = Field(default=2000, ge=100)
+    """An article longer than this is cut (at a word) in the prompt, to keep prompts inside small contexts."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
 class Limits(_Strict):
     max_text_chars: int = Field(default=20_000, ge=1)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
@@ -430,6 +454,7 @@ class GraphSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     """The cascade, cheapest first; see the README's "Tiers" for the routing rule."""
     limits: Limits = Field(default_factory=Limits)
+    knowledge_base: KnowledgeBaseSpec | None = None
     handoff: HandoffPolicy | None = None
     """When a person answers (the ``human`` step after the cascade); ``None``: never."""
 
@@ -593,6 +618,12 @@ class GraphSpec(_Strict):
             _known_categories((*at, "category_thresholds"), list(gate.category_thresholds), known)
             _known_categories((*at, "always_escalate", "categories"), gate.always_escalate.categories, known)
             _known_categories((*at, "never_escalate", "categories"), gate.never_escalate.categories, known)
+            if gate.always_escalate.ungrounded and self.knowledge_base is None:
+                raise _RefError(
+                    (*at, "always_escalate", "ungrounded"),
+                    "ungrounded escalates a ticket no knowledge-base article supports, but this graph has "
+                    "no knowledge_base: add one (knowledge_base: ../kb) or delete this rule",
+                )
             self._known_priorities((*at, "always_escalate", "priorities"), gate.always_escalate.priorities)
 
     def _last_tier_fits(self, t: TierSpec, here: tuple[int | str, ...]) -> None:
@@ -661,7 +692,7 @@ def _may_escalate(spec: GraphSpec, tier: TierSpec) -> tuple[bool, frozenset[str]
     names = spec.taxonomy.category_names
     if hard:
         return passes, frozenset(names)
-    soft = bool(rules.complexity or rules.priorities or rules.repeat_contact)
+    soft = bool(rules.complexity or rules.priorities or rules.repeat_contact or rules.ungrounded)
     return passes, frozenset(
         c
         for c in names
@@ -727,6 +758,8 @@ class LoadedSpec(BaseModel):
     prompts_dir: Path
     legacy: bool = False
     """The file uses the legacy ``nodes:``/``gate:`` form (read as tiers ``mini`` -> ``flagship``)."""
+    knowledge_dir: Path | None = None
+    """The knowledge base's folder, resolved (``None`` without ``knowledge_base``)."""
 
     @property
     def name(self) -> str:
@@ -985,7 +1018,24 @@ def parse_spec(
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(message, file=source, line=line, key=key) from None
     root = base_dir if base_dir is not None else Path.cwd()
-    return LoadedSpec(spec=spec, path=None, prompts_dir=(root / spec.prompts).resolve(), legacy=legacy)
+    knowledge_dir = None
+    if spec.knowledge_base is not None:
+        knowledge_dir = (root / spec.knowledge_base.path).resolve()
+        if not knowledge_dir.is_dir():
+            _, line, key = _locate(tree, ("knowledge_base",))
+            raise ConfigError(
+                f"knowledge base folder {knowledge_dir} not found (the path is relative to the graph file)",
+                file=source,
+                line=line,
+                key=key or "knowledge_base",
+            )
+    return LoadedSpec(
+        spec=spec,
+        path=None,
+        prompts_dir=(root / spec.prompts).resolve(),
+        legacy=legacy,
+        knowledge_dir=knowledge_dir,
+    )
 
 
 def load_spec(path: str | Path, *, environ: Mapping[str, str] | None = None) -> LoadedSpec:

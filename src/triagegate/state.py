@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Annotated, TypedDict
+from typing import TYPE_CHECKING, Annotated, TypedDict
 
 from triagegate.models.base import ImagePart, ModelBackend
 from triagegate.prompts import Template
@@ -31,6 +31,9 @@ from triagegate.types import (
     Turn,
 )
 
+if TYPE_CHECKING:
+    from triagegate.knowledge import KnowledgeBase
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -43,6 +46,8 @@ class Reply:
     """The tier that answered."""
     status: str = "ok"
     """``failed`` when the last tier could not answer."""
+    sources: tuple[str, ...] = ()
+    """The knowledge-base articles the answering prompt carried (their ids, best first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,8 @@ class RunContext:
     graph_hash: str
     templates: dict[str, Template]
     backends: dict[str, ModelBackend]
+    knowledge: KnowledgeBase | None = None
+    """The graph's knowledge base, loaded and indexed once (``None`` when it names none)."""
 
     def backend_for(self, tier: TierSpec) -> ModelBackend:
         return self.backends[tier.model]

@@ -291,6 +291,9 @@ class Outcome(BaseModel):
     priority: str | None = None
     complexity: Complexity | None = None
     answer: str | None = None
+    sources: list[str] = Field(default_factory=list)
+    """The ids of the knowledge-base articles the answering tier was given for this ticket,
+    best first; empty without a knowledge base or when no article supports the ticket."""
     confidence: float | None = None
     confidence_method: ConfidenceMethod | None = None
     confidence_fallback: str | None = None

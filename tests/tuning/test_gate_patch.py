@@ -134,9 +134,11 @@ def test_what_cannot_be_kept_is_refused_with_the_snippet() -> None:
 
 
 def test_the_reference_graph_changes_only_in_its_first_tiers_gate(tmp_path: Path) -> None:
-    graph = tmp_path / "support.yaml"
+    graph = tmp_path / "graphs" / "support.yaml"
+    graph.parent.mkdir()
     shutil.copy(REPO / "graphs" / "support.yaml", graph)
     (tmp_path / "prompts").symlink_to(REPO / "prompts")
+    (tmp_path / "kb").symlink_to(REPO / "kb")
     text = graph.read_text(encoding="utf-8")
     categories = load_spec(graph).spec.taxonomy.category_names
     patched = patch_file(graph, 0.61, {categories[0]: 0.9})

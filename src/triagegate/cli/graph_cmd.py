@@ -15,14 +15,18 @@ if TYPE_CHECKING:
 
 
 def _check(graph: str) -> tuple[LoadedSpec, list[str]]:
+    from triagegate.knowledge import load_for
     from triagegate.models import backend_class
     from triagegate.prompts import load_graph_templates
     from triagegate.spec import LEGACY_NOTE, load_spec
 
     loaded = load_spec(graph)
     load_graph_templates(loaded)
+    kb = load_for(loaded)
     spec = loaded.spec
     lines = [f"legacy form: {graph} {LEGACY_NOTE}"] if loaded.legacy else []
+    if kb is not None and spec.knowledge_base is not None:
+        lines.append(f"knowledge base: {spec.knowledge_base.path} ({len(kb)} articles)")
     for alias, binding in spec.models.items():
         backend_class(binding.backend)
         urls = [e.base_url for e in binding.endpoint_list()]
