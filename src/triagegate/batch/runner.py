@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,7 +37,7 @@ from triagegate.cost import Estimator
 from triagegate.errors import ConfigError
 from triagegate.inputs import Row, count_rows, open_input, read_rows, resolve_format, stream_rows
 from triagegate.pipeline import failed_outcome
-from triagegate.store import OutcomeWriter, StoreError, describe_store, graph_info, open_store
+from triagegate.store import OutcomeWriter, StoreError, attach_store, describe_store
 from triagegate.types import Outcome, Ticket
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class BatchRunner:
         self._finished_one = asyncio.Event()
         self._abandoned = False
         self._store: OutcomeWriter | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._detach_store: Callable[[], Awaitable[None]] | None = None
 
     def request_stop(self) -> None:
         """Take no new tickets; those in flight finish and are recorded."""
@@ -225,23 +225,15 @@ class BatchRunner:
     async def _open_store(self) -> None:
         """Open the outcome store, record the graph, and route shadow verdicts into it."""
         url = self.options.store_url
-        store = open_store(url)
         try:
-            await store.open()
-            await store.register_graph(graph_info(self.pipeline))
+            self._store, self._detach_store = await attach_store(url, self.pipeline)
         except Exception as exc:
-            await store.close()
             raise StoreError(f"cannot open the outcome store {describe_store(url)}: {exc}") from None
-        self._store = store
-        if self.pipeline.shadows is not None:
-            self._unsubscribe = self.pipeline.shadows.subscribe(store.put_label)
 
     async def _close_store(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._store is not None:
-            await self._store.close()
+        if self._detach_store is not None:
+            await self._detach_store()
+            self._detach_store = None
             self._store = None
 
     async def _store_outcome(self, outcome: Outcome) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from triagegate.log import get_logger
 from triagegate.pipeline import Pipeline
 from triagegate.serve.metrics import ServiceMetrics
 from triagegate.serve.settings import ServeSettings
-from triagegate.store import Label, OutcomeWriter, describe_store, graph_info, open_store, read_store
+from triagegate.store import Label, OutcomeWriter, attach_store, describe_store, read_store
 from triagegate.tuning.monitoring import MonitoringReport, build_report
 from triagegate.types import Outcome
 
@@ -31,7 +31,7 @@ class StoreLink:
         self.settings = settings
         self.metrics = metrics
         self._store: OutcomeWriter | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._detach: Callable[[], Awaitable[None]] | None = None
         self._read_at = 0.0
         self._refreshing: asyncio.Lock = asyncio.Lock()
 
@@ -39,20 +39,13 @@ class StoreLink:
         url = self.settings.store
         if url is None:
             return
-        store = open_store(url)
-        await store.open()
-        await store.register_graph(graph_info(self.pipeline))
-        self._store = store
-        if self.pipeline.shadows is not None:
-            self._unsubscribe = self.pipeline.shadows.subscribe(self._put_label)
+        self._store, self._detach = await attach_store(url, self.pipeline, on_label=self._put_label)
         log.info("store_open", store=describe_store(url))
 
     async def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        if self._store is not None:
-            await self._store.close()
+        if self._detach is not None:
+            await self._detach()
+            self._detach = None
             self._store = None
 
     async def write(self, outcome: Outcome) -> None:

@@ -14,7 +14,7 @@ Opening a store brings its schema up to date (numbered migrations, :mod:`.schema
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +44,7 @@ __all__ = [
     "Snapshot",
     "StoreError",
     "StoredOutcome",
+    "attach_store",
     "describe_store",
     "graph_info",
     "is_postgres",
@@ -146,3 +147,27 @@ def graph_info(pipeline: Pipeline) -> GraphInfo:
         if t.gate is not None and t.gate.shadow is not None and t.gate.shadow.target is not None
     }
     return GraphInfo(graph_hash=pipeline.graph_hash, graph=spec.name, tiers=spec.tier_names, targets=targets)
+
+
+async def attach_store(
+    url: str, pipeline: Pipeline, *, on_label: Callable[[Label], Awaitable[None]] | None = None
+) -> tuple[OutcomeWriter, Callable[[], Awaitable[None]]]:
+    """Open the store at ``url`` for ``pipeline``: its schema migrated, its graph registered and,
+    where the pipeline shadows, its verdicts routed to ``on_label`` (default: the store's
+    ``put_label``). Returns the store and the coroutine function that undoes all of it; a
+    failure to open closes what was opened and raises."""
+    store = open_store(url)
+    try:
+        await store.open()
+        await store.register_graph(graph_info(pipeline))
+    except BaseException:
+        await store.close()
+        raise
+    unsubscribe = pipeline.shadows.subscribe(on_label or store.put_label) if pipeline.shadows else None
+
+    async def detach() -> None:
+        if unsubscribe is not None:
+            unsubscribe()
+        await store.close()
+
+    return store, detach
