@@ -3,9 +3,7 @@ service killed with SIGKILL that comes back with every pending handoff listed an
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +14,10 @@ import pytest
 import triagegate
 from tests.serve.conftest import KEY_A, Service, error_code
 from tests.support.openai_server import OpenAIServer
+from tests.support.serve_process import ServeProcess
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
 HANDOFF = GRAPHS / "handoff_openai.yaml"
-CLI = str(Path(sys.executable).with_name("triagegate"))
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 
 
@@ -80,43 +78,17 @@ def test_pending_handoffs_are_listed_shown_and_resumed_once_behind_the_keys(
     assert len(client.get("/v1/handoffs?status=resolved", headers=AUTH).json()["handoffs"]) == 1
 
 
-class ServeProcess:
-    """``triagegate serve`` on the handoff graph as its own process, checkpoints in a file."""
-
-    def __init__(self, server: OpenAIServer, checkpoints: Path) -> None:
-        env = {
-            **os.environ,
-            "TRIAGEGATE_MINI_BASE_URL": server.base_url,
-            "TRIAGEGATE_FLAGSHIP_BASE_URL": server.base_url,
-            "TRIAGEGATE_API_KEYS": KEY_A,
-            "TRIAGEGATE_CHECKPOINTS": str(checkpoints),
-        }
-        self.proc = subprocess.Popen(
-            [CLI, "serve", str(HANDOFF), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise AssertionError(f"no READY line: {line!r}")
-        self.url = line.split()[1]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_after_a_restart(
     unsure_server: OpenAIServer, tmp_path: Path
 ) -> None:
     checkpoints = tmp_path / "checkpoints.sqlite"
-    first = ServeProcess(unsure_server, checkpoints)
+    first = ServeProcess(
+        HANDOFF,
+        unsure_server.base_url,
+        env={"TRIAGEGATE_API_KEYS": KEY_A, "TRIAGEGATE_CHECKPOINTS": str(checkpoints)},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=first.url, headers=AUTH, timeout=30) as client:
 
@@ -132,11 +104,16 @@ def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_afte
                 statuses = list(pool.map(post, range(50)))
         assert statuses == ["awaiting_human"] * 50
     finally:
-        first.kill()
+        first.stop()
     assert first.proc.returncode == -9
 
     calls = unsure_server.count
-    second = ServeProcess(unsure_server, checkpoints)
+    second = ServeProcess(
+        HANDOFF,
+        unsure_server.base_url,
+        env={"TRIAGEGATE_API_KEYS": KEY_A, "TRIAGEGATE_CHECKPOINTS": str(checkpoints)},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=second.url, headers=AUTH, timeout=30) as client:
             listed = client.get("/v1/handoffs", params={"limit": 100}).json()["handoffs"]
@@ -148,5 +125,5 @@ def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_afte
                 assert done.json()["path"] == ["mini", "flagship", "human"]
             assert client.get("/v1/handoffs").json()["handoffs"] == []
     finally:
-        second.kill()
+        second.stop()
     assert unsure_server.count == calls

@@ -7,20 +7,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.serve.conftest import LOOPBACK
 from tests.support.openai_server import OpenAIServer
+from tests.support.serve_process import CLI, ServeProcess
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(sys.executable).with_name("triagegate"))
 
 
 def free_port() -> int:
@@ -30,36 +28,6 @@ def free_port() -> int:
         return port
 
 
-class ServeProcess:
-    def __init__(self, base_url: str, *args: str) -> None:
-        env = {
-            **os.environ,
-            "TRIAGEGATE_MINI_BASE_URL": base_url,
-            "TRIAGEGATE_FLAGSHIP_BASE_URL": base_url,
-            "TRIAGEGATE_API_KEYS": "",
-        }
-        self.proc = subprocess.Popen(
-            [CLI, "serve", str(LOOPBACK), "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise AssertionError(
-                f"no READY line: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
-            )
-        self.url = line.split()[1]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def openai_server() -> Iterator[OpenAIServer]:
     with OpenAIServer() as server:
@@ -67,14 +35,14 @@ def openai_server() -> Iterator[OpenAIServer]:
 
 
 def test_readyz_probes_the_model_endpoints(openai_server: OpenAIServer) -> None:
-    up = ServeProcess(openai_server.base_url)
+    up = ServeProcess(LOOPBACK, openai_server.base_url)
     try:
         report = httpx.get(f"{up.url}/readyz", timeout=10)
         assert report.status_code == 200
         assert {m["detail"] for m in report.json()["models"].values()} == {"HTTP 200"}
     finally:
         up.stop()
-    down = ServeProcess(f"http://127.0.0.1:{free_port()}/v1")
+    down = ServeProcess(LOOPBACK, f"http://127.0.0.1:{free_port()}/v1")
     try:
         started = time.monotonic()
         report = httpx.get(f"{down.url}/readyz", timeout=10)
@@ -91,7 +59,7 @@ def test_readyz_probes_the_model_endpoints(openai_server: OpenAIServer) -> None:
 
 def test_sigterm_lets_the_request_in_flight_finish(openai_server: OpenAIServer) -> None:
     openai_server.latency = 1.5
-    service = ServeProcess(openai_server.base_url, "--shutdown-timeout", "20")
+    service = ServeProcess(LOOPBACK, openai_server.base_url, "--shutdown-timeout", "20")
     result: dict[str, httpx.Response | BaseException] = {}
 
     def call() -> None:
@@ -147,7 +115,7 @@ def test_a_port_in_use_is_one_line_and_exit_1() -> None:
 def test_uvicorn_and_triagegate_lines_share_one_json_shape(openai_server: OpenAIServer) -> None:
     """With --log-level INFO off a terminal, uvicorn's own records and triagegate's events are JSON
     lines of one shape on stderr (uvicorn no longer installs its own handlers)."""
-    service = ServeProcess(openai_server.base_url, "--log-level", "INFO")
+    service = ServeProcess(LOOPBACK, openai_server.base_url, "--log-level", "INFO")
     try:
         assert (
             httpx.post(f"{service.url}/v1/tickets", json={"text": "charged twice"}, timeout=30).status_code
