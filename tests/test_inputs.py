@@ -420,3 +420,22 @@ def test_text_blank_in_either_regex_dialect_is_refused_everywhere(text: str) -> 
         Ticket(text=text)
     assert not is_blank(text + "x")
     Ticket(text=text + "x")
+
+
+def test_thread_columns_reach_the_ticket_and_its_id(tmp_path: Path) -> None:
+    turns = [{"role": "customer", "content": "Where is my card?"}, {"role": "agent", "content": "Posted."}]
+    path = tmp_path / "threads.csv"
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["text", "thread_id", "messages"])
+        writer.writerow(["Still nothing.", "T-1", json.dumps(turns)])
+        writer.writerow(["Still nothing.", "", ""])
+        writer.writerow(["Still nothing.", "", "not json"])
+    threaded, plain, bad = rows_of(path)
+    ticket = to_ticket(threaded)
+    assert ticket.thread_id == "T-1"
+    assert [(t.role, t.content) for t in ticket.messages] == [(t["role"], t["content"]) for t in turns]
+    assert to_ticket(plain).thread_id is None and to_ticket(plain).messages == []
+    assert threaded.id != plain.id, "the thread is part of an id-less ticket's content"
+    assert plain.id == content_id(Ticket(text="Still nothing."))
+    assert bad.ticket is None and bad.error is not None and "'messages' must be a JSON array" in bad.error

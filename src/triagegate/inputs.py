@@ -17,11 +17,12 @@ which a row starts. Blank lines and blank records are skipped but still counted.
 values (an empty cell, ``""``) count as absent. Cells past the header's width must be empty.
 
 **Tickets.** ``text`` is required; ``id`` (a string or an integer), ``subject``,
-``attachments`` and ``metadata`` are optional, matched case-insensitively; every other
+``attachments``, ``metadata``, ``thread_id`` and ``messages`` are optional, matched
+case-insensitively; every other
 key or column goes into ``metadata``. ``attachments`` is a list of sources (a path, an
 http(s) URL or a data URL, or ``{"path"|"url": ...}``); as text (a CSV cell, or a JSON
 string) it is a JSON list or sources separated by ``|``. ``metadata`` as text is a JSON
-object. The old ``images`` name is read as ``attachments`` when there is no ``attachments``
+object, ``messages`` (the turns before ``text``) a JSON array. The old ``images`` name is read as ``attachments`` when there is no ``attachments``
 (deprecated; it logs a warning).
 
 **Ids.** A row without an id gets one derived from its content, :func:`content_id`: the
@@ -66,7 +67,7 @@ SUFFIXES: dict[str, Format] = {
     ".tsv": "tsv",
     ".tab": "tsv",
 }
-TICKET_FIELDS = ("id", "text", "subject", "attachments", "metadata")
+TICKET_FIELDS = ("id", "text", "subject", "attachments", "metadata", "thread_id", "messages")
 _FIELD_SET = frozenset(TICKET_FIELDS)
 DEPRECATED_NAMES = frozenset({"images"})
 """Old names of ``attachments`` (``enqueue`` read an ``images`` column), still read, with a warning."""
@@ -202,7 +203,8 @@ def content_id(ticket: Ticket) -> str:
     """The id of a ticket that came without one: a hash of everything it carries.
 
     Text and subject are normalised (Unicode NFC, ``\\n`` line ends, surrounding whitespace
-    dropped); attachments and metadata count as given. So the same ticket read from JSONL or
+    dropped); attachments, metadata, the thread and its turns count as given (the last two only
+    when present, so a ticket without them keeps the id it always had). So the same ticket read from JSONL or
     CSV, today or after a crash, by ``batch`` or ``enqueue``, gets the same id.
     """
     payload = {
@@ -211,6 +213,10 @@ def content_id(ticket: Ticket) -> str:
         "attachments": [[a.kind.value, a.path, a.url] for a in ticket.attachments],
         "metadata": ticket.metadata,
     }
+    if ticket.thread_id is not None:
+        payload["thread_id"] = ticket.thread_id
+    if ticket.messages:
+        payload["messages"] = [[turn.role, _normal(turn.content)] for turn in ticket.messages]
     data = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     digest = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:20]
     return CONTENT_ID_PREFIX + digest
@@ -518,9 +524,14 @@ def to_row(record: Record) -> Row:
     if _present(named.get("subject")):
         values["subject"] = named["subject"]
     try:
-        metadata = _metadata(named.get("metadata"))
+        metadata = _json_field(named.get("metadata"), "metadata", dict)
         if other or metadata:
             values["metadata"] = {**other, **metadata}
+        if _present(named.get("thread_id")):
+            values["thread_id"] = named["thread_id"]
+        messages = _json_field(named.get("messages"), "messages", list)
+        if messages:
+            values["messages"] = messages
         values["attachments"] = parse_attachments(named.get("attachments"))
         ticket = Ticket.model_validate(values)
     except (ValidationError, ValueError) as exc:
@@ -547,16 +558,19 @@ def _first_error(exc: ValidationError | ValueError) -> str:
     return str(exc)
 
 
-def _metadata(value: Any) -> dict[str, Any]:
+def _json_field(value: Any, name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    """A column holding a JSON object (``metadata``) or array (``messages``): given as such in
+    JSONL, or as JSON text in a CSV cell; empty is ``{}`` or ``[]``."""
     if not _present(value):
-        return {}
+        return kind()
+    noun = "a JSON object" if kind is dict else "a JSON array"
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise ValueError("'metadata' must be a JSON object") from None
-    if not isinstance(value, dict):
-        raise ValueError("'metadata' must be an object")
+            raise ValueError(f"'{name}' must be {noun}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"'{name}' must be {noun}")
     return value
 
 
