@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 import triagegate
 from tests.support.openai_server import OpenAIServer
+from triagegate.cli.common import print_outcome
 from triagegate.errors import ConfigError
 from triagegate.gate import decide
 from triagegate.knowledge import Article, Hit, KnowledgeBase, read_article
 from triagegate.models.base import ChatRequest, ClassifyRequest
 from triagegate.prompts import ARTICLES_NOTE, NO_ARTICLES, articles_block
+from triagegate.serve.openai_api import extras
 from triagegate.spec import GatePolicy, load_spec, parse_spec
 from triagegate.types import Triage
 
@@ -310,7 +312,7 @@ def user_text(pipeline: Any, alias: str) -> str:
 
 
 async def test_the_draft_prompt_carries_the_articles_and_the_outcome_cites_them(
-    tmp_path: Path, small_kb: Path
+    tmp_path: Path, small_kb: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pipeline = load_grounded(graph_file(tmp_path))
     outcome = await pipeline.run("When will my refund reach my card?")
@@ -318,6 +320,10 @@ async def test_the_draft_prompt_carries_the_articles_and_the_outcome_cites_them(
     assert outcome.sources == ["refunds"]
     text = user_text(pipeline, "drafter")
     assert '<article id="refunds" title="Refunds">' in text
+    assert extras(outcome).sources == ["refunds"], "the front door's triagegate field cites them too"
+    print_outcome(outcome, {})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("grounded in"))
+    assert line.split()[2:] == ["refunds"], "and so does `triagegate run`"
     assert "5 to 10 working days" in text
     assert text.index("<articles>") < text.index("<ticket>"), "reference first, then the ticket"
     system = pipeline.backends["drafter"].calls[0].messages[0].text

@@ -72,6 +72,8 @@ def print_outcome(outcome: Outcome, models: dict[str, str]) -> None:
         table.add_row("confidence", f"{outcome.confidence:.3f} ({how})")
     if outcome.escalation_reasons:
         table.add_row("escalated because", ", ".join(outcome.escalation_reasons))
+    if outcome.sources:
+        table.add_row("grounded in", escape(", ".join(outcome.sources)))
     for run in outcome.nodes:
         if run.model:
             detail = f"{run.model_alias}: {run.model} via {run.endpoint}, {run.input_tokens}+{run.output_tokens} tokens"

@@ -205,6 +205,9 @@ class TriagegateExtras(BaseModel):
     priority: str | None
     confidence: float | None
     confidence_method: str | None
+    sources: list[str] = Field(
+        description="Knowledge-base articles the answer was grounded in (Outcome.sources)."
+    )
     cost_usd: float
     latency_ms: float
 
@@ -397,6 +400,7 @@ def extras(outcome: Outcome) -> TriagegateExtras:
         priority=outcome.priority,
         confidence=outcome.confidence,
         confidence_method=outcome.confidence_method,
+        sources=outcome.sources,
         cost_usd=outcome.cost_usd,
         latency_ms=outcome.latency_ms,
     )
