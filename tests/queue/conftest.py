@@ -16,7 +16,7 @@ from tests.support import services
 from triagegate.models.base import ChatRequest
 from triagegate.pipeline import Pipeline
 from triagegate.queue.redis_stream import TicketStream, connect
-from triagegate.queue.store import OutcomeStore
+from triagegate.store.postgres import OutcomeStore
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
 SCRIPTED = GRAPHS / "scripted.yaml"

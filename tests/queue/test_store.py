@@ -6,7 +6,7 @@ import asyncio
 
 import psycopg
 
-from triagegate.queue.store import MIGRATIONS, OutcomeStore, migrate_dsn
+from triagegate.store.postgres import MIGRATIONS, OutcomeStore, migrate_dsn
 from triagegate.types import GateDecision, NodeRun, Outcome
 
 

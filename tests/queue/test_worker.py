@@ -17,8 +17,8 @@ from tests.queue.conftest import LOOPBACK, QueueEnv, scripted_pipeline, triage_r
 from tests.support.openai_server import OpenAIServer
 from triagegate.models.base import ChatRequest
 from triagegate.queue.status import queue_status, render
-from triagegate.queue.store import OutcomeStore
 from triagegate.queue.worker import Worker, WorkerSettings
+from triagegate.store.postgres import OutcomeStore
 from triagegate.types import Outcome, Ticket
 
 

@@ -225,8 +225,8 @@ def worker(
 
     from triagegate.pipeline import load
     from triagegate.queue.redis_stream import TicketStream, connect
-    from triagegate.queue.store import OutcomeStore
     from triagegate.queue.worker import Worker, WorkerSettings, default_consumer
+    from triagegate.store.postgres import OutcomeStore
 
     setup_logging(log_level)
     _need_extra()
@@ -305,7 +305,7 @@ def migrate(results: ResultsOpt) -> None:
     """Create or upgrade the outcomes schema (idempotent; workers also do this at start)."""
     import asyncio
 
-    from triagegate.queue.store import MIGRATIONS, migrate_dsn
+    from triagegate.store.postgres import MIGRATIONS, migrate_dsn
 
     _need_extra()
     with _service_errors(results=results):

@@ -43,7 +43,7 @@ from triagegate.errors import HandoffError, InputError
 from triagegate.log import get_logger
 from triagegate.pipeline import Pipeline, failed_outcome
 from triagegate.queue.redis_stream import Entry, PoisonEntry, TicketStream
-from triagegate.queue.store import OutcomeStore
+from triagegate.store.postgres import OutcomeStore
 from triagegate.types import Outcome
 
 log = get_logger("triagegate.queue")
