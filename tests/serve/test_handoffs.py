@@ -83,12 +83,16 @@ def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_afte
     unsure_server: OpenAIServer, tmp_path: Path
 ) -> None:
     checkpoints = tmp_path / "checkpoints.sqlite"
-    first = ServeProcess(
-        HANDOFF,
-        unsure_server.base_url,
-        env={"TRIAGEGATE_API_KEYS": KEY_A, "TRIAGEGATE_CHECKPOINTS": str(checkpoints)},
-        stderr=subprocess.DEVNULL,
-    )
+
+    def start() -> ServeProcess:
+        return ServeProcess(
+            HANDOFF,
+            unsure_server.base_url,
+            env={"TRIAGEGATE_API_KEYS": KEY_A, "TRIAGEGATE_CHECKPOINTS": str(checkpoints)},
+            stderr=subprocess.DEVNULL,
+        )
+
+    first = start()
     try:
         with httpx.Client(base_url=first.url, headers=AUTH, timeout=30) as client:
 
@@ -108,12 +112,7 @@ def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_afte
     assert first.proc.returncode == -9
 
     calls = unsure_server.count
-    second = ServeProcess(
-        HANDOFF,
-        unsure_server.base_url,
-        env={"TRIAGEGATE_API_KEYS": KEY_A, "TRIAGEGATE_CHECKPOINTS": str(checkpoints)},
-        stderr=subprocess.DEVNULL,
-    )
+    second = start()
     try:
         with httpx.Client(base_url=second.url, headers=AUTH, timeout=30) as client:
             listed = client.get("/v1/handoffs", params={"limit": 100}).json()["handoffs"]

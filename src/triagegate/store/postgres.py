@@ -24,7 +24,15 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from triagegate.store import schema
-from triagegate.store.records import GraphInfo, Label, Reference, Snapshot, StoredOutcome, outcome_columns
+from triagegate.store.records import (
+    GraphInfo,
+    Label,
+    Reference,
+    Snapshot,
+    StoredOutcome,
+    outcome_columns,
+    outcome_filter,
+)
 from triagegate.types import Outcome
 
 CONNECT_TIMEOUT_S = 5.0
@@ -175,7 +183,9 @@ class OutcomeStore:
 def read(dsn: str, *, since: float | None = None, graph_hash: str | None = None) -> Snapshot:
     """Outcomes written at or after ``since`` (Unix seconds), of one graph hash if given, in time
     order, with every label, graph and reference the store holds. Raises :class:`psycopg.Error`."""
-    where, params = _filter(since, graph_hash)
+    where, params = outcome_filter(
+        since, graph_hash, since_sql="created_at >= to_timestamp(%s)", hash_sql="graph_hash = %s"
+    )
     with psycopg.connect(dsn, connect_timeout=_libpq_timeout(CONNECT_TIMEOUT_S)) as conn:
         rows = conn.execute(
             f"SELECT extract(epoch FROM created_at), outcome FROM outcomes {where} ORDER BY created_at",
@@ -193,18 +203,6 @@ def read(dsn: str, *, since: float | None = None, graph_hash: str | None = None)
         graphs=[GraphInfo.model_validate(g) for (g,) in graphs],
         references=[Reference.model_validate(r) for (r,) in references],
     )
-
-
-def _filter(since: float | None, graph_hash: str | None) -> tuple[str, list[object]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    if since is not None:
-        clauses.append("created_at >= to_timestamp(%s)")
-        params.append(since)
-    if graph_hash is not None:
-        clauses.append("graph_hash = %s")
-        params.append(graph_hash)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _label(row: Sequence[object]) -> Label:

@@ -111,3 +111,19 @@ def outcome_columns(outcome: Outcome, at: float) -> dict[str, object]:
         "cost_usd": outcome.cost_usd,
         "latency_ms": outcome.latency_ms,
     }
+
+
+def outcome_filter(
+    since: float | None, graph_hash: str | None, *, since_sql: str, hash_sql: str
+) -> tuple[str, list[object]]:
+    """The ``WHERE`` clause and parameters that select outcomes written at or after ``since`` and of
+    ``graph_hash`` (either may be ``None``); each dialect gives its own condition for each."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if since is not None:
+        clauses.append(since_sql)
+        params.append(since)
+    if graph_hash is not None:
+        clauses.append(hash_sql)
+        params.append(graph_hash)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -16,7 +16,15 @@ from pathlib import Path
 from types import TracebackType
 
 from triagegate.store import schema
-from triagegate.store.records import GraphInfo, Label, Reference, Snapshot, StoredOutcome, outcome_columns
+from triagegate.store.records import (
+    GraphInfo,
+    Label,
+    Reference,
+    Snapshot,
+    StoredOutcome,
+    outcome_columns,
+    outcome_filter,
+)
 from triagegate.types import Outcome
 
 UPSERT, PUT_LABEL = schema.upserts(":{}", "{}")
@@ -136,15 +144,9 @@ class SqliteStore:
     def read(self, *, since: float | None = None, graph_hash: str | None = None) -> Snapshot:
         """Outcomes written at or after ``since``, of one graph hash if given, in time order, with
         every label, graph and reference the store holds."""
-        clauses: list[str] = []
-        params: list[object] = []
-        if since is not None:
-            clauses.append("created_at >= ?")
-            params.append(since)
-        if graph_hash is not None:
-            clauses.append("graph_hash = ?")
-            params.append(graph_hash)
-        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        where, params = outcome_filter(
+            since, graph_hash, since_sql="created_at >= ?", hash_sql="graph_hash = ?"
+        )
         db = self.db
         rows = db.execute(f"SELECT created_at, outcome FROM outcomes {where} ORDER BY created_at", params)
         outcomes = [StoredOutcome(created_at=at, outcome=Outcome.model_validate_json(o)) for at, o in rows]
