@@ -47,7 +47,7 @@ if [[ -f "$marker" ]] && "$python" -c "import importlib.metadata as m, sys; sys.
 fi
 
 if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo ">>> Building llama-cpp-python $version from source ($cmake_args), the library only: this takes about 4 minutes on a quiet 2-core machine, once per machine."
+  echo ">>> Building llama-cpp-python $version from source ($cmake_args), the library only: this takes about 2 minutes on a quiet 2-core machine, once per machine."
   mkdir -p "$cache"
   CMAKE_ARGS="$cmake_args $slim" "$python" -m pip wheel --quiet --no-deps --no-cache-dir \
     "llama-cpp-python==$version" -w "$cache"
