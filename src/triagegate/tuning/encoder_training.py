@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -125,14 +124,10 @@ def fit(
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold
 
-    from triagegate.tuning.training import training_digest
+    from triagegate.tuning.training import label_counts, training_digest
 
     config = config or EncoderTrainConfig()
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    counts = Counter(labels)
-    if len(counts) < 2:
-        raise ValueError(f"need at least two distinct labels to train, got {sorted(counts)}")
+    counts = label_counts(texts, labels)
     started = time.perf_counter()
     encoder = enc.load_encoder()
     names = sorted(counts)

@@ -140,6 +140,19 @@ def training_digest(texts: Sequence[str], labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def label_counts(texts: Sequence[str], labels: Sequence[str]) -> Counter[str]:
+    """How many examples each label has, after checking the rows can train a classifier at all.
+
+    Raises ValueError for texts and labels of different lengths or fewer than two labels.
+    """
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    counts = Counter(labels)
+    if len(counts) < 2:
+        raise ValueError(f"need at least two distinct labels to train, got {sorted(counts)}")
+    return counts
+
+
 def cache_key(digest: str, config: TrainConfig | EncoderTrainConfig) -> str:
     """Name for a cached model: changes with the data, the kind and config, the file format,
     scikit-learn and (for the encoder classifier) the encoder's weights."""
@@ -390,11 +403,7 @@ def fit_tfidf(
     from sklearn.linear_model import LogisticRegression
 
     config = config or TrainConfig()
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    counts = Counter(labels)
-    if len(counts) < 2:
-        raise ValueError(f"need at least two distinct labels to train, got {sorted(counts)}")
+    counts = label_counts(texts, labels)
     started = time.perf_counter()
     names = sorted(counts)
     code = {name: i for i, name in enumerate(names)}
