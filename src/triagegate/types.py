@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,6 +76,10 @@ def is_blank(text: str) -> bool:
     return _VISIBLE.search(text) is None
 
 
+ThreadId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+"""A conversation's name: a ticket's ``thread_id``, and the front door's ``metadata.thread_id``."""
+
+
 class Ticket(BaseModel):
     """A customer-support ticket. ``text`` is untrusted customer input.
 
@@ -95,7 +99,7 @@ class Ticket(BaseModel):
     attachments: list[Attachment] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     messages: list[Turn] = Field(default_factory=list)
-    thread_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    thread_id: ThreadId | None = None
 
     @field_validator("text")
     @classmethod

@@ -78,6 +78,78 @@ def test_pending_handoffs_are_listed_shown_and_resumed_once_behind_the_keys(
     assert len(client.get("/v1/handoffs?status=resolved", headers=AUTH).json()["handoffs"]) == 1
 
 
+def test_the_front_door_answers_a_handoff_423_with_its_thread_and_continues_the_thread_by_metadata(
+    serve: Callable[..., Service], unsure_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """A handed-off chat request is 423 ``awaiting_human`` naming its thread: the official SDK
+    raises it without retrying (each retry would be a new ticket, and a new handoff), and the
+    conversation goes on on that thread through ``metadata.thread_id`` once a person answered."""
+    import openai
+
+    pipeline = triagegate.load(
+        HANDOFF,
+        environ={
+            "TRIAGEGATE_MINI_BASE_URL": unsure_server.base_url,
+            "TRIAGEGATE_FLAGSHIP_BASE_URL": unsure_server.base_url,
+        },
+        checkpoints=tmp_path / "checkpoints.sqlite",
+        cache_dir=tmp_path,
+    )
+    service = serve(pipeline, api_keys=(KEY_A,))
+    sdk = openai.OpenAI(base_url=f"{service.url}/v1", api_key=KEY_A, max_retries=3)
+    with pytest.raises(openai.APIStatusError) as paused:
+        sdk.chat.completions.create(
+            model="triagegate/handoff",
+            messages=[{"role": "user", "content": "I was charged twice."}],
+        )
+    assert paused.value.status_code == 423
+    thread = paused.value.response.headers["x-triagegate-thread-id"]
+    error = paused.value.response.json()["error"]
+    assert error["code"] == "awaiting_human" and f"GET /v1/handoffs/{thread}" in error["message"]
+    listed = service.client.get("/v1/handoffs", headers=AUTH).json()["handoffs"]
+    assert [h["thread_id"] for h in listed] == [thread]
+
+    def say(text: str) -> httpx.Response:
+        return service.client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "triagegate/handoff",
+                "messages": [{"role": "user", "content": text}],
+                "metadata": {"thread_id": thread, "crm": "42"},
+            },
+            headers=AUTH,
+        )
+
+    waiting = say("Any news?")
+    assert waiting.status_code == 422 and "waiting for a person" in waiting.json()["error"]["message"]
+    done = service.client.post(
+        f"/v1/handoffs/{thread}", json={"action": "edit", "text": "Refunded today."}, headers=AUTH
+    )
+    assert done.status_code == 200
+
+    again = say("Thanks, and when does the refund reach my card?")
+    assert again.status_code == 423 and again.headers["x-triagegate-thread-id"] == thread
+    shown = service.client.get(f"/v1/handoffs/{thread}", headers=AUTH).json()
+    assert shown["status"] == "pending"
+    assert shown["ticket"]["metadata"] == {"crm": "42"}
+    assert [(t["role"], t["content"]) for t in shown["ticket"]["messages"]] == [
+        ("customer", "I was charged twice."),
+        ("agent", "Refunded today."),
+    ]
+
+    bad = service.client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "handoff",
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"thread_id": "a b"},
+        },
+        headers=AUTH,
+    )
+    assert bad.status_code == 400 and error_code(bad) == "invalid_request"
+    assert bad.json()["error"]["param"] == "metadata.thread_id"
+
+
 @pytest.mark.slow
 def test_a_service_killed_with_50_pending_handoffs_lists_and_resumes_all_50_after_a_restart(
     unsure_server: OpenAIServer, tmp_path: Path

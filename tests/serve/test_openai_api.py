@@ -84,7 +84,10 @@ def test_sdk_plain_completion_carries_the_answer_usage_and_extras(serve: Serve) 
     assert raw.headers["x-triagegate-graph-hash"] == service.pipeline.graph_hash
     assert raw.headers["x-triagegate-escalation-reasons"] == ""
     assert raw.headers["x-request-id"]
-    assert {h for h in raw.headers if h.startswith("x-triagegate-")} == set(openai_api.OUTCOME_HEADERS)
+    # Every outcome header but the thread's: this graph keeps no threads and the ticket named none.
+    assert {h for h in raw.headers if h.startswith("x-triagegate-")} == set(openai_api.OUTCOME_HEADERS) - {
+        "x-triagegate-thread-id"
+    }
     sent = prompt_text(seen[0])
     assert "I was charged\ntwice." in sent
     assert "pirate" not in sent, "a client's system message is ignored: the graph's prompts own it"
@@ -350,7 +353,7 @@ def test_history_becomes_the_tickets_messages() -> None:
                     {"role": "user", "content": "It did not.", "name": "ana"},
                 ],
                 "user": "u-7",
-                "metadata": {"crm": "42"},
+                "metadata": {"crm": "42", "thread_id": "conv-9"},
                 "tools": [{"type": "function", "function": {"name": "f"}}],
             }
         ).encode()
@@ -362,6 +365,7 @@ def test_history_becomes_the_tickets_messages() -> None:
         ("agent", "It ships today."),
     ]
     assert ticket.metadata == {"crm": "42", "user": "u-7"}
+    assert ticket.thread_id == "conv-9"
     with pytest.raises(ApiError) as not_a_url:
         openai_api.parse_request(
             json.dumps(

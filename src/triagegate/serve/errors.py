@@ -34,6 +34,8 @@ CODES: dict[str, int] = {
     "model_unavailable": 503,
     "handoff_not_found": 404,
     "handoff_resolved": 409,
+    # 423, not 409 or 5xx: OpenAI's SDKs retry those, and each retry would be a new ticket.
+    "awaiting_human": 423,
     "invalid_answer": 422,
 }
 """Stable error codes and the HTTP status each one is sent with."""

@@ -7,13 +7,16 @@ user and assistant turns before it become :attr:`Ticket.messages`; system and de
 messages are ignored because the graph's prompts own the system message, and tool messages
 are ignored. Honoured fields: ``model``, ``messages``, ``stream``,
 ``stream_options.include_usage``, ``n`` (only 1), ``user`` and ``metadata`` (into the
-ticket's metadata). Every other field a client sends (``temperature``, ``max_tokens``,
-``tools``, ...) is accepted and ignored: each tier's model settings come from the graph.
+ticket's metadata, but for ``metadata.thread_id``, which names the ticket's thread). Every
+other field a client sends (``temperature``, ``max_tokens``, ``tools``, ...) is accepted and
+ignored: each tier's model settings come from the graph.
 
 The answer is the Outcome's final answer; ``usage`` sums every tier, and the rest of the
 Outcome is in ``x-triagegate-*`` headers and a ``triagegate`` field of the body, which
 OpenAI clients ignore. A failed outcome is an error (502, or 503 when a model was
-unavailable, rate-limited or timed out), never a 200 without an answer. Streaming runs the
+unavailable, rate-limited or timed out), never a 200 without an answer; a ticket handed to a
+person is ``423 awaiting_human``, naming the thread its handoff is kept under (OpenAI's SDKs
+retry 409 and 5xx, and a retried request would be a second ticket). Streaming runs the
 ticket first and then sends the answer as ``chat.completion.chunk`` events: tokens are not
 streamed from the tiers yet. A run still going after ``keepalive_seconds`` starts the stream
 with SSE comments, so proxies keep the connection open; a failure after that point is an
@@ -35,12 +38,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from triagegate.pipeline import Pipeline
 from triagegate.serve.errors import ApiError, error_json, error_responses
 from triagegate.serve.intake import checked_ticket, is_json, media_type
-from triagegate.types import TEXT_PATTERN, GateDecision, Outcome, Ticket, is_blank
+from triagegate.types import TEXT_PATTERN, GateDecision, Outcome, ThreadId, Ticket, is_blank
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -50,6 +53,9 @@ UNAVAILABLE = frozenset({"ModelUnavailable", "RateLimited", "ModelTimeout"})
 """Failures (``NodeRun.error_type``) that mean a model could not be had: 503 with ``Retry-After``."""
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 _TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "text", "image_url"})
+THREAD_KEY = "thread_id"
+"""The ``metadata`` key that names the ticket's thread rather than going into its metadata."""
+_THREAD_ID: TypeAdapter[str] = TypeAdapter(ThreadId)
 
 
 class _Open(BaseModel):
@@ -163,7 +169,11 @@ class ChatCompletionRequest(_Open):
         default=None, description="Only one choice is produced."
     )
     user: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        description="Into the ticket's metadata; thread_id names the conversation's thread instead "
+        "(letters, digits and ._:@/-, at most 200), so its turns and handoffs are kept together.",
+    )
 
     @model_validator(mode="after")
     def _has_a_user_message(self) -> ChatCompletionRequest:
@@ -210,6 +220,9 @@ class TriagegateExtras(BaseModel):
     )
     cost_usd: float
     latency_ms: float
+    thread_id: str | None = Field(
+        default=None, description="The thread the run is kept under, when it is kept (Outcome.thread_id)."
+    )
 
 
 class ChatCompletion(BaseModel):
@@ -327,6 +340,13 @@ def ticket_from_chat(chat: ChatCompletionRequest, *, max_images: int, max_image_
         elif isinstance(message, AssistantMessage) and message.content is not None:
             history.append({"role": "agent", "content": _text_of(message.content)})
     metadata: dict[str, Any] = dict(chat.metadata or {})
+    thread_id = metadata.pop(THREAD_KEY, None)
+    if thread_id is not None:
+        try:
+            _THREAD_ID.validate_python(thread_id)
+        except ValidationError as exc:
+            param = f"metadata.{THREAD_KEY}"
+            raise ApiError("invalid_request", f"{param}: {exc.errors()[0]['msg']}", param=param) from None
     if chat.user is not None:
         metadata["user"] = chat.user
     fields = {
@@ -334,12 +354,24 @@ def ticket_from_chat(chat: ChatCompletionRequest, *, max_images: int, max_image_
         "attachments": [{"url": url} for url in user.images],
         "messages": history,
         "metadata": metadata,
+        "thread_id": thread_id,
     }
     return checked_ticket(fields, max_image_bytes, where=f"messages[{last}].")
 
 
 def outcome_error(outcome: Outcome) -> ApiError:
-    """The error for an Outcome without an answer: 503 when a model could not be had, else 502."""
+    """The error for an Outcome without an answer: 423 when a person is to answer it, 503 when a
+    model could not be had, else 502."""
+    if outcome.status == "awaiting_human":
+        thread = outcome.thread_id or outcome.ticket_id
+        why = ", ".join(outcome.handoff.reasons) if outcome.handoff and outcome.handoff.reasons else "policy"
+        return ApiError(
+            "awaiting_human",
+            f"ticket {outcome.ticket_id} was handed to a person ({why}); their answer is the handoff's "
+            f"on thread {thread!r} (GET /v1/handoffs/{thread}), and the conversation continues there "
+            f"once it is resumed (send metadata.thread_id)",
+            headers=outcome_headers(outcome),
+        )
     reasons = "; ".join(outcome.errors) or "no tier produced an answer"
     if any(run.error_type in UNAVAILABLE for run in outcome.nodes):
         return ApiError(
@@ -360,6 +392,7 @@ OUTCOME_HEADERS = (
     "x-triagegate-graph-hash",
     "x-triagegate-confidence",
     "x-triagegate-category",
+    "x-triagegate-thread-id",
 )
 """Every header :func:`outcome_headers` may set (CORS exposes them to browser clients)."""
 
@@ -383,6 +416,8 @@ def outcome_headers(outcome: Outcome) -> dict[str, str]:
         headers["x-triagegate-confidence"] = f"{outcome.confidence:.4f}"
     if outcome.category is not None:
         headers["x-triagegate-category"] = outcome.category
+    if outcome.thread_id is not None:
+        headers["x-triagegate-thread-id"] = outcome.thread_id
     return {k: _header(v) for k, v in headers.items()}
 
 
@@ -403,6 +438,7 @@ def extras(outcome: Outcome) -> TriagegateExtras:
         sources=outcome.sources,
         cost_usd=outcome.cost_usd,
         latency_ms=outcome.latency_ms,
+        thread_id=outcome.thread_id,
     )
 
 
@@ -501,6 +537,7 @@ def openai_router(
                 "rate_limited",
                 "model_failed",
                 "model_unavailable",
+                "awaiting_human",
             ),
         },
         openapi_extra={
