@@ -367,9 +367,9 @@ def outcome_error(outcome: Outcome) -> ApiError:
         why = ", ".join(outcome.handoff.reasons) if outcome.handoff and outcome.handoff.reasons else "policy"
         return ApiError(
             "awaiting_human",
-            f"ticket {outcome.ticket_id} was handed to a person ({why}); their answer is the handoff's "
-            f"on thread {thread!r} (GET /v1/handoffs/{thread}), and the conversation continues there "
-            f"once it is resumed (send metadata.thread_id)",
+            f"ticket {outcome.ticket_id} was handed to a person ({why}); their answer will be the "
+            f"handoff's on thread {thread!r} (GET /v1/handoffs/{thread}); once it is resumed, send the "
+            f"next turn with metadata.thread_id {thread!r}",
             headers=outcome_headers(outcome),
         )
     reasons = "; ".join(outcome.errors) or "no tier produced an answer"
