@@ -71,6 +71,7 @@ def test_demo_command_runs_offline(
     assert "demo-billing  answered by mini, grounded in invoices" in out
     assert "demo-off-topic  answered by flagship, grounded in -" in out
     assert "ungrounded" in out
+    assert "small stand-ins" in out and "TRIAGEGATE_<ALIAS>" in out
 
 
 LONG_ANSWER = (
@@ -138,3 +139,16 @@ def test_paragraphs_keeps_the_models_lines_but_not_runs_of_blank_ones() -> None:
         paragraphs("  Hello,\n\n\n\nyour parcel ships today.   \nBest  \n")
         == "Hello,\n\nyour parcel ships today.\nBest"
     )
+
+
+def test_only_an_offline_run_says_its_models_are_stand_ins() -> None:
+    import dataclasses
+
+    from rich.console import Console
+
+    from triagegate.demo import OFFLINE_NOTE
+
+    for offline in (True, False):
+        console = Console(width=400, record=True, color_system=None)
+        render(dataclasses.replace(demo_run(), offline=offline), console)
+        assert (OFFLINE_NOTE in console.export_text()) is offline

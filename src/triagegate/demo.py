@@ -31,6 +31,14 @@ LOCAL_BACKENDS = frozenset({"classifier", "llamacpp", "scripted", "replay"})
 """Backends that never open a network connection."""
 
 
+OFFLINE_NOTE = (
+    "The offline models are small stand-ins, chosen to run anywhere with nothing downloaded: they show "
+    "the routing, not the answers a hosted flagship writes. Bind real models with TRIAGEGATE_<ALIAS> "
+    '(README, "Against OpenAI or any OpenAI-compatible server").'
+)
+"""Printed under an offline run's summary, so its answers are read as what they are."""
+
+
 @dataclass(frozen=True, slots=True)
 class DemoRun:
     """What the demo measured: one Outcome per ticket and where the time went."""
@@ -229,3 +237,5 @@ def render(run: DemoRun, console: Console) -> None:
         highlight=False,
     )
     console.print(run.models_line, markup=False, highlight=False)
+    if run.offline:
+        console.print(OFFLINE_NOTE, markup=False, highlight=False)
