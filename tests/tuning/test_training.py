@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from triagegate.errors import ConfigError
+from triagegate.models import linear
 from triagegate.tuning import training
 
 # Three labels with their own vocabulary; 10 examples a label or more are cross-fitted (5 folds).
@@ -37,7 +38,7 @@ def test_enough_examples_cross_fit_and_classify_confidently() -> None:
     model = training.fit_tfidf(texts, labels)
     assert model.metadata.method == "cross-fitted-svm"
     assert model.labels == ("account", "billing", "shipping")
-    assert model.coef.shape == (3, training.feature_count(model.features)) and model.intercept.shape == (3,)
+    assert model.coef.shape == (3, linear.feature_count(model.features)) and model.intercept.shape == (3,)
     probs = model.predict_proba(["my invoice is wrong", "where is my delivery", "reset my password"])
     assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0)
     assert [model.labels[i] for i in probs.argmax(axis=1)] == ["billing", "shipping", "account"]

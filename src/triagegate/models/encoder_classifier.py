@@ -33,6 +33,7 @@ from triagegate.errors import ConfigError
 from triagegate.models import artifacts
 from triagegate.models import encoder as enc
 from triagegate.models.encoder import EncoderIdentity
+from triagegate.models.linear import LinearTextScorer, feature_count, softmax_rows
 
 FORMAT = "triagegate-encoder-classifier/2"
 """Version 2: the cross-fitted head's probabilities come from a temperature on the SVMs' scores
@@ -125,7 +126,6 @@ class EncoderClassifier:
         metadata: EncoderModelMetadata,
         encoder: enc.SentenceEncoder | None = None,
     ) -> None:
-        from triagegate.tuning.training import LinearTextScorer
 
         self.features = features
         self.coef = np.asarray(coef, dtype=np.float64)
@@ -168,13 +168,11 @@ class EncoderClassifier:
         self, texts: Sequence[str], embeddings: np.ndarray[Any, np.dtype[np.float32]] | None = None
     ) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities for many texts at once, shape ``(len(texts), len(labels))``."""
-        from triagegate.tuning.training import softmax_rows
 
         return softmax_rows(self.logits(texts, embeddings))
 
     def predict_one(self, text: str) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities for one text: the encoder's unpadded path plus the lean TF-IDF scorer."""
-        from triagegate.tuning.training import softmax_rows
 
         z = self._scorer.logits(text) + self.intercept
         z = z + self.encoder.embed_one(text).astype(np.float64) @ self._embedding_coef
@@ -189,7 +187,6 @@ def save(model: EncoderClassifier, path: str | Path) -> Path:
 
 def from_payload(payload: dict[str, Any], where: str) -> EncoderClassifier:
     """Check and build a model from a loaded skops payload of :data:`FORMAT` (ConfigError naming ``where``)."""
-    from triagegate.tuning.training import feature_count
 
     if not all(k in payload for k in ("metadata", "features", "coef", "intercept")):
         raise ConfigError(f"not a triagegate encoder classifier (expected format {FORMAT!r})", file=where)

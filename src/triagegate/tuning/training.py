@@ -46,10 +46,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from triagegate.errors import ConfigError
 from triagegate.models import artifacts
+from triagegate.models.linear import LinearTextScorer, Matrix, Probabilities, feature_count, softmax_rows
 
 if TYPE_CHECKING:
     from triagegate.models.encoder_classifier import EncoderClassifier, EncoderTrainConfig
@@ -73,8 +73,6 @@ OLD_FORMATS = ("triagegate-classifier/1",)
 TRUSTED_TYPES: tuple[str, ...] = ()
 """Types trusted on load beyond skops's own defaults: none. A file that needs more is refused."""
 
-Probabilities = npt.NDArray[np.float64]
-Matrix = npt.NDArray[np.float64]
 TFIDF_NAME = "tfidf-linear"
 """The TF-IDF classifier's model name (the Outcome's triage ``model`` when it runs)."""
 
@@ -166,77 +164,6 @@ def cache_key(digest: str, config: TrainConfig | EncoderTrainConfig) -> str:
 
         payload = f"{ec.FORMAT}\n{digest}\n{config.fingerprint()}\n{sklearn.__version__}\n{WEIGHTS_SHA256}\n{MAX_TOKENS}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def softmax_rows(z: Matrix) -> Probabilities:
-    """Row-wise probabilities from logits; one logit column means a binary model (sigmoid)."""
-    if z.shape[1] == 1:
-        p = 1.0 / (1.0 + np.exp(-z[:, 0]))
-        return np.column_stack([1.0 - p, p])
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: Probabilities = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
-class LinearTextScorer:
-    """Probabilities for one text straight from the fitted vectorisers and the collapsed weights.
-
-    Mirrors :meth:`TrainedModel.predict_proba` (analyse, sublinear tf times idf,
-    l2-normalise each vectoriser's block, dot with the weights, softmax) without building
-    sparse matrices or validating inputs. Built only for the configuration :func:`fit` produces.
-    """
-
-    def __init__(self, features: Any, coef: Matrix, intercept: Matrix) -> None:
-        self.blocks: list[tuple[Callable[[str], list[str]], dict[str, int], Probabilities, int]] = []
-        offset = 0
-        for _, vectorizer in features.transformer_list:
-            if not (
-                vectorizer.sublinear_tf
-                and vectorizer.use_idf
-                and vectorizer.norm == "l2"
-                and not vectorizer.binary
-            ):
-                raise ValueError("unsupported vectoriser settings")
-            vocabulary: dict[str, int] = vectorizer.vocabulary_
-            self.blocks.append((vectorizer.build_analyzer(), vocabulary, vectorizer.idf_, offset))
-            offset += len(vocabulary)
-        self.weights: Matrix = np.ascontiguousarray(coef.T, dtype=np.float64)
-        self.bias: Matrix = np.asarray(intercept, dtype=np.float64)
-        if self.weights.shape[0] != offset:
-            raise ValueError("feature count does not match the weights")
-
-    def logits(self, text: str) -> Matrix:
-        """``W @ tfidf(text) + b`` for one text (one value per row of the weights)."""
-        columns: list[int] = []
-        values: list[Probabilities] = []
-        for analyze, vocabulary, idf, offset in self.blocks:
-            found: list[int] = []
-            weights: list[float] = []
-            for token, count in Counter(analyze(text)).items():
-                j = vocabulary.get(token)
-                if j is not None:
-                    found.append(j)
-                    weights.append((1.0 + math.log(count)) * idf[j])
-            if found:
-                block = np.asarray(weights)
-                block /= math.sqrt(float(block @ block))
-                columns.extend(j + offset for j in found)
-                values.append(block)
-        z = self.bias.copy()
-        if columns:
-            z += np.concatenate(values) @ self.weights[columns]
-        return z
-
-    def __call__(self, text: str) -> Probabilities:
-        z = self.logits(text)
-        if z.shape[0] == 1:
-            p = 1.0 / (1.0 + math.exp(-float(z[0])))
-            return np.array([1.0 - p, p])
-        z -= z.max()
-        e = np.exp(z)
-        out: Probabilities = e / e.sum()
-        return out
 
 
 class TrainedModel:
@@ -466,13 +393,6 @@ def label_mismatch(have: Sequence[str], want: Sequence[str]) -> str | None:
     if extra:
         parts.append(f"extra {', '.join(extra)}")
     return "; ".join(parts)
-
-
-def feature_count(features: Any) -> int | None:
-    try:
-        return sum(len(v.vocabulary_) for _, v in features.transformer_list)
-    except (AttributeError, TypeError):
-        return None
 
 
 def load(path: str | Path, *, expected_labels: Sequence[str] | None = None) -> Classifier:
