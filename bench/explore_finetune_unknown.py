@@ -1,5 +1,8 @@
 """Does fine-tuning the sentence encoder reach issue 12's unknown-intent target? A measurement, not a feature.
 
+Not a ``bench_*.py`` script, so ``bench/run_all.py`` leaves it out: it needs PyTorch, which
+triagegate does not depend on, in a venv of its own (below), and about 15 minutes.
+
 Same protocol as ``bench_classifier.unknown_intents`` (its helpers are imported): per seed, 10
 unknown intents drawn by ``random.Random(1000 + seed)``, 10 training rows for each of the 67
 known intents (``sample_per_label(train, 10, seed, known)``), tested on all of BANKING77's test
@@ -21,10 +24,10 @@ Hyper-parameters are chosen with ``--dev``: the same protocol on BANKING77's *tr
 ``--dev-rows`` other training rows), never on the test file.
 
     # the run in bench/out/finetune_unknown.json (5 epochs chosen on the development split):
-    /tmp/ftvenv/bin/python bench/bench_finetune_unknown.py --variant ce --epochs 5 --lr 5e-5 --seeds 0 1 2 3 4
+    /tmp/ftvenv/bin/python bench/explore_finetune_unknown.py --variant ce --epochs 5 --lr 5e-5 --seeds 0 1 2 3 4
     # the selection runs (training file only):
-    /tmp/ftvenv/bin/python bench/bench_finetune_unknown.py --dev --variant ce --epochs 2 5 10 --seeds 0
-    /tmp/ftvenv/bin/python bench/bench_finetune_unknown.py --dev --variant setfit --epochs 1 --pairs 3 --lr 2e-5 --seeds 0
+    /tmp/ftvenv/bin/python bench/explore_finetune_unknown.py --dev --variant ce --epochs 2 5 10 --seeds 0
+    /tmp/ftvenv/bin/python bench/explore_finetune_unknown.py --dev --variant setfit --epochs 1 --pairs 3 --lr 2e-5 --seeds 0
 
 The venv: ``python3 -m venv /tmp/ftvenv && /tmp/ftvenv/bin/pip install torch==2.13.0`` (CPU build)
 and ``/tmp/ftvenv/bin/pip install -e '.[encoder]'``; PyTorch is not a dependency of triagegate.
