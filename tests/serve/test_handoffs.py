@@ -28,18 +28,23 @@ def unsure_server() -> Iterator[OpenAIServer]:
         yield server
 
 
-def test_pending_handoffs_are_listed_shown_and_resumed_once_behind_the_keys(
-    serve: Callable[..., Service], unsure_server: OpenAIServer, tmp_path: Path
-) -> None:
-    pipeline = triagegate.load(
+def handoff_pipeline(server: OpenAIServer, tmp_path: Path) -> triagegate.Pipeline:
+    """The handoff graph on ``server``, checkpointing to SQLite under ``tmp_path``."""
+    return triagegate.load(
         HANDOFF,
         environ={
-            "TRIAGEGATE_MINI_BASE_URL": unsure_server.base_url,
-            "TRIAGEGATE_FLAGSHIP_BASE_URL": unsure_server.base_url,
+            "TRIAGEGATE_MINI_BASE_URL": server.base_url,
+            "TRIAGEGATE_FLAGSHIP_BASE_URL": server.base_url,
         },
         checkpoints=tmp_path / "checkpoints.sqlite",
         cache_dir=tmp_path,
     )
+
+
+def test_pending_handoffs_are_listed_shown_and_resumed_once_behind_the_keys(
+    serve: Callable[..., Service], unsure_server: OpenAIServer, tmp_path: Path
+) -> None:
+    pipeline = handoff_pipeline(unsure_server, tmp_path)
     client = serve(pipeline, api_keys=(KEY_A,)).client
     paused = client.post("/v1/tickets", json={"id": "H-1", "text": "I was charged twice."}, headers=AUTH)
     assert paused.status_code == 200
@@ -86,15 +91,7 @@ def test_the_front_door_answers_a_handoff_423_with_its_thread_and_continues_the_
     conversation goes on on that thread through ``metadata.thread_id`` once a person answered."""
     import openai
 
-    pipeline = triagegate.load(
-        HANDOFF,
-        environ={
-            "TRIAGEGATE_MINI_BASE_URL": unsure_server.base_url,
-            "TRIAGEGATE_FLAGSHIP_BASE_URL": unsure_server.base_url,
-        },
-        checkpoints=tmp_path / "checkpoints.sqlite",
-        cache_dir=tmp_path,
-    )
+    pipeline = handoff_pipeline(unsure_server, tmp_path)
     service = serve(pipeline, api_keys=(KEY_A,))
     sdk = openai.OpenAI(base_url=f"{service.url}/v1", api_key=KEY_A, max_retries=3)
     with pytest.raises(openai.APIStatusError) as paused:
