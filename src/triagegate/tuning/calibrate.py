@@ -137,7 +137,6 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
     from triagegate.models.replay import replay_path
     from triagegate.pipeline import default_cache_dir
     from triagegate.tuning.datasets import load_labeled
-    from triagegate.tuning.gate_patch import snippet
     from triagegate.tuning.scoring import (
         check_labels,
         flagship_view,
@@ -239,11 +238,7 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
         calibration_fraction=options.calibration_fraction,
         cost=cost,
         result=result,
-        patch=snippet(
-            result.policy.threshold,
-            result.policy.category_thresholds,
-            tier=None if loaded.legacy else spec.first_tier.name,
-        ),
+        patch=_patch(result, loaded, spec.first_tier.name),
         notes=notes,
     )
     if options.plot_path is not None:
@@ -256,6 +251,15 @@ def calibrate(options: CalibrateOptions, *, environ: Mapping[str, str] | None = 
             f"recorded the first tier's confidences on DATA in {options.store} as the drift reference"
         )
     return report
+
+
+def _patch(result: cal.CalibrationResult, loaded: LoadedSpec, tier: str) -> str:
+    """The fitted gate as the YAML to paste into the graph: under ``tier``, or the legacy top-level ``gate``."""
+    from triagegate.tuning.gate_patch import snippet
+
+    return snippet(
+        result.policy.threshold, result.policy.category_thresholds, tier=None if loaded.legacy else tier
+    )
 
 
 def _plot(
@@ -327,7 +331,6 @@ def calibrate_from_store(options: StoreCalibrateOptions) -> CalibrateReport:
     from triagegate.cost import CostEstimate
     from triagegate.spec import load_spec
     from triagegate.store import read_store
-    from triagegate.tuning.gate_patch import snippet
     from triagegate.tuning.monitoring import labelled_predictions, tier_confidence, tier_costs
 
     loaded = load_spec(options.graph)
@@ -382,11 +385,7 @@ def calibrate_from_store(options: StoreCalibrateOptions) -> CalibrateReport:
         calibration_fraction=options.calibration_fraction,
         cost=cost,
         result=result,
-        patch=snippet(
-            result.policy.threshold,
-            result.policy.category_thresholds,
-            tier=None if loaded.legacy else tier,
-        ),
+        patch=_patch(result, loaded, tier),
         notes=notes,
     )
     if options.write:
