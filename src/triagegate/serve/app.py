@@ -45,7 +45,7 @@ from triagegate.serve.metrics import ServiceMetrics
 from triagegate.serve.middleware import Gate
 from triagegate.serve.outcomes import StoreLink
 from triagegate.serve.settings import ServeSettings
-from triagegate.types import HumanAnswer, Outcome, Ticket
+from triagegate.types import TEXT_PATTERN, HumanAnswer, Outcome, Ticket
 
 log = get_logger("triagegate.serve")
 ROUTES = frozenset({"/v1/tickets", "/v1/tickets:batch", "/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -70,7 +70,7 @@ UPLOAD_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["text"],
     "properties": {
-        "text": {"type": "string", "minLength": 1},
+        "text": {"type": "string", "minLength": 1, "pattern": TEXT_PATTERN},
         "subject": {"type": "string"},
         "id": {"type": "string", "minLength": 1, "maxLength": 200},
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
